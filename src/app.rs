@@ -1,0 +1,210 @@
+//! Builds and runs one node: the one way to start dialog-events, for `main` and tests alike.
+//! Binding happens in `build`, so port 0 works and the real address is known before `run`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Arbiter;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{middleware, web};
+use anyhow::Context;
+use tokio::task::JoinHandle;
+
+use crate::auth::{DialogTokens, KeyStore, TokenVerifier};
+use crate::bus::{Bus, MemoryBus};
+use crate::config::Settings;
+use crate::dialogs::{DialogDeps, DialogRegistry};
+use crate::domain::Party;
+use crate::http::AppState;
+use crate::store::{MemoryStore, Store};
+use crate::telemetry::Metrics;
+
+/// How often held-back events are checked for release.
+const RELEASE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the global log is pruned to `events.retention`.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+pub struct App {
+    server: Server,
+    addr: SocketAddr,
+    state: web::Data<AppState>,
+    keys: KeyStore,
+    /// One arbiter (thread) per core for dialog actors; stopped when the server has stopped.
+    arbiters: Vec<Arbiter>,
+    /// Background loops (envelope routing, log maintenance); aborted when the server has stopped.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    /// Binds the listener and wires every part of a node. Must run inside an actix system.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        settings.validate()?;
+        let listener = TcpListener::bind(settings.http.bind)
+            .with_context(|| format!("failed to bind http.bind {}", settings.http.bind))?;
+        let addr = listener
+            .local_addr()
+            .context("failed to read the bound address")?;
+        let base_url = if settings.public.base_url.is_empty() {
+            format!("http://{addr}")
+        } else {
+            settings.public.base_url.trim_end_matches('/').to_owned()
+        };
+        let node_id = if settings.node.id.is_empty() {
+            format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        } else {
+            settings.node.id.clone()
+        };
+        if settings.redis.url.is_some() {
+            anyhow::bail!(
+                "invalid configuration: redis.url is set, but this build serves the embedded mode only"
+            );
+        }
+        let keys = KeyStore::load_or_create(&settings.data_dir)?;
+        let metrics = Metrics::new(&node_id);
+        let policy =
+            crate::auth::Policy::new(settings.resources.clone(), settings.delegations.clone());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(policy));
+        let (sink, mut envelopes) = tokio::sync::mpsc::unbounded_channel();
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(sink));
+        let dev_jwks = settings
+            .auth
+            .dev_issuer
+            .enabled
+            .then(|| serde_json::json!({"keys": [keys.dev_issuer.public_jwk()]}));
+        let verifier = Arc::new(TokenVerifier::new(&settings.auth, dev_jwks)?);
+        let dialog_tokens = Arc::new(DialogTokens::new(
+            keys.dialog_primary.clone(),
+            keys.dialog_next.clone(),
+            &base_url,
+            settings.auth.dialog_token_ttl,
+        ));
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
+        let deps = Arc::new(DialogDeps {
+            store: store.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            base_url: base_url.clone(),
+            node_id: node_id.clone(),
+            idle_timeout: settings.dialogs.idle_timeout,
+        });
+        let registry = DialogRegistry::new(deps, arbiters.iter().map(|a| a.handle()).collect());
+
+        let mut tasks = Vec::new();
+        let router = registry.clone();
+        tasks.push(actix_web::rt::spawn(async move {
+            while let Some(envelope) = envelopes.recv().await {
+                router.route(envelope);
+            }
+        }));
+        tasks.push(actix_web::rt::spawn(maintain_log(
+            store.clone(),
+            settings.events.retention,
+        )));
+
+        let workers = if settings.http.workers == 0 {
+            cores
+        } else {
+            settings.http.workers
+        };
+        let shutdown = settings.shutdown.timeout.as_secs();
+        let state = web::Data::new(AppState {
+            settings,
+            base_url,
+            node_id,
+            store,
+            bus,
+            registry,
+            verifier,
+            dialog_tokens,
+            metrics,
+        });
+        let data = state.clone();
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(data.clone())
+                .wrap(crate::http::method_not_allowed())
+                .wrap(middleware::from_fn(crate::http::count_requests))
+                .configure(crate::http::configure)
+        })
+        .workers(workers)
+        .shutdown_timeout(shutdown)
+        .listen(listener)
+        .context("failed to start the HTTP server")?
+        .run();
+        Ok(App {
+            server,
+            addr,
+            state,
+            keys,
+            arbiters,
+            tasks,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.state.base_url
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.state.node_id
+    }
+
+    /// A token of the development issuer (None when it is disabled).
+    pub fn dev_token(&self, scope: &str, party: Option<&Party>, ttl: Duration) -> Option<String> {
+        self.state
+            .settings
+            .auth
+            .dev_issuer
+            .enabled
+            .then(|| crate::auth::dev_token(&self.keys.dev_issuer, scope, party, ttl))
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server stops (SIGTERM/SIGINT or `handle().stop()`), then stops the actors.
+    pub async fn run(self) -> anyhow::Result<()> {
+        tracing::info!(node = %self.state.node_id, "listening on http://{}", self.addr);
+        let result = self.server.await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+        tracing::info!(node = %self.state.node_id, "stopped");
+        result.context("HTTP server failed")
+    }
+}
+
+/// Releases held-back events when their `visibleFrom` arrives and prunes the log to the retention.
+async fn maintain_log(store: Arc<dyn Store>, retention: Duration) {
+    let mut release = tokio::time::interval(RELEASE_INTERVAL);
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = release.tick() => {
+                if let Err(e) = store.release_due(chrono::Utc::now()).await {
+                    tracing::warn!(error = %e, "releasing held-back events failed");
+                }
+            }
+            _ = prune.tick() => {
+                let before = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+                match store.prune_log(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "event log pruned to retention"),
+                    Err(e) => tracing::warn!(error = %e, "pruning the event log failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The authorization policy of a dialog's main service resource, over the resource registry and the
+//! delegation list: who may write, read and receive events of which resource.
+
+use std::collections::HashMap;
+
+use crate::config::{DelegationEntry, ResourceEntry};
+use crate::domain::{Party, ResourceUrn};
+
+/// An immutable snapshot of the registry; replaced whole when an admin changes it.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    resources: HashMap<ResourceUrn, ResourceEntry>,
+    delegations: Vec<DelegationEntry>,
+}
+
+impl Policy {
+    pub fn new(resources: Vec<ResourceEntry>, delegations: Vec<DelegationEntry>) -> Self {
+        let resources = resources.into_iter().map(|r| (r.id.clone(), r)).collect();
+        Policy {
+            resources,
+            delegations,
+        }
+    }
+
+    pub fn resources(&self) -> impl Iterator<Item = &ResourceEntry> {
+        self.resources.values()
+    }
+
+    pub fn delegations(&self) -> &[DelegationEntry] {
+        &self.delegations
+    }
+
+    pub fn resource(&self, id: &ResourceUrn) -> Option<&ResourceEntry> {
+        self.resources.get(id)
+    }
+
+    /// A service owner may write, read and receive everything of the resources it owns.
+    pub fn owns(&self, party: &Party, resource: &ResourceUrn) -> bool {
+        self.resources
+            .get(resource)
+            .is_some_and(|r| &r.owner == party)
+    }
+
+    /// Whether `to` may act for `from` on `resource`.
+    pub fn is_delegated(&self, from: &Party, to: &Party, resource: &ResourceUrn) -> bool {
+        self.delegations
+            .iter()
+            .any(|d| &d.from == from && &d.to == to && d.resources.contains(resource))
+    }
+
+    /// An end user may read a dialog of its own party or of a party delegated to it for the resource.
+    pub fn may_read_as_end_user(
+        &self,
+        user: &Party,
+        dialog_party: &Party,
+        resource: &ResourceUrn,
+    ) -> bool {
+        user == dialog_party || self.is_delegated(dialog_party, user, resource)
+    }
+
+    /// A subscriber may receive an event of `resource` about `subject` when it owns the resource, is
+    /// a listed subscriber, or the subject is its own party or delegated to it for the resource.
+    pub fn may_receive(
+        &self,
+        subscriber: &Party,
+        resource: &ResourceUrn,
+        subject: Option<&str>,
+    ) -> bool {
+        let Some(entry) = self.resources.get(resource) else {
+            return false;
+        };
+        if &entry.owner == subscriber || entry.subscribers.contains(subscriber) {
+            return true;
+        }
+        match subject.and_then(|s| Party::parse(s).ok()) {
+            Some(subject) => {
+                &subject == subscriber || self.is_delegated(&subject, subscriber, resource)
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org(n: &str) -> Party {
+        Party::organization(n).expect("org")
+    }
+    fn person(n: &str) -> Party {
+        Party::person(n).expect("person")
+    }
+    fn res(id: &str) -> ResourceUrn {
+        ResourceUrn::parse(&format!("urn:altinn:resource:{id}")).expect("res")
+    }
+
+    fn policy() -> Policy {
+        Policy::new(
+            vec![ResourceEntry {
+                id: res("a"),
+                owner: org("991825827"),
+                subscribers: vec![org("912345678")],
+            }],
+            vec![DelegationEntry {
+                from: person("08895699684"),
+                to: person("12345678901"),
+                resources: vec![res("a")],
+            }],
+        )
+    }
+
+    #[test]
+    fn owner_owns_only_its_resources() {
+        let p = policy();
+        assert!(p.owns(&org("991825827"), &res("a")));
+        assert!(!p.owns(&org("912345678"), &res("a")));
+        assert!(!p.owns(&org("991825827"), &res("b")));
+    }
+
+    #[test]
+    fn end_user_reads_own_and_delegated_dialogs_only() {
+        let p = policy();
+        let owner = person("08895699684");
+        assert!(p.may_read_as_end_user(&owner, &owner, &res("a")));
+        assert!(p.may_read_as_end_user(&person("12345678901"), &owner, &res("a")));
+        assert!(!p.may_read_as_end_user(&person("12345678901"), &owner, &res("b")));
+        assert!(!p.may_read_as_end_user(&person("11111111111"), &owner, &res("a")));
+    }
+
+    #[test]
+    fn receivers_are_owner_listed_subscribers_subject_and_delegates() {
+        let p = policy();
+        let subject = Some("urn:altinn:person:identifier-no:08895699684");
+        assert!(p.may_receive(&org("991825827"), &res("a"), subject));
+        assert!(p.may_receive(&org("912345678"), &res("a"), subject));
+        assert!(p.may_receive(&person("08895699684"), &res("a"), subject));
+        assert!(p.may_receive(&person("12345678901"), &res("a"), subject));
+        assert!(!p.may_receive(&person("11111111111"), &res("a"), subject));
+        assert!(!p.may_receive(&org("991825827"), &res("unknown"), subject));
+    }
+}

@@ -1,0 +1,50 @@
+//! The `Bus` seam: spreads committed dialog changes to every node. Delivery is at-most-once; each
+//! envelope carries the dialog's sequence so a receiver detects a gap and repairs it from the store's
+//! dialog log. `memory` is the single-node default; a Redis pub/sub bridge plugs in here.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::CloudEvent;
+
+pub use memory::MemoryBus;
+
+/// One committed dialog change as it travels between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Node that committed the change (a node ignores its own envelopes: it delivered locally).
+    pub origin: String,
+    pub dialog_id: Uuid,
+    /// `dialogsequence` of the change's last event.
+    pub sequence: u64,
+    /// The change's events, in order (sequence - len + 1 ..= sequence).
+    pub events: Vec<Arc<CloudEvent>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus cannot be reached; the change is committed and receivers repair from the log.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where a bus hands incoming envelopes; the dialog registry drains it.
+pub type EnvelopeSink = tokio::sync::mpsc::UnboundedSender<Envelope>;
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
+
+    async fn ping(&self) -> Result<(), BusError>;
+
+    /// This node now has local interest in `dialog` (first local subscriber).
+    fn subscribe(&self, dialog: Uuid);
+
+    /// This node lost its last local subscriber of `dialog`.
+    fn unsubscribe(&self, dialog: Uuid);
+}

@@ -1,0 +1,317 @@
+//! Typed settings: `config/default.toml` (embedded) → `--config FILE` → `DIALOG_EVENTS__…` env,
+//! validated once at start-up so an invalid value stops the node with a message naming its key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::{Party, ResourceUrn};
+
+/// The defaults, built into the binary so a node runs with no files at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of configuration environment variables (`DIALOG_EVENTS__HTTP__BIND`).
+const ENV_PREFIX: &str = "DIALOG_EVENTS";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub http: HttpSettings,
+    pub public: PublicSettings,
+    pub node: NodeSettings,
+    pub log: LogSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub dialogs: DialogSettings,
+    pub events: EventSettings,
+    pub shutdown: ShutdownSettings,
+    pub resources: Vec<ResourceEntry>,
+    pub delegations: Vec<DelegationEntry>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub bind: SocketAddr,
+    pub max_body: usize,
+    pub workers: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicSettings {
+    pub base_url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    pub id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    #[serde(default)]
+    pub url: Option<String>,
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    #[serde(deserialize_with = "duration")]
+    pub dialog_token_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub jwks_cache_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub clock_leeway: Duration,
+    pub issuers: Vec<IssuerSettings>,
+    pub dev_issuer: DevIssuerSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    pub issuer: String,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub jwks_inline: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevIssuerSettings {
+    pub enabled: bool,
+    pub allow_public: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialogSettings {
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    pub max_page_size: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceEntry {
+    pub id: ResourceUrn,
+    pub owner: Party,
+    #[serde(default)]
+    pub subscribers: Vec<Party>,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationEntry {
+    pub from: Party,
+    pub to: Party,
+    pub resources: Vec<ResourceUrn>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+}
+
+impl Settings {
+    /// Loads the layers: defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        Self::load_layers(file, None, true)
+    }
+
+    /// Defaults plus a TOML snippet, without the environment: how tests describe a node.
+    pub fn from_toml(overrides: &str) -> anyhow::Result<Settings> {
+        Self::load_layers(None, Some(overrides), false)
+    }
+
+    fn load_layers(
+        file: Option<&Path>,
+        overrides: Option<&str>,
+        env: bool,
+    ) -> anyhow::Result<Settings> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!(
+                    "failed to read config file {}: no such file",
+                    path.display()
+                );
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        if let Some(toml) = overrides {
+            builder = builder.add_source(config::File::from_str(toml, config::FileFormat::Toml));
+        }
+        if env {
+            builder = builder.add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        }
+        let raw = builder.build().context("failed to read configuration")?;
+        let settings: Settings = raw
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that need more than one key or more than a type.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.http.max_body == 0 {
+            bail!("invalid configuration: http.max_body must be greater than 0");
+        }
+        if self.dialogs.max_page_size == 0 {
+            bail!("invalid configuration: dialogs.max_page_size must be greater than 0");
+        }
+        if !self.public.base_url.is_empty()
+            && !(self.public.base_url.starts_with("http://")
+                || self.public.base_url.starts_with("https://"))
+        {
+            bail!("invalid configuration: public.base_url must start with http:// or https://");
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://"))
+        {
+            bail!(
+                "invalid configuration: redis.url must start with redis://, rediss:// or redis+unix://"
+            );
+        }
+        if self.redis.prefix.is_empty() {
+            bail!("invalid configuration: redis.prefix must not be empty");
+        }
+        for (i, issuer) in self.auth.issuers.iter().enumerate() {
+            let sources = [
+                issuer.jwks_url.is_some(),
+                issuer.jwks_file.is_some(),
+                issuer.jwks_inline.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                bail!(
+                    "invalid configuration: auth.issuers[{i}] needs exactly one of jwks_url, jwks_file, jwks_inline"
+                );
+            }
+            if issuer.issuer.is_empty() {
+                bail!("invalid configuration: auth.issuers[{i}].issuer must not be empty");
+            }
+        }
+        if self.auth.dev_issuer.enabled
+            && !self.auth.dev_issuer.allow_public
+            && !self.http.bind.ip().is_loopback()
+        {
+            bail!(
+                "invalid configuration: auth.dev_issuer.enabled on non-loopback bind {} needs auth.dev_issuer.allow_public = true",
+                self.http.bind
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::from_toml("").expect("defaults are valid");
+        assert_eq!(s.http.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.http.max_body, 262_144);
+        assert!(s.redis.url.is_none());
+        assert_eq!(s.redis.prefix, "de");
+        assert_eq!(s.events.retention, Duration::from_secs(90 * 86_400));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = Settings::from_toml("[http]\nbind = \"nonsense\"").expect_err("invalid");
+        assert!(format!("{err:#}").contains("bind"), "{err:#}");
+        let err = Settings::from_toml("[dialogs]\nidle_timeout = \"soon\"").expect_err("invalid");
+        assert!(format!("{err:#}").contains("idle_timeout"), "{err:#}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let err = Settings::from_toml("[http]\nbindd = \"127.0.0.1:1\"").expect_err("unknown key");
+        assert!(format!("{err:#}").contains("bindd"), "{err:#}");
+    }
+
+    #[test]
+    fn dev_issuer_on_public_bind_is_refused_unless_allowed() {
+        let err = Settings::from_toml("[http]\nbind = \"0.0.0.0:0\"").expect_err("public bind");
+        assert!(
+            format!("{err:#}").contains("auth.dev_issuer.allow_public"),
+            "{err:#}"
+        );
+        Settings::from_toml("[http]\nbind = \"0.0.0.0:0\"\n[auth.dev_issuer]\nallow_public = true")
+            .expect("allowed");
+    }
+
+    #[test]
+    fn resources_and_delegations_parse_with_urn_checks() {
+        let s = Settings::from_toml(
+            r#"
+            [[resources]]
+            id = "urn:altinn:resource:a"
+            owner = "urn:altinn:organization:identifier-no:991825827"
+            [[delegations]]
+            from = "urn:altinn:person:identifier-no:08895699684"
+            to = "urn:altinn:person:identifier-no:12345678901"
+            resources = ["urn:altinn:resource:a"]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(s.resources.len(), 1);
+        assert_eq!(s.delegations.len(), 1);
+        let err = Settings::from_toml("[[resources]]\nid = \"bad\"\nowner = \"urn:altinn:organization:identifier-no:991825827\"")
+            .expect_err("bad urn");
+        assert!(format!("{err:#}").contains("resource"), "{err:#}");
+    }
+}

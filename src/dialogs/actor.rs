@@ -1,0 +1,381 @@
+//! `DialogActor`: the single owner of one dialog's in-node state (cached dialog, last delivered
+//! sequence). Commands run one at a time (`AtomicResponse`): load, authorize, compute, commit, publish.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::command::{Access, Command, CommandError, DialogCommand, Outcome};
+use super::registry::DialogRegistry;
+use crate::bus::{Bus, Envelope};
+use crate::domain::{Dialog, Drafts};
+use crate::store::{Commit, Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// How often one command retries after losing a commit race to another writer (other nodes).
+const MAX_COMMIT_ATTEMPTS: usize = 8;
+
+/// What every dialog actor of a node shares.
+pub struct DialogDeps {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub metrics: Metrics,
+    pub base_url: String,
+    pub node_id: String,
+    pub idle_timeout: Duration,
+}
+
+pub struct DialogActor {
+    id: Uuid,
+    deps: Arc<DialogDeps>,
+    /// To remove itself from the registry when idle; weak so a stopping node frees both.
+    registry: Weak<DialogRegistry>,
+    /// The dialog as last committed or loaded; `None` inside means absent (or purged).
+    /// The outer `None` means not loaded (or unknown after a store failure): load before use.
+    cached: Option<Option<Dialog>>,
+    /// Highest `dialogsequence` this node has delivered to local subscribers.
+    delivered: u64,
+    last_used: Instant,
+}
+
+impl DialogActor {
+    pub fn new(id: Uuid, deps: Arc<DialogDeps>, registry: Weak<DialogRegistry>) -> Self {
+        DialogActor {
+            id,
+            deps,
+            registry,
+            cached: None,
+            delivered: 0,
+            last_used: Instant::now(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.last_used.elapsed() >= self.deps.idle_timeout
+    }
+
+    /// Notes a committed change as delivered on this node (local subscribers attach here).
+    fn delivered_up_to(&mut self, sequence: u64) {
+        if sequence > self.delivered {
+            self.delivered = sequence;
+        }
+    }
+}
+
+impl Actor for DialogActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.deps.metrics.dialog_actors.inc();
+        let check = (self.deps.idle_timeout / 2).max(Duration::from_millis(10));
+        ctx.run_interval(check, |act, ctx| {
+            if act.is_idle() {
+                if let Some(registry) = act.registry.upgrade() {
+                    registry.forget(act.id, &ctx.address());
+                }
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.deps.metrics.dialog_actors.dec();
+    }
+}
+
+impl Handler<DialogCommand> for DialogActor {
+    type Result = AtomicResponse<Self, Result<Outcome, CommandError>>;
+
+    fn handle(&mut self, msg: DialogCommand, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_used = Instant::now();
+        let cached = self.cached.take();
+        let deps = self.deps.clone();
+        let id = self.id;
+        AtomicResponse::new(Box::pin(
+            async move { execute(&deps, id, cached, msg).await }
+                .into_actor(self)
+                .map(|(cached, result, committed), act, _ctx| {
+                    act.cached = cached;
+                    act.last_used = Instant::now();
+                    if let Some(seq) = committed {
+                        act.delivered_up_to(seq);
+                    }
+                    result
+                }),
+        ))
+    }
+}
+
+/// Envelope from another node (or this node's own, which is already delivered).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Incoming(pub Envelope);
+
+impl Handler<Incoming> for DialogActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, _ctx: &mut Self::Context) {
+        let env = msg.0;
+        if env.sequence <= self.delivered {
+            return;
+        }
+        // Another node changed the dialog: the cache is stale.
+        self.cached = None;
+        self.delivered_up_to(env.sequence);
+    }
+}
+
+enum Plan {
+    Read(Outcome),
+    Write {
+        next: Option<Dialog>,
+        drafts: Drafts,
+        child_id: Option<Uuid>,
+        create: bool,
+        silent: bool,
+    },
+}
+
+type Executed = (
+    Option<Option<Dialog>>,
+    Result<Outcome, CommandError>,
+    Option<u64>,
+);
+
+async fn execute(
+    deps: &DialogDeps,
+    id: Uuid,
+    cached: Option<Option<Dialog>>,
+    msg: DialogCommand,
+) -> Executed {
+    let mut current = match cached {
+        Some(c) => c,
+        None => match deps.store.load_dialog(id).await {
+            Ok(d) => d,
+            Err(e) => return (None, Err(unavailable(e)), None),
+        },
+    };
+    for _ in 0..MAX_COMMIT_ATTEMPTS {
+        let now = Utc::now();
+        let plan = match plan(current.as_ref(), &msg, id, now) {
+            Ok(p) => p,
+            Err(e) => return (Some(current), Err(e), None),
+        };
+        let (next, drafts, child_id, create, silent) = match plan {
+            Plan::Read(outcome) => return (Some(current), Ok(outcome), None),
+            Plan::Write {
+                next,
+                drafts,
+                child_id,
+                create,
+                silent,
+            } => (next, drafts, child_id, create, silent),
+        };
+        let base = current.as_ref().map_or(0, |d| d.sequence);
+        let mut next = next;
+        let last = base + drafts.len() as u64;
+        if let Some(n) = next.as_mut() {
+            n.sequence = last;
+        }
+        let Some(describe) = next.as_ref().or(current.as_ref()) else {
+            return (Some(current), Err(CommandError::NotFound), None);
+        };
+        let events: Vec<_> = drafts
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| Arc::new(d.build(describe, base + 1 + i as u64, now, &deps.base_url)))
+            .collect();
+        let hold_until = describe.visible_from.filter(|t| *t > now);
+        let commit = Commit {
+            dialog_id: id,
+            expected_sequence: base,
+            create,
+            state: next.clone(),
+            events: events.clone(),
+            publish: !silent,
+            hold_until,
+        };
+        match deps.store.commit(commit).await {
+            Ok(()) => {
+                for e in &events {
+                    deps.metrics
+                        .events
+                        .with_label_values(&[e.kind.as_str()])
+                        .inc();
+                }
+                let envelope = Envelope {
+                    origin: deps.node_id.clone(),
+                    dialog_id: id,
+                    sequence: last,
+                    events,
+                };
+                if let Err(e) = deps.bus.publish(envelope).await {
+                    // Committed already; other nodes repair the gap from the dialog log.
+                    tracing::warn!(dialog = %id, error = %e, "publishing a committed change failed");
+                }
+                let outcome = Outcome {
+                    dialog: next.clone(),
+                    child_id,
+                };
+                return (Some(next), Ok(outcome), Some(last));
+            }
+            Err(StoreError::Conflict) => match deps.store.load_dialog(id).await {
+                Ok(d) => current = d,
+                Err(e) => return (None, Err(unavailable(e)), None),
+            },
+            Err(StoreError::AlreadyExists) => {
+                return (None, Err(CommandError::AlreadyExists), None);
+            }
+            Err(e @ StoreError::Unavailable(_)) => return (None, Err(unavailable(e)), None),
+        }
+    }
+    (
+        None,
+        Err(CommandError::Unavailable(
+            "too many concurrent writers".into(),
+        )),
+        None,
+    )
+}
+
+fn unavailable(e: StoreError) -> CommandError {
+    CommandError::Unavailable(e.to_string())
+}
+
+fn check_revision(d: &Dialog, if_match: Option<Uuid>) -> Result<(), CommandError> {
+    match if_match {
+        Some(r) if r != d.revision => Err(CommandError::PreconditionFailed),
+        _ => Ok(()),
+    }
+}
+
+/// Authorizes `msg` against the loaded dialog and computes the change, without side effects.
+fn plan(
+    current: Option<&Dialog>,
+    msg: &DialogCommand,
+    id: Uuid,
+    now: chrono::DateTime<Utc>,
+) -> Result<Plan, CommandError> {
+    if let Command::Create(input) = &msg.command {
+        if current.is_some() {
+            return Err(CommandError::AlreadyExists);
+        }
+        let mut input = (**input).clone();
+        input.id = Some(id);
+        let (dialog, drafts) = Dialog::create(input, now)?;
+        return Ok(Plan::Write {
+            next: Some(dialog),
+            drafts,
+            child_id: None,
+            create: true,
+            silent: false,
+        });
+    }
+    let d = current.ok_or(CommandError::NotFound)?;
+    match &msg.access {
+        Access::ServiceOwner { party, policy } => {
+            if !policy.owns(party, &d.service_resource) {
+                return Err(CommandError::Forbidden(
+                    "the dialog's service resource is owned by another party",
+                ));
+            }
+        }
+        Access::EndUser { party, policy } => {
+            if !policy.may_read_as_end_user(party, &d.party, &d.service_resource) {
+                return Err(CommandError::Forbidden(
+                    "the dialog belongs to a party you may not act for",
+                ));
+            }
+            if d.is_deleted() {
+                return Err(CommandError::Gone);
+            }
+            if !d.is_visible_at(now) {
+                return Err(CommandError::NotFound);
+            }
+        }
+    }
+    let write = |next: Dialog, drafts: Drafts, child_id: Option<Uuid>, silent: bool| Plan::Write {
+        next: Some(next),
+        drafts,
+        child_id,
+        create: false,
+        silent,
+    };
+    Ok(match &msg.command {
+        Command::Create(_) => unreachable!("handled above"),
+        Command::View { viewer } => match viewer.as_ref().and_then(|v| d.see(v, now)) {
+            Some((next, drafts)) => write(next, drafts, None, false),
+            None => Plan::Read(Outcome {
+                dialog: Some(d.clone()),
+                child_id: None,
+            }),
+        },
+        Command::Replace {
+            input,
+            if_match,
+            silent,
+        } => {
+            live(d)?;
+            check_revision(d, *if_match)?;
+            let (next, drafts) = d.replace((**input).clone(), now, *silent)?;
+            write(next, drafts, None, *silent)
+        }
+        Command::AddActivity {
+            input,
+            if_match,
+            silent,
+        } => {
+            live(d)?;
+            check_revision(d, *if_match)?;
+            let (next, drafts, child) = d.add_activity((**input).clone(), now, *silent)?;
+            write(next, drafts, Some(child), *silent)
+        }
+        Command::AddTransmission {
+            input,
+            if_match,
+            silent,
+        } => {
+            live(d)?;
+            check_revision(d, *if_match)?;
+            let (next, drafts, child) = d.add_transmission((**input).clone(), now, *silent)?;
+            write(next, drafts, Some(child), *silent)
+        }
+        Command::Delete { if_match, silent } => {
+            live(d)?;
+            check_revision(d, *if_match)?;
+            let (next, drafts) = d.soft_delete(now, *silent);
+            write(next, drafts, None, *silent)
+        }
+        Command::Restore { silent } => {
+            if !d.is_deleted() {
+                Plan::Read(Outcome {
+                    dialog: Some(d.clone()),
+                    child_id: None,
+                })
+            } else {
+                let (next, drafts) = d.restore(now, *silent);
+                write(next, drafts, None, *silent)
+            }
+        }
+        Command::Purge => Plan::Write {
+            next: None,
+            drafts: vec![crate::domain::EventDraft::dialog(
+                crate::domain::EventKind::Deleted,
+            )],
+            child_id: None,
+            create: false,
+            silent: false,
+        },
+    })
+}
+
+fn live(d: &Dialog) -> Result<(), CommandError> {
+    if d.is_deleted() {
+        Err(CommandError::Gone)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! Per-dialog actors and their registry: every command for one dialog is serialized through its
+//! `DialogActor`; different dialogs run in parallel on a pool of arbiters.
+
+pub mod actor;
+pub mod command;
+pub mod registry;
+
+pub use actor::{DialogActor, DialogDeps};
+pub use command::{Access, Command, CommandError, Outcome};
+pub use registry::DialogRegistry;

@@ -1,0 +1,119 @@
+//! `DialogRegistry`: finds or starts the actor of a dialog. Lookups go through sharded maps (no
+//! single hot actor); actors are spread over one arbiter per core by a hash of the dialog id.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use uuid::Uuid;
+
+use super::actor::{DialogActor, DialogDeps, Incoming};
+use super::command::{Access, Command, CommandError, DialogCommand, Outcome};
+use crate::bus::Envelope;
+
+/// Number of map shards; a power of two well above the core count keeps lock contention negligible.
+const SHARDS: usize = 64;
+
+/// How often a command is re-sent after it reached an actor that was stopping (idle) at that moment.
+const MAX_SEND_ATTEMPTS: usize = 4;
+
+pub struct DialogRegistry {
+    /// Live actors by dialog id. An entry is removed by its actor when it stops for idleness
+    /// (`forget`); a stale `Addr` found here is replaced on the next lookup.
+    shards: Vec<Mutex<HashMap<Uuid, Addr<DialogActor>>>>,
+    arbiters: Vec<ArbiterHandle>,
+    deps: Arc<DialogDeps>,
+}
+
+impl DialogRegistry {
+    pub fn new(deps: Arc<DialogDeps>, arbiters: Vec<ArbiterHandle>) -> Arc<Self> {
+        Arc::new(DialogRegistry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            arbiters,
+            deps,
+        })
+    }
+
+    fn slot(&self, id: &Uuid) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        h.finish() as usize
+    }
+
+    fn shard(&self, id: &Uuid) -> std::sync::MutexGuard<'_, HashMap<Uuid, Addr<DialogActor>>> {
+        self.shards[self.slot(id) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The actor of `id`, started on demand.
+    pub fn actor(self: &Arc<Self>, id: Uuid) -> Addr<DialogActor> {
+        let mut shard = self.shard(&id);
+        if let Some(addr) = shard.get(&id).filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        let deps = self.deps.clone();
+        let weak = Arc::downgrade(self);
+        let actor = DialogActor::new(id, deps, weak);
+        let addr = match self
+            .arbiters
+            .get((self.slot(&id) >> 8) % self.arbiters.len().max(1))
+        {
+            Some(arbiter) => DialogActor::start_in_arbiter(arbiter, move |_| actor),
+            None => actor.start(),
+        };
+        shard.insert(id, addr.clone());
+        addr
+    }
+
+    /// Runs `command` on the dialog's actor.
+    pub async fn send(
+        self: &Arc<Self>,
+        id: Uuid,
+        access: Access,
+        command: Command,
+    ) -> Result<Outcome, CommandError> {
+        let msg = DialogCommand { access, command };
+        for _ in 0..MAX_SEND_ATTEMPTS {
+            let addr = self.actor(id);
+            match addr.send(msg.clone()).await {
+                Ok(result) => return result,
+                // The actor stopped between lookup and delivery; the command never ran.
+                Err(MailboxError::Closed) => self.forget(id, &addr),
+                Err(MailboxError::Timeout) => break,
+            }
+        }
+        Err(CommandError::Unavailable("dialog actor unavailable".into()))
+    }
+
+    /// Removes `addr` as the actor of `id` (only if it still is).
+    pub fn forget(&self, id: Uuid, addr: &Addr<DialogActor>) {
+        let mut shard = self.shard(&id);
+        if shard.get(&id) == Some(addr) {
+            shard.remove(&id);
+        }
+    }
+
+    /// Hands an envelope from the bus to the dialog's actor, if one is live on this node.
+    pub fn route(&self, envelope: Envelope) {
+        if envelope.origin == self.deps.node_id {
+            return;
+        }
+        let addr = self
+            .shard(&envelope.dialog_id)
+            .get(&envelope.dialog_id)
+            .cloned();
+        if let Some(addr) = addr {
+            addr.do_send(Incoming(envelope));
+        }
+    }
+
+    /// Number of live dialog actors.
+    pub fn live(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}

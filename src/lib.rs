@@ -1,0 +1,28 @@
+//! dialog-events: the change-notification hub of a dialog platform. Every change to a dialog becomes
+//! a Dialogporten CloudEvent, delivered to GUIs live, to webhook subscribers and to pollers.
+//!
+//! # Layout
+//! - [`app`]: builds and runs a node (`App::build`), shared by `main` and the tests.
+//! - [`config`]: typed settings, layered loading (defaults → file → env), validation.
+//! - [`telemetry`]: tracing subscriber and the node's Prometheus metrics.
+//! - [`http`]: actix-web routes, problem+json errors, extractors.
+//! - [`dialogs`]: per-dialog actors and the registry that starts them on demand.
+//! - [`auth`]: token verification (JWKS, dev issuer), dialog tokens, authorization policy.
+//! - [`store`]: the `Store` trait and its in-memory backend.
+//! - [`bus`]: the `Bus` trait (cross-node fan-out) and its in-memory backend.
+//! - [`domain`]: pure types and rules: dialogs, events, parties, the seen rule.
+//!
+//! Imports flow downward only: `app` → `http` → `dialogs` → `auth`, `store`, `bus` → `domain`, `config`.
+
+pub mod app;
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod dialogs;
+pub mod domain;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Settings;

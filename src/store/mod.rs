@@ -1,0 +1,127 @@
+//! The `Store` seam: dialogs, each dialog's own event log, the global event log (poll API), held-back
+//! events and the resource registry. `memory` is the embedded default; a Redis backend plugs in here.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::auth::Policy;
+use crate::config::{DelegationEntry, ResourceEntry};
+use crate::domain::{CloudEvent, Dialog, Party, ResourceUrn};
+
+pub use memory::MemoryStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The dialog's sequence moved since it was read: another writer committed first. Reload and retry.
+    #[error("concurrent change")]
+    Conflict,
+    /// A create named an id that exists (or existed and was purged).
+    #[error("dialog already exists")]
+    AlreadyExists,
+    /// The backend cannot be reached; nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One atomic dialog change: the sequence check, the new state and the numbered events.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub dialog_id: Uuid,
+    /// The sequence the change was computed from; 0 with `create` for a new dialog.
+    pub expected_sequence: u64,
+    pub create: bool,
+    /// The state after the change; `None` purges the dialog (its id stays taken).
+    pub state: Option<Dialog>,
+    /// Events numbered `expected_sequence + 1 ..`, appended to the dialog's own log.
+    pub events: Vec<Arc<CloudEvent>>,
+    /// Whether the events also go to the global log (false for silent updates).
+    pub publish: bool,
+    /// Hold the published events back until this time (the dialog's `visibleFrom`).
+    pub hold_until: Option<DateTime<Utc>>,
+}
+
+/// Which dialogs a list call may return, before per-dialog authorization.
+#[derive(Debug, Clone, Default)]
+pub struct DialogQuery {
+    /// Only these resources (None = any).
+    pub resources: Option<Vec<ResourceUrn>>,
+    /// Only these parties (None = any).
+    pub parties: Option<Vec<Party>>,
+    pub include_deleted: bool,
+    /// Ids strictly greater than this (continuation).
+    pub after: Option<Uuid>,
+    pub limit: usize,
+}
+
+/// Where an event sits in the global log; increases with every appended event.
+pub type LogPosition = u64;
+
+/// A global log entry.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub position: LogPosition,
+    pub event: Arc<CloudEvent>,
+}
+
+/// Filter over the global log of one resource.
+pub type EventFilter<'a> = &'a (dyn Fn(&CloudEvent) -> bool + Send + Sync);
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn load_dialog(&self, id: Uuid) -> Result<Option<Dialog>, StoreError>;
+
+    /// Applies `commit` atomically or not at all.
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    /// Dialogs matching `query`, ordered by id.
+    async fn list_dialogs(&self, query: &DialogQuery) -> Result<Vec<Dialog>, StoreError>;
+
+    /// Events of one dialog's own log with sequence > `after`, in order, at most `limit`.
+    async fn dialog_events(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<CloudEvent>>, StoreError>;
+
+    /// Global log position of an event id, if retained.
+    async fn log_position(&self, event_id: &str) -> Result<Option<LogPosition>, StoreError>;
+
+    /// Up to `limit` events of `resource` after `after` for which `filter` holds, oldest first.
+    async fn read_log(
+        &self,
+        resource: &str,
+        after: LogPosition,
+        limit: usize,
+        filter: EventFilter<'_>,
+    ) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// Appends a published (non-dialog) event; false when `(id, source)` was seen before.
+    async fn append_external(&self, event: CloudEvent) -> Result<bool, StoreError>;
+
+    /// Moves held-back events whose time has come into the global log; returns how many.
+    async fn release_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError>;
+
+    /// Drops global log entries older than `before`; returns how many.
+    async fn prune_log(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
+
+    /// The current resource registry and delegations.
+    async fn policy(&self) -> Result<Arc<Policy>, StoreError>;
+
+    async fn put_resource(&self, entry: ResourceEntry) -> Result<(), StoreError>;
+
+    /// False when the resource was not registered.
+    async fn delete_resource(&self, id: &ResourceUrn) -> Result<bool, StoreError>;
+
+    async fn add_delegation(&self, entry: DelegationEntry) -> Result<(), StoreError>;
+
+    /// False when no such delegation existed.
+    async fn remove_delegation(&self, entry: &DelegationEntry) -> Result<bool, StoreError>;
+}
