@@ -156,19 +156,20 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 impl Settings {
     /// Loads the layers: defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
-        Self::load_layers(file, None, true)
+        Self::load_layers(file, &[], true)
     }
 
     /// Defaults plus a TOML snippet, without the environment: how tests describe a node.
     pub fn from_toml(overrides: &str) -> anyhow::Result<Settings> {
-        Self::load_layers(None, Some(overrides), false)
+        Self::load_layers(None, &[overrides], false)
     }
 
-    fn load_layers(
-        file: Option<&Path>,
-        overrides: Option<&str>,
-        env: bool,
-    ) -> anyhow::Result<Settings> {
+    /// Defaults plus several TOML snippets, later ones winning, without the environment.
+    pub fn from_toml_layers(layers: &[&str]) -> anyhow::Result<Settings> {
+        Self::load_layers(None, layers, false)
+    }
+
+    fn load_layers(file: Option<&Path>, overrides: &[&str], env: bool) -> anyhow::Result<Settings> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
@@ -182,7 +183,7 @@ impl Settings {
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        if let Some(toml) = overrides {
+        for toml in overrides {
             builder = builder.add_source(config::File::from_str(toml, config::FileFormat::Toml));
         }
         if env {
