@@ -210,16 +210,14 @@ impl Settings {
         if self.dialogs.max_page_size == 0 {
             bail!("invalid configuration: dialogs.max_page_size must be greater than 0");
         }
+        let has_scheme = |url: &str, schemes: &[&str]| schemes.iter().any(|s| url.starts_with(s));
         if !self.public.base_url.is_empty()
-            && !(self.public.base_url.starts_with("http://")
-                || self.public.base_url.starts_with("https://"))
+            && !has_scheme(&self.public.base_url, &["http://", "https://"])
         {
             bail!("invalid configuration: public.base_url must start with http:// or https://");
         }
         if let Some(url) = &self.redis.url
-            && !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://"))
+            && !has_scheme(url, &["redis://", "rediss://", "redis+unix://"])
         {
             bail!(
                 "invalid configuration: redis.url must start with redis://, rediss:// or redis+unix://"

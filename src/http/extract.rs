@@ -122,24 +122,41 @@ pub async fn json_body<T: DeserializeOwned>(
     parse_json(&body)
 }
 
-/// Parses JSON with errors naming the field path (`activities[0].type`), or `body` for syntax errors.
+/// Parses a JSON object with errors naming the field path (`activities[0].type`, also for a
+/// missing field), or `body` when the text is not well-formed JSON or not an object.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad("body", "must be a JSON object"));
+    }
+    // Well-formedness first: serde_json reports some type mismatches (a number where an enum is
+    // expected) as syntax errors, so the typed pass alone cannot tell the two apart.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        let text = e.to_string();
+        let message = text.split(" at line ").next().unwrap_or(&text);
+        return Err(ApiError::bad("body", format!("malformed JSON: {message}")));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path.is_empty() || path == "." {
-            "body".to_owned()
-        } else {
-            path
-        };
-        let message = inner.to_string();
         // serde_json appends " at line L column C"; the field name says more.
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_owned();
+        let text = inner.to_string();
+        let message = text.split(" at line ").next().unwrap_or(&text).to_owned();
+        let parent = if path.is_empty() || path == "." || path == "?" {
+            None
+        } else {
+            Some(path)
+        };
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned);
+        let field = match (parent, missing) {
+            (Some(p), Some(m)) => format!("{p}.{m}"),
+            (None, Some(m)) => m,
+            (Some(p), None) => p,
+            (None, None) => "body".to_owned(),
+        };
         ApiError::bad(field, message)
     })
 }

@@ -55,7 +55,8 @@ impl Inner {
         self.next_position += 1;
         let position = self.next_position;
         let resource = event.resource.clone().unwrap_or_default();
-        self.by_id.entry(event.id.clone()).or_insert(position);
+        // An id may repeat across sources; a cursor names the latest, so paging always advances.
+        self.by_id.insert(event.id.clone(), position);
         self.by_resource
             .entry(resource.clone())
             .or_default()
