@@ -27,6 +27,8 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 pub struct App {
     server: Server,
+    /// Set to true to drain: realtime connections close with 1012, SSE streams complete.
+    shutdown: tokio::sync::watch::Sender<bool>,
     addr: SocketAddr,
     state: web::Data<AppState>,
     keys: KeyStore,
@@ -90,6 +92,8 @@ impl App {
             base_url: base_url.clone(),
             node_id: node_id.clone(),
             idle_timeout: settings.dialogs.idle_timeout,
+            history_size: settings.realtime.history_size,
+            history_ttl: settings.realtime.history_ttl,
         });
         let registry = DialogRegistry::new(deps, arbiters.iter().map(|a| a.handle()).collect());
 
@@ -105,6 +109,17 @@ impl App {
             settings.events.retention,
         )));
 
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let realtime = web::Data::new(crate::realtime::RealtimeState {
+            schema: Arc::new(crate::realtime::schema::schema()),
+            registry: registry.clone(),
+            store: store.clone(),
+            dialog_tokens: dialog_tokens.clone(),
+            verifier: verifier.clone(),
+            metrics: metrics.clone(),
+            settings: settings.realtime.clone(),
+            shutdown: shutdown_rx,
+        });
         let workers = if settings.http.workers == 0 {
             cores
         } else {
@@ -126,16 +141,21 @@ impl App {
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(data.clone())
+                .app_data(realtime.clone())
+                .configure(crate::realtime::routes)
                 .wrap(crate::http::method_not_allowed())
                 .wrap(middleware::from_fn(crate::http::count_requests))
                 .configure(crate::http::configure)
         })
         .workers(workers)
         .shutdown_timeout(shutdown)
+        // Signals are handled in `run`, which first tells realtime connections to close (1012).
+        .disable_signals()
         .listen(listener)
         .context("failed to start the HTTP server")?
         .run();
         Ok(App {
+            shutdown: shutdown_tx,
             server,
             addr,
             state,
@@ -171,10 +191,31 @@ impl App {
         self.server.handle()
     }
 
-    /// Serves until the server stops (SIGTERM/SIGINT or `handle().stop()`), then stops the actors.
+    /// Drains the node as a signal would: realtime connections close with 1012, then the server stops.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shutdown: self.shutdown.clone(),
+            handle: self.server.handle(),
+        }
+    }
+
+    /// Serves until SIGTERM/SIGINT or `handle().stop()`, then stops the actors. On a signal the
+    /// node stops accepting, closes realtime connections with 1012 and drains within
+    /// `shutdown.timeout`.
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(node = %self.state.node_id, "listening on http://{}", self.addr);
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        let node = self.state.node_id.clone();
+        let signals = actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!(%node, "shutting down");
+            let _ = shutdown.send(true);
+            handle.stop(true).await;
+        });
         let result = self.server.await;
+        signals.abort();
+        let _ = self.shutdown.send(true);
         for task in &self.tasks {
             task.abort();
         }
@@ -206,5 +247,43 @@ async fn maintain_log(store: Arc<dyn Store>, retention: Duration) {
                 }
             }
         }
+    }
+}
+
+/// Stops a running node from outside (tests, embedding programs).
+#[derive(Clone)]
+pub struct Stopper {
+    shutdown: tokio::sync::watch::Sender<bool>,
+    handle: ServerHandle,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        self.handle.stop(true).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => futures::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -28,6 +28,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub dialogs: DialogSettings,
     pub events: EventSettings,
+    pub realtime: RealtimeSettings,
     pub shutdown: ShutdownSettings,
     pub resources: Vec<ResourceEntry>,
     pub delegations: Vec<DelegationEntry>,
@@ -126,6 +127,20 @@ pub struct EventSettings {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RealtimeSettings {
+    pub history_size: usize,
+    #[serde(deserialize_with = "duration")]
+    pub history_ttl: Duration,
+    pub client_queue_bytes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub init_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
@@ -206,6 +221,15 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.http.max_body == 0 {
             bail!("invalid configuration: http.max_body must be greater than 0");
+        }
+        if self.realtime.ping_interval.is_zero() {
+            bail!("invalid configuration: realtime.ping_interval must be greater than 0");
+        }
+        if self.realtime.init_timeout.is_zero() {
+            bail!("invalid configuration: realtime.init_timeout must be greater than 0");
+        }
+        if self.realtime.max_frame_bytes < 1024 {
+            bail!("invalid configuration: realtime.max_frame_bytes must be at least 1024");
         }
         if self.dialogs.max_page_size == 0 {
             bail!("invalid configuration: dialogs.max_page_size must be greater than 0");

@@ -6,13 +6,14 @@
 //! - [`config`]: typed settings, layered loading (defaults → file → env), validation.
 //! - [`telemetry`]: tracing subscriber and the node's Prometheus metrics.
 //! - [`http`]: actix-web routes, problem+json errors, extractors.
+//! - [`realtime`]: GraphQL schema, WebSocket (both protocols) and SSE subscriptions.
 //! - [`dialogs`]: per-dialog actors and the registry that starts them on demand.
 //! - [`auth`]: token verification (JWKS, dev issuer), dialog tokens, authorization policy.
 //! - [`store`]: the `Store` trait and its in-memory backend.
 //! - [`bus`]: the `Bus` trait (cross-node fan-out) and its in-memory backend.
 //! - [`domain`]: pure types and rules: dialogs, events, parties, the seen rule.
 //!
-//! Imports flow downward only: `app` → `http` → `dialogs` → `auth`, `store`, `bus` → `domain`, `config`.
+//! Imports flow downward only: `app` → `http`, `realtime` → `dialogs` → `auth`, `store`, `bus` → `domain`, `config`.
 
 pub mod app;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod dialogs;
 pub mod domain;
 pub mod http;
+pub mod realtime;
 pub mod store;
 pub mod telemetry;
 

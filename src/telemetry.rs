@@ -25,6 +25,11 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub events: IntCounterVec,
     pub dialog_actors: IntGauge,
+    pub subscriptions: IntGauge,
+    pub connections: prometheus::IntGaugeVec,
+    pub buffered_bytes: IntGauge,
+    pub slow_consumer_closes: prometheus::IntCounter,
+    pub fanout_latency: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -49,11 +54,50 @@ impl Metrics {
         .expect("static metric definition is valid");
         let dialog_actors = IntGauge::new("dialog_actors", "Dialog actors alive on this node")
             .expect("static metric definition is valid");
-        for c in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+        let subscriptions = IntGauge::new(
+            "realtime_subscriptions",
+            "Active dialogEvents subscriptions on this node",
+        )
+        .expect("static metric definition is valid");
+        let connections = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "realtime_connections",
+                "Open realtime connections by transport",
+            ),
+            &["transport"],
+        )
+        .expect("static metric definition is valid");
+        let buffered_bytes = IntGauge::new(
+            "realtime_buffered_bytes",
+            "Bytes charged to realtime client queues (bounded by realtime.client_queue_bytes per connection)",
+        )
+        .expect("static metric definition is valid");
+        let slow_consumer_closes = prometheus::IntCounter::new(
+            "realtime_slow_consumer_closes_total",
+            "Connections closed (4008) because they could not keep up",
+        )
+        .expect("static metric definition is valid");
+        let fanout_latency = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "realtime_fanout_latency_seconds",
+                "Time from commit to the subscription frame being written",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+        )
+        .expect("static metric definition is valid");
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(http_requests.clone()),
             Box::new(events.clone()),
             Box::new(dialog_actors.clone()),
-        ] {
+            Box::new(subscriptions.clone()),
+            Box::new(connections.clone()),
+            Box::new(buffered_bytes.clone()),
+            Box::new(slow_consumer_closes.clone()),
+            Box::new(fanout_latency.clone()),
+        ];
+        for c in collectors {
             registry.register(c).expect("metric names are unique");
         }
         Metrics {
@@ -61,6 +105,11 @@ impl Metrics {
             http_requests,
             events,
             dialog_actors,
+            subscriptions,
+            connections,
+            buffered_bytes,
+            slow_consumer_closes,
+            fanout_latency,
         }
     }
 

@@ -10,9 +10,10 @@ use uuid::Uuid;
 
 use super::command::{Access, Command, CommandError, DialogCommand, Outcome};
 use super::registry::DialogRegistry;
+use super::subscribers::SubscriberQueue;
 use crate::bus::{Bus, Envelope};
 use crate::domain::{Dialog, Drafts};
-use crate::store::{Commit, Store, StoreError};
+use crate::store::{Change, Commit, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// How often one command retries after losing a commit race to another writer (other nodes).
@@ -26,6 +27,9 @@ pub struct DialogDeps {
     pub base_url: String,
     pub node_id: String,
     pub idle_timeout: Duration,
+    /// Changes kept for resume (`afterSequence`): at most this many, none older than `history_ttl`.
+    pub history_size: usize,
+    pub history_ttl: Duration,
 }
 
 pub struct DialogActor {
@@ -39,6 +43,10 @@ pub struct DialogActor {
     /// Highest `dialogsequence` this node has delivered to local subscribers.
     delivered: u64,
     last_used: Instant,
+    /// Local realtime subscribers by id; each queue is drained by one subscription stream, which
+    /// sends `Detach` when dropped.
+    subscribers: std::collections::HashMap<u64, Arc<SubscriberQueue>>,
+    next_subscriber: u64,
 }
 
 impl DialogActor {
@@ -50,17 +58,23 @@ impl DialogActor {
             cached: None,
             delivered: 0,
             last_used: Instant::now(),
+            subscribers: Default::default(),
+            next_subscriber: 0,
         }
     }
 
     fn is_idle(&self) -> bool {
-        self.last_used.elapsed() >= self.deps.idle_timeout
+        self.subscribers.is_empty() && self.last_used.elapsed() >= self.deps.idle_timeout
     }
 
-    /// Notes a committed change as delivered on this node (local subscribers attach here).
-    fn delivered_up_to(&mut self, sequence: u64) {
-        if sequence > self.delivered {
-            self.delivered = sequence;
+    /// Hands a committed change to every local subscriber, once and in sequence order.
+    fn deliver(&mut self, change: Arc<Change>) {
+        if change.last <= self.delivered {
+            return;
+        }
+        self.delivered = change.last;
+        for queue in self.subscribers.values() {
+            queue.push(change.clone());
         }
     }
 }
@@ -100,8 +114,8 @@ impl Handler<DialogCommand> for DialogActor {
                 .map(|(cached, result, committed), act, _ctx| {
                     act.cached = cached;
                     act.last_used = Instant::now();
-                    if let Some(seq) = committed {
-                        act.delivered_up_to(seq);
+                    if let Some(change) = committed {
+                        act.deliver(change);
                     }
                     result
                 }),
@@ -124,7 +138,95 @@ impl Handler<Incoming> for DialogActor {
         }
         // Another node changed the dialog: the cache is stale.
         self.cached = None;
-        self.delivered_up_to(env.sequence);
+        let revision = None;
+        if let Some(change) = Change::of(&env.events, revision, chrono::Utc::now()) {
+            self.deliver(Arc::new(change));
+        }
+    }
+}
+
+/// Attaches a realtime subscriber; with `after`, first queues the retained changes after that
+/// sequence (or one resync marker when the history no longer reaches it). Returns the subscriber id.
+pub struct Attach {
+    pub after: Option<u64>,
+    pub queue: Arc<SubscriberQueue>,
+}
+
+impl Message for Attach {
+    type Result = Result<u64, CommandError>;
+}
+
+impl Handler<Attach> for DialogActor {
+    type Result = AtomicResponse<Self, Result<u64, CommandError>>;
+
+    fn handle(&mut self, msg: Attach, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_used = Instant::now();
+        let deps = self.deps.clone();
+        let id = self.id;
+        let after = msg.after;
+        // Commits run atomically too, so nothing is committed on this node between reading the
+        // history here and registering the queue below: no change is missed or doubled.
+        let load = async move {
+            match after {
+                Some(n) => deps
+                    .store
+                    .dialog_changes(id, n, deps.history_size)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        AtomicResponse::new(Box::pin(load.into_actor(self).map(
+            move |loaded, act, _ctx| {
+                let history = loaded.map_err(unavailable)?;
+                if let (Some(n), Some(all)) = (after, history) {
+                    let oldest = chrono::Utc::now()
+                        - chrono::Duration::from_std(act.deps.history_ttl)
+                            .unwrap_or(chrono::Duration::MAX);
+                    let retained: Vec<&Arc<Change>> =
+                        all.iter().filter(|c| c.at >= oldest).collect();
+                    match (retained.first(), all.last()) {
+                        (Some(first), _) if first.first <= n + 1 => {
+                            for c in retained {
+                                msg.queue.push(c.clone());
+                            }
+                        }
+                        (_, Some(latest)) => msg.queue.push_resync(latest.clone()),
+                        (_, None) => {}
+                    }
+                    if let Some(latest) = all.last() {
+                        act.delivered = act.delivered.max(latest.last);
+                    }
+                }
+                act.next_subscriber += 1;
+                let sub = act.next_subscriber;
+                if act.subscribers.is_empty() {
+                    act.deps.bus.subscribe(act.id);
+                }
+                act.subscribers.insert(sub, msg.queue);
+                act.deps.metrics.subscriptions.inc();
+                Ok(sub)
+            },
+        )))
+    }
+}
+
+/// Removes a realtime subscriber (its stream was dropped).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach(pub u64);
+
+impl Handler<Detach> for DialogActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Detach, _ctx: &mut Self::Context) {
+        if self.subscribers.remove(&msg.0).is_some() {
+            self.deps.metrics.subscriptions.dec();
+            self.last_used = Instant::now();
+            if self.subscribers.is_empty() {
+                self.deps.bus.unsubscribe(self.id);
+            }
+        }
     }
 }
 
@@ -142,7 +244,7 @@ enum Plan {
 type Executed = (
     Option<Option<Dialog>>,
     Result<Outcome, CommandError>,
-    Option<u64>,
+    Option<Arc<Change>>,
 );
 
 async fn execute(
@@ -206,6 +308,8 @@ async fn execute(
                         .with_label_values(&[e.kind.as_str()])
                         .inc();
                 }
+                let change =
+                    Change::of(&events, next.as_ref().map(|d| d.revision), now).map(Arc::new);
                 let envelope = Envelope {
                     origin: deps.node_id.clone(),
                     dialog_id: id,
@@ -220,7 +324,7 @@ async fn execute(
                     dialog: next.clone(),
                     child_id,
                 };
-                return (Some(next), Ok(outcome), Some(last));
+                return (Some(next), Ok(outcome), change);
             }
             Err(StoreError::Conflict) => match deps.store.load_dialog(id).await {
                 Ok(d) => current = d,

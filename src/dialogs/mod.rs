@@ -4,7 +4,9 @@
 pub mod actor;
 pub mod command;
 pub mod registry;
+pub mod subscribers;
 
 pub use actor::{DialogActor, DialogDeps};
 pub use command::{Access, Command, CommandError, Outcome};
-pub use registry::DialogRegistry;
+pub use registry::{DialogRegistry, SubscriptionGuard};
+pub use subscribers::{ConnectionBudget, SubscriberQueue};

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::actor::{DialogActor, DialogDeps, Incoming};
+use super::actor::{Attach, Detach, DialogActor, DialogDeps, Incoming};
 use super::command::{Access, Command, CommandError, DialogCommand, Outcome};
+use super::subscribers::SubscriberQueue;
 use crate::bus::Envelope;
 
 /// Number of map shards; a power of two well above the core count keeps lock contention negligible.
@@ -87,6 +88,30 @@ impl DialogRegistry {
         Err(CommandError::Unavailable("dialog actor unavailable".into()))
     }
 
+    /// Attaches a realtime subscriber to the dialog's actor. The returned guard detaches it on drop.
+    pub async fn attach(
+        self: &Arc<Self>,
+        id: Uuid,
+        after: Option<u64>,
+        queue: Arc<SubscriberQueue>,
+    ) -> Result<SubscriptionGuard, CommandError> {
+        for _ in 0..MAX_SEND_ATTEMPTS {
+            let addr = self.actor(id);
+            match addr
+                .send(Attach {
+                    after,
+                    queue: queue.clone(),
+                })
+                .await
+            {
+                Ok(result) => return result.map(|sub| SubscriptionGuard { addr, sub }),
+                Err(MailboxError::Closed) => self.forget(id, &addr),
+                Err(MailboxError::Timeout) => break,
+            }
+        }
+        Err(CommandError::Unavailable("dialog actor unavailable".into()))
+    }
+
     /// Removes `addr` as the actor of `id` (only if it still is).
     pub fn forget(&self, id: Uuid, addr: &Addr<DialogActor>) {
         let mut shard = self.shard(&id);
@@ -115,5 +140,18 @@ impl DialogRegistry {
             .iter()
             .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
             .sum()
+    }
+}
+
+/// Keeps a realtime subscriber attached; dropping it detaches (the actor holding it never idles out
+/// while subscribers remain, so the address stays valid).
+pub struct SubscriptionGuard {
+    addr: Addr<DialogActor>,
+    sub: u64,
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.addr.do_send(Detach(self.sub));
     }
 }

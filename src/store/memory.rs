@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, Store, StoreError};
+use super::{Change, Commit, DialogQuery, EventFilter, LogEntry, LogPosition, Store, StoreError};
 use crate::auth::Policy;
 use crate::config::{DelegationEntry, ResourceEntry};
 use crate::domain::{CloudEvent, Dialog, ResourceUrn};
@@ -22,6 +22,7 @@ struct Slot {
     dialog: Option<Dialog>,
     sequence: u64,
     log: std::collections::VecDeque<Arc<CloudEvent>>,
+    changes: std::collections::VecDeque<Arc<Change>>,
 }
 
 struct Held {
@@ -131,7 +132,18 @@ impl Store for MemoryStore {
                 dialog: None,
                 sequence: 0,
                 log: Default::default(),
+                changes: Default::default(),
             });
+        if let Some(change) = Change::of(
+            &commit.events,
+            commit.state.as_ref().map(|d| d.revision),
+            now,
+        ) {
+            if slot.changes.len() == DIALOG_LOG_KEEP {
+                slot.changes.pop_front();
+            }
+            slot.changes.push_back(Arc::new(change));
+        }
         slot.dialog = commit.state;
         slot.sequence = new_sequence;
         for e in &commit.events {
@@ -210,6 +222,26 @@ impl Store for MemoryStore {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn dialog_changes(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Change>>, StoreError> {
+        let inner = self.lock();
+        let Some(slot) = inner.dialogs.get(&id) else {
+            return Ok(Vec::new());
+        };
+        let newer: Vec<Arc<Change>> = slot
+            .changes
+            .iter()
+            .filter(|c| c.last > after)
+            .cloned()
+            .collect();
+        let skip = newer.len().saturating_sub(limit);
+        Ok(newer.into_iter().skip(skip).collect())
     }
 
     async fn log_position(&self, event_id: &str) -> Result<Option<LogPosition>, StoreError> {

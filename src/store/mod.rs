@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::Policy;
@@ -43,6 +44,42 @@ pub struct Commit {
     pub publish: bool,
     /// Hold the published events back until this time (the dialog's `visibleFrom`).
     pub hold_until: Option<DateTime<Utc>>,
+}
+
+/// One committed change in a dialog's own log: what realtime subscribers are told about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// `dialogsequence` of the change's first and last event.
+    pub first: u64,
+    pub last: u64,
+    /// Id of the change's last event.
+    pub event_id: String,
+    /// The change deleted (soft or hard) the dialog.
+    pub deleted: bool,
+    /// The dialog's revision after the change (`None` after a purge).
+    pub revision: Option<Uuid>,
+    /// Commit time, for the history TTL and fan-out latency.
+    pub at: DateTime<Utc>,
+}
+
+impl Change {
+    /// Describes a commit's events (`events` non-empty, in order).
+    pub fn of(
+        events: &[Arc<CloudEvent>],
+        revision: Option<Uuid>,
+        at: DateTime<Utc>,
+    ) -> Option<Change> {
+        let first = events.first()?.dialogsequence?;
+        let last_event = events.last()?;
+        Some(Change {
+            first,
+            last: last_event.dialogsequence?,
+            event_id: last_event.id.clone(),
+            deleted: last_event.kind == "dialogporten.dialog.deleted.v1",
+            revision,
+            at,
+        })
+    }
 }
 
 /// Which dialogs a list call may return, before per-dialog authorization.
@@ -90,6 +127,15 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<CloudEvent>>, StoreError>;
+
+    /// Changes of one dialog's own log whose last sequence is > `after`, oldest first, at most the
+    /// newest `limit` of them.
+    async fn dialog_changes(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Change>>, StoreError>;
 
     /// Global log position of an event id, if retained.
     async fn log_position(&self, event_id: &str) -> Result<Option<LogPosition>, StoreError>;

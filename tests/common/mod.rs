@@ -1,6 +1,8 @@
 //! Test harness: starts a real node (`App::build`, port 0) and talks to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod realtime;
+
 use std::time::Duration;
 
 use awc::http::StatusCode;
@@ -76,7 +78,7 @@ resources = ["{RESOURCE}"]
 pub struct TestNode {
     pub base: String,
     pub node_id: String,
-    handle: actix_web::dev::ServerHandle,
+    handle: dialog_events::app::Stopper,
     pub tokens: Tokens,
     keys: KeyStore,
     pub client: awc::Client,
@@ -110,7 +112,7 @@ pub async fn start(extra: &str) -> TestNode {
     let app = App::build(settings).await.expect("node builds");
     let base = app.base_url().to_owned();
     let node_id = app.node_id().to_owned();
-    let handle = app.handle();
+    let handle = app.stopper();
     let keys = KeyStore::load_or_create(dir.path()).expect("keys");
     actix_web::rt::spawn(async move {
         let _ = app.run().await;
@@ -195,8 +197,9 @@ impl Reply {
 }
 
 impl TestNode {
+    /// Drains the node as SIGTERM would (realtime connections get 1012).
     pub async fn stop(&self) {
-        self.handle.stop(true).await;
+        self.handle.stop().await;
     }
 
     pub fn url(&self, path: &str) -> String {

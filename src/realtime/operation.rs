@@ -1,0 +1,85 @@
+//! Runs one GraphQL subscription operation (juniper) as a task and reports its results as
+//! transport-neutral events; WebSocket and SSE adapters frame them.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use juniper::http::GraphQLRequest;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::schema::{GqlContext, Schema};
+
+/// What an operation produced, as JSON text of the protocol's `payload`.
+#[derive(Debug)]
+pub enum OpEvent {
+    /// `{"data": …}` (possibly with `errors`).
+    Next(String),
+    /// A JSON array of GraphQL errors; the operation is over.
+    Error(String),
+    /// The operation's stream ended.
+    Complete,
+}
+
+/// Operation results tagged with the operation id, for the connection's writer.
+pub type OpSender = mpsc::Sender<(String, OpEvent)>;
+
+/// Starts `request` as a local task; it ends by itself on error or completion, or when aborted
+/// (the client completed/stopped the operation, or the connection ended).
+pub fn spawn(
+    schema: Arc<Schema>,
+    ctx: GqlContext,
+    request: GraphQLRequest,
+    id: String,
+    out: OpSender,
+) -> actix_web::rt::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let resolved = juniper::http::resolve_into_stream(&request, &schema, &ctx).await;
+        let (value, errors) = match resolved {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = out.send((id, OpEvent::Error(json!([e]).to_string()))).await;
+                return;
+            }
+        };
+        if !errors.is_empty() {
+            let _ = out
+                .send((
+                    id,
+                    OpEvent::Error(serde_json::to_string(&errors).unwrap_or_default()),
+                ))
+                .await;
+            return;
+        }
+        // Validation admits exactly one root field per subscription operation; its value is the stream.
+        let root = value.into_object().and_then(|mut fields| {
+            let (name, v) = fields.iter_mut().next()?;
+            match std::mem::replace(v, juniper::Value::Null) {
+                juniper::Value::Scalar(stream) => Some((name.clone(), stream)),
+                _ => None,
+            }
+        });
+        let Some((name, mut stream)) = root else {
+            let not_subscription =
+                json!([{"message": "only subscription operations are served here"}]);
+            let _ = out
+                .send((id, OpEvent::Error(not_subscription.to_string())))
+                .await;
+            return;
+        };
+        while let Some(item) = stream.next().await {
+            let payload = match item {
+                Ok(v) => json!({ "data": { name.as_str(): v } }),
+                Err(errors) => json!({ "data": null, "errors": errors }),
+            };
+            if out
+                .send((id.clone(), OpEvent::Next(payload.to_string())))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = out.send((id, OpEvent::Complete)).await;
+    })
+}

@@ -1,0 +1,374 @@
+//! GraphQL over WebSocket: `graphql-transport-ws` and the legacy `graphql-ws`
+//! (subscriptions-transport-ws) on one connection loop, with their close codes, keep-alive, init
+//! timeout, frame limit and the slow-consumer close (4008).
+
+use std::collections::HashMap;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
+use futures::StreamExt;
+use juniper::http::GraphQLRequest;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::RealtimeState;
+use super::operation::{self, OpEvent};
+use crate::dialogs::ConnectionBudget;
+
+/// Capacity of the channel from a connection's operations to its writer; with actix-ws's own
+/// bounded channel it keeps a stalled client from buffering more than a few frames outside the
+/// byte-budgeted subscription queues.
+const WRITER_CHANNEL: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// `graphql-transport-ws` (the graphql-ws library).
+    TransportWs,
+    /// `graphql-ws` (Apollo's legacy subscriptions-transport-ws).
+    Legacy,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::TransportWs => "graphql-transport-ws",
+            Protocol::Legacy => "graphql-ws",
+        }
+    }
+}
+
+fn close_reason(code: u16, description: &str) -> CloseReason {
+    CloseReason {
+        code: CloseCode::Other(code),
+        description: Some(description.to_owned()),
+    }
+}
+
+/// `GET /graphql` with `Upgrade: websocket`.
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<RealtimeState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (response, session, stream) =
+        actix_ws::handle_with_protocols(&req, body, &["graphql-transport-ws", "graphql-ws"])?;
+    let chosen = response
+        .headers()
+        .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let protocol = match chosen.as_deref() {
+        Some("graphql-transport-ws") => Some(Protocol::TransportWs),
+        Some("graphql-ws") => Some(Protocol::Legacy),
+        _ => None,
+    };
+    let header_token = super::bearer(&req).map(str::to_owned);
+    let state = state.into_inner();
+    actix_web::rt::spawn(async move {
+        match protocol {
+            Some(p) => {
+                let (conn, results) = Connection::new(p, session, state, header_token);
+                run(conn, results, stream).await;
+            }
+            None => {
+                let _ = session
+                    .close(Some(close_reason(4406, "Subprotocol not acceptable")))
+                    .await;
+            }
+        }
+    });
+    Ok(response)
+}
+
+/// What handling one client message asks of the connection.
+enum Step {
+    Continue,
+    Close(u16, String),
+}
+
+struct Connection {
+    protocol: Protocol,
+    session: Session,
+    state: std::sync::Arc<RealtimeState>,
+    token: Option<String>,
+    acked: bool,
+    budget: std::sync::Arc<ConnectionBudget>,
+    /// Running operations by client id; each task reports through `out` and is aborted on
+    /// `complete`/`stop` or when the connection ends.
+    ops: HashMap<String, actix_web::rt::task::JoinHandle<()>>,
+    out: operation::OpSender,
+}
+
+impl Connection {
+    fn new(
+        protocol: Protocol,
+        session: Session,
+        state: std::sync::Arc<RealtimeState>,
+        token: Option<String>,
+    ) -> (Self, mpsc::Receiver<(String, OpEvent)>) {
+        let (out, results) = mpsc::channel(WRITER_CHANNEL);
+        let budget = ConnectionBudget::new(
+            state.settings.client_queue_bytes,
+            Some(state.metrics.buffered_bytes.clone()),
+        );
+        (
+            Connection {
+                protocol,
+                session,
+                state,
+                token,
+                acked: false,
+                budget,
+                ops: HashMap::new(),
+                out,
+            },
+            results,
+        )
+    }
+}
+
+/// Serves one connection to its end, then stops its operations and closes the socket.
+async fn run(
+    mut conn: Connection,
+    mut results: mpsc::Receiver<(String, OpEvent)>,
+    stream: actix_ws::MessageStream,
+) {
+    let gauge = conn
+        .state
+        .metrics
+        .connections
+        .with_label_values(&[conn.protocol.label()]);
+    gauge.inc();
+    let reason = conn.serve(stream, &mut results).await;
+    gauge.dec();
+    for (_, op) in conn.ops.drain() {
+        op.abort();
+    }
+    if let Some((code, text)) = reason {
+        let _ = conn.session.close(Some(close_reason(code, &text))).await;
+    }
+}
+
+impl Connection {
+    /// Serves until the connection ends; returns the close to send, if any.
+    async fn serve(
+        &mut self,
+        stream: actix_ws::MessageStream,
+        results: &mut mpsc::Receiver<(String, OpEvent)>,
+    ) -> Option<(u16, String)> {
+        let max = self.state.settings.max_frame_bytes;
+        let mut stream = stream
+            .max_frame_size(max)
+            .aggregate_continuations()
+            .max_continuation_size(max);
+        let init_deadline = tokio::time::sleep(self.state.settings.init_timeout);
+        tokio::pin!(init_deadline);
+        let mut ping = tokio::time::interval(self.state.settings.ping_interval);
+        ping.reset();
+        let mut shutdown = self.state.shutdown.clone();
+        loop {
+            let budget = self.budget.clone();
+            tokio::select! {
+                _ = shutdown.changed() => return Some((1012, "Service restart".into())),
+                _ = budget.slow.notified(), if !self.budget.is_too_slow() => {}
+                _ = &mut init_deadline, if !self.acked => {
+                    return Some((4408, "Connection initialisation timeout".into()));
+                }
+                msg = stream.next() => {
+                    let step = match msg {
+                        None => return None,
+                        Some(Err(ProtocolError::Overflow)) => Step::Close(1009, "Message too big".into()),
+                        Some(Err(e)) => Step::Close(4400, format!("Invalid message received: {e}")),
+                        Some(Ok(AggregatedMessage::Text(text))) => self.on_text(&text).await,
+                        Some(Ok(AggregatedMessage::Binary(_))) => Step::Close(4400, "Invalid message received".into()),
+                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                            if self.session.pong(&bytes).await.is_err() { return None; }
+                            Step::Continue
+                        }
+                        Some(Ok(AggregatedMessage::Pong(_))) => Step::Continue,
+                        Some(Ok(AggregatedMessage::Close(_))) => return Some((1000, "Normal closure".into())),
+                    };
+                    if let Step::Close(code, text) = step {
+                        return Some((code, text));
+                    }
+                }
+                Some((id, event)) = results.recv() => {
+                    if self.write_result(id, event).await.is_err() {
+                        return None;
+                    }
+                }
+                _ = ping.tick(), if self.acked => {
+                    let keep_alive = match self.protocol {
+                        Protocol::TransportWs => r#"{"type":"ping"}"#,
+                        Protocol::Legacy => r#"{"type":"ka"}"#,
+                    };
+                    if self.session.ping(b"").await.is_err() || self.session.text(keep_alive).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+            if self.budget.is_too_slow() {
+                self.state.metrics.slow_consumer_closes.inc();
+                return Some((4008, "Client too slow".into()));
+            }
+        }
+    }
+
+    async fn send(&mut self, v: Value) -> Result<(), actix_ws::Closed> {
+        self.session.text(v.to_string()).await
+    }
+
+    async fn write_result(&mut self, id: String, event: OpEvent) -> Result<(), actix_ws::Closed> {
+        let (kind, payload, done) = match (&event, self.protocol) {
+            (OpEvent::Next(p), Protocol::TransportWs) => ("next", Some(p.as_str()), false),
+            (OpEvent::Next(p), Protocol::Legacy) => ("data", Some(p.as_str()), false),
+            (OpEvent::Error(p), _) => ("error", Some(p.as_str()), true),
+            (OpEvent::Complete, _) => ("complete", None, true),
+        };
+        if done && self.ops.remove(&id).is_none() {
+            // Completed by the client already: nothing more may be sent for this id.
+            return Ok(());
+        }
+        if !done && !self.ops.contains_key(&id) {
+            return Ok(());
+        }
+        // The payload is already JSON text: splice it instead of parsing it again.
+        let id_json = Value::String(id).to_string();
+        let frame = match payload {
+            Some(p) => format!(r#"{{"id":{id_json},"type":"{kind}","payload":{p}}}"#),
+            None => format!(r#"{{"id":{id_json},"type":"{kind}"}}"#),
+        };
+        self.session.text(frame).await
+    }
+
+    async fn on_text(&mut self, text: &str) -> Step {
+        let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(text) else {
+            return Step::Close(4400, "Invalid message received".into());
+        };
+        let Some(kind) = msg.get("type").and_then(Value::as_str) else {
+            return Step::Close(4400, "Invalid message received".into());
+        };
+        match (self.protocol, kind) {
+            (_, "connection_init") => self.on_init(msg.get("payload")).await,
+            (Protocol::TransportWs, "ping") => {
+                let mut pong = json!({"type": "pong"});
+                if let Some(p) = msg.get("payload") {
+                    pong["payload"] = p.clone();
+                }
+                self.reply(pong).await
+            }
+            (Protocol::TransportWs, "pong") => Step::Continue,
+            (Protocol::TransportWs, "subscribe") | (Protocol::Legacy, "start") => {
+                self.on_subscribe(msg.get("id"), msg.get("payload")).await
+            }
+            (Protocol::TransportWs, "complete") => {
+                if let Some(op) = msg
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .and_then(|id| self.ops.remove(id))
+                {
+                    op.abort();
+                }
+                Step::Continue
+            }
+            (Protocol::Legacy, "stop") => {
+                let Some(id) = msg.get("id").and_then(Value::as_str) else {
+                    return Step::Close(4400, "Invalid message received".into());
+                };
+                if let Some(op) = self.ops.remove(id) {
+                    op.abort();
+                    return self.reply(json!({"type": "complete", "id": id})).await;
+                }
+                Step::Continue
+            }
+            (Protocol::Legacy, "connection_terminate") => {
+                Step::Close(1000, "Normal closure".into())
+            }
+            _ => Step::Close(4400, "Invalid message received".into()),
+        }
+    }
+
+    async fn reply(&mut self, v: Value) -> Step {
+        match self.send(v).await {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Close(1000, "Normal closure".into()),
+        }
+    }
+
+    async fn on_init(&mut self, payload: Option<&Value>) -> Step {
+        if self.acked {
+            return Step::Close(4429, "Too many initialisation requests".into());
+        }
+        if let Some(token) = payload.and_then(token_in_payload) {
+            self.token = Some(token);
+        }
+        let valid = self
+            .token
+            .as_deref()
+            .is_some_and(|t| self.state.dialog_tokens.verify(t).is_some());
+        if !valid {
+            if self.protocol == Protocol::Legacy {
+                let _ = self
+                    .send(json!({"type": "connection_error", "payload": {"message": "Forbidden"}}))
+                    .await;
+            }
+            return Step::Close(4403, "Forbidden".into());
+        }
+        self.acked = true;
+        if let Step::Close(c, t) = self.reply(json!({"type": "connection_ack"})).await {
+            return Step::Close(c, t);
+        }
+        if self.protocol == Protocol::Legacy {
+            return self.reply(json!({"type": "ka"})).await;
+        }
+        Step::Continue
+    }
+
+    async fn on_subscribe(&mut self, id: Option<&Value>, payload: Option<&Value>) -> Step {
+        if !self.acked {
+            return Step::Close(4401, "Unauthorized".into());
+        }
+        let (Some(id), Some(payload)) = (id.and_then(Value::as_str), payload) else {
+            return Step::Close(4400, "Invalid message received".into());
+        };
+        if id.is_empty() {
+            return Step::Close(4400, "Invalid message received".into());
+        }
+        if self.ops.contains_key(id) {
+            return Step::Close(4409, format!("Subscriber for {id} already exists"));
+        }
+        let Ok(request) = serde_json::from_value::<GraphQLRequest>(payload.clone()) else {
+            return Step::Close(4400, "Invalid message received".into());
+        };
+        let ctx = self
+            .state
+            .context(self.token.clone(), Some(self.budget.clone()));
+        let task = operation::spawn(
+            self.state.schema.clone(),
+            ctx,
+            request,
+            id.to_owned(),
+            self.out.clone(),
+        );
+        self.ops.insert(id.to_owned(), task);
+        Step::Continue
+    }
+}
+
+/// The dialog token of a `connection_init` payload: `{"Authorization": "Bearer …"}` (any case), or
+/// `token` / `dialogToken`.
+fn token_in_payload(payload: &Value) -> Option<String> {
+    let obj = payload.as_object()?;
+    let raw = obj
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v)
+        .or_else(|| obj.get("token"))
+        .or_else(|| obj.get("dialogToken"))?
+        .as_str()?;
+    let token = match raw.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+        _ => raw.trim(),
+    };
+    (!token.is_empty()).then(|| token.to_owned())
+}
