@@ -12,12 +12,12 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 
 use crate::auth::{DialogTokens, KeyStore, TokenVerifier};
-use crate::bus::{Bus, MemoryBus};
+use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::Settings;
 use crate::dialogs::{DialogDeps, DialogRegistry};
 use crate::domain::Party;
 use crate::http::AppState;
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, NodeInfo, RedisStore, Store};
 use crate::telemetry::Metrics;
 
 /// How often held-back events are checked for release.
@@ -57,18 +57,40 @@ impl App {
         } else {
             settings.node.id.clone()
         };
-        if settings.redis.url.is_some() {
-            anyhow::bail!(
-                "invalid configuration: redis.url is set, but this build serves the embedded mode only"
-            );
-        }
-        let keys = KeyStore::load_or_create(&settings.data_dir)?;
         let metrics = Metrics::new(&node_id);
-        let policy =
-            crate::auth::Policy::new(settings.resources.clone(), settings.delegations.clone());
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(policy));
         let (sink, mut envelopes) = tokio::sync::mpsc::unbounded_channel();
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(sink));
+        let (store, bus, keys): (Arc<dyn Store>, Arc<dyn Bus>, KeyStore) = match &settings.redis.url
+        {
+            None => {
+                let policy = crate::auth::Policy::new(
+                    settings.resources.clone(),
+                    settings.delegations.clone(),
+                );
+                let keys = KeyStore::load_or_create(&settings.data_dir)?;
+                (
+                    Arc::new(MemoryStore::new(policy)),
+                    Arc::new(MemoryBus::new(sink)),
+                    keys,
+                )
+            }
+            Some(url) => {
+                let redis =
+                    RedisStore::new(url, &settings.redis.prefix, settings.events.retention)?;
+                redis
+                    .ping()
+                    .await
+                    .with_context(|| format!("failed to reach Redis at redis.url {url}"))?;
+                // Every node signs and verifies with the same keys: the first node's win.
+                let shared = redis.shared_keys(KeyStore::generate().to_json()).await?;
+                let keys = KeyStore::from_json(&shared)
+                    .context("failed to read the cluster's keys from Redis")?;
+                redis
+                    .seed_policy(&settings.resources, &settings.delegations)
+                    .await?;
+                let bus = RedisBus::start(url, &settings.redis.prefix, redis.pool(), sink)?;
+                (Arc::new(redis), Arc::new(bus), keys)
+            }
+        };
         let dev_jwks = settings
             .auth
             .dev_issuer
@@ -100,13 +122,19 @@ impl App {
         let mut tasks = Vec::new();
         let router = registry.clone();
         tasks.push(actix_web::rt::spawn(async move {
-            while let Some(envelope) = envelopes.recv().await {
-                router.route(envelope);
+            while let Some(event) = envelopes.recv().await {
+                router.on_bus(event);
             }
         }));
         tasks.push(actix_web::rt::spawn(maintain_log(
             store.clone(),
             settings.events.retention,
+        )));
+        tasks.push(actix_web::rt::spawn(heartbeat(
+            store.clone(),
+            metrics.clone(),
+            node_id.clone(),
+            base_url.clone(),
         )));
 
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -224,6 +252,33 @@ impl App {
         }
         tracing::info!(node = %self.state.node_id, "stopped");
         result.context("HTTP server failed")
+    }
+}
+
+/// How often a node announces itself, and how long an announcement lasts: a node that stops
+/// heartbeating disappears from `/admin/v1/nodes` within three intervals.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+
+async fn heartbeat(store: Arc<dyn Store>, metrics: Metrics, id: String, address: String) {
+    let started = chrono::Utc::now();
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        tick.tick().await;
+        let connections = ["graphql-transport-ws", "graphql-ws", "sse"]
+            .iter()
+            .map(|t| metrics.connections.with_label_values(&[t]).get())
+            .sum();
+        let node = NodeInfo {
+            id: id.clone(),
+            address: address.clone(),
+            connections,
+            started,
+            seen: chrono::Utc::now(),
+        };
+        if let Err(e) = store.heartbeat(&node, HEARTBEAT_TTL).await {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
     }
 }
 

@@ -118,7 +118,11 @@ impl TokenVerifier {
         validation.leeway = self.leeway;
         validation.set_issuer(&[&iss]);
         match &issuer.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                // Without this, a token lacking `aud` altogether would pass the audience check.
+                validation.set_required_spec_claims(&["exp", "aud"]);
+            }
             None => validation.validate_aud = false,
         }
         validation.validate_nbf = true;

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Bus, BusError, Envelope, EnvelopeSink};
+use super::{Bus, BusError, BusEvent, Envelope, EnvelopeSink};
 
 pub struct MemoryBus {
     /// To the dialog registry; closed only when the node shuts down, after which publishing is moot.
@@ -21,7 +21,7 @@ impl MemoryBus {
 impl Bus for MemoryBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         // A closed sink means the node is stopping; the change is committed, so this is not an error.
-        let _ = self.sink.send(envelope);
+        let _ = self.sink.send(BusEvent::Envelope(envelope));
         Ok(())
     }
 

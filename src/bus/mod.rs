@@ -3,6 +3,7 @@
 //! dialog log. `memory` is the single-node default; a Redis pub/sub bridge plugs in here.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::CloudEvent;
 
+pub use self::redis::RedisBus;
 pub use memory::MemoryBus;
 
 /// One committed dialog change as it travels between nodes.
@@ -24,6 +26,17 @@ pub struct Envelope {
     pub sequence: u64,
     /// The change's events, in order (sequence - len + 1 ..= sequence).
     pub events: Vec<Arc<CloudEvent>>,
+    /// The dialog's revision after the change (`None` after a purge).
+    pub revision: Option<Uuid>,
+}
+
+/// What a bus hands to its node.
+#[derive(Debug)]
+pub enum BusEvent {
+    /// A change committed by some node (possibly this one).
+    Envelope(Envelope),
+    /// The bus reconnected after an outage: envelopes may have been lost, repair from the log.
+    Reconnected,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +47,7 @@ pub enum BusError {
 }
 
 /// Where a bus hands incoming envelopes; the dialog registry drains it.
-pub type EnvelopeSink = tokio::sync::mpsc::UnboundedSender<Envelope>;
+pub type EnvelopeSink = tokio::sync::mpsc::UnboundedSender<BusEvent>;
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {

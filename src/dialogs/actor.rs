@@ -67,6 +67,21 @@ impl DialogActor {
         self.subscribers.is_empty() && self.last_used.elapsed() >= self.deps.idle_timeout
     }
 
+    /// Takes a committed change (local commit or bus): delivers it when it is the next one,
+    /// repairs from the log when changes before it are missing, ignores it when already delivered.
+    fn offer(&mut self, change: Arc<Change>, ctx: &mut Context<Self>) {
+        if change.last <= self.delivered {
+            return;
+        }
+        if self.subscribers.is_empty() {
+            self.delivered = change.last;
+        } else if change.first == self.delivered + 1 {
+            self.deliver(change);
+        } else {
+            self.repair(ctx);
+        }
+    }
+
     /// Hands a committed change to every local subscriber, once and in sequence order.
     fn deliver(&mut self, change: Arc<Change>) {
         if change.last <= self.delivered {
@@ -111,11 +126,11 @@ impl Handler<DialogCommand> for DialogActor {
         AtomicResponse::new(Box::pin(
             async move { execute(&deps, id, cached, msg).await }
                 .into_actor(self)
-                .map(|(cached, result, committed), act, _ctx| {
+                .map(|(cached, result, committed), act, ctx| {
                     act.cached = cached;
                     act.last_used = Instant::now();
                     if let Some(change) = committed {
-                        act.deliver(change);
+                        act.offer(change, ctx);
                     }
                     result
                 }),
@@ -131,17 +146,61 @@ pub struct Incoming(pub Envelope);
 impl Handler<Incoming> for DialogActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
         let env = msg.0;
         if env.sequence <= self.delivered {
             return;
         }
         // Another node changed the dialog: the cache is stale.
         self.cached = None;
-        let revision = None;
-        if let Some(change) = Change::of(&env.events, revision, chrono::Utc::now()) {
-            self.deliver(Arc::new(change));
+        // The commit time travels in the events, so latency and history age hold across nodes.
+        let committed = env
+            .events
+            .last()
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.time).ok())
+            .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+        if let Some(change) = Change::of(&env.events, env.revision, committed) {
+            self.offer(Arc::new(change), ctx);
         }
+    }
+}
+
+/// Re-reads the dialog's change log after what this node delivered (after a bus reconnect).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Repair;
+
+impl Handler<Repair> for DialogActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Repair, ctx: &mut Self::Context) {
+        self.cached = None;
+        if !self.subscribers.is_empty() {
+            self.repair(ctx);
+        }
+    }
+}
+
+impl DialogActor {
+    /// Delivers every logged change after `delivered`; the actor handles nothing else meanwhile,
+    /// so the repaired changes and later envelopes stay in order.
+    fn repair(&mut self, ctx: &mut Context<Self>) {
+        let store = self.deps.store.clone();
+        let (id, after) = (self.id, self.delivered);
+        ctx.wait(
+            async move { store.dialog_changes(id, after, usize::MAX).await }
+                .into_actor(self)
+                .map(move |loaded, act, _ctx| match loaded {
+                    Ok(changes) => {
+                        for c in changes {
+                            act.deliver(c);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(dialog = %id, error = %e, "repairing from the log failed")
+                    }
+                }),
+        );
     }
 }
 
@@ -164,39 +223,31 @@ impl Handler<Attach> for DialogActor {
         let deps = self.deps.clone();
         let id = self.id;
         let after = msg.after;
-        // Commits run atomically too, so nothing is committed on this node between reading the
-        // history here and registering the queue below: no change is missed or doubled.
-        let load = async move {
-            match after {
-                Some(n) => deps
-                    .store
-                    .dialog_changes(id, n, deps.history_size)
-                    .await
-                    .map(Some),
-                None => Ok(None),
-            }
+        let has_subscribers = !self.subscribers.is_empty();
+        // Existing subscribers must also get whatever the log holds beyond `delivered` (a remote
+        // change whose envelope is still on its way), so read from the lower of the two marks.
+        let (from, limit) = match (after, has_subscribers) {
+            (Some(n), true) => (n.min(self.delivered), usize::MAX),
+            (Some(n), false) => (n, deps.history_size),
+            (None, true) => (self.delivered, usize::MAX),
+            (None, false) => (0, 1),
         };
+        // Commits run atomically too, so nothing is committed on this node between reading the
+        // log here and registering the queue below: no change is missed or doubled.
+        let load = async move { deps.store.dialog_changes(id, from, limit).await };
         AtomicResponse::new(Box::pin(load.into_actor(self).map(
             move |loaded, act, _ctx| {
-                let history = loaded.map_err(unavailable)?;
-                if let (Some(n), Some(all)) = (after, history) {
-                    let oldest = chrono::Utc::now()
-                        - chrono::Duration::from_std(act.deps.history_ttl)
-                            .unwrap_or(chrono::Duration::MAX);
-                    let retained: Vec<&Arc<Change>> =
-                        all.iter().filter(|c| c.at >= oldest).collect();
-                    match (retained.first(), all.last()) {
-                        (Some(first), _) if first.first <= n + 1 => {
-                            for c in retained {
-                                msg.queue.push(c.clone());
-                            }
-                        }
-                        (_, Some(latest)) => msg.queue.push_resync(latest.clone()),
-                        (_, None) => {}
+                let all = loaded.map_err(unavailable)?;
+                if has_subscribers {
+                    // `deliver` skips what this node already delivered.
+                    for c in &all {
+                        act.deliver(c.clone());
                     }
-                    if let Some(latest) = all.last() {
-                        act.delivered = act.delivered.max(latest.last);
-                    }
+                } else if let Some(latest) = all.last() {
+                    act.delivered = act.delivered.max(latest.last);
+                }
+                if let Some(n) = after {
+                    act.replay(&msg.queue, &all, n);
                 }
                 act.next_subscriber += 1;
                 let sub = act.next_subscriber;
@@ -208,6 +259,31 @@ impl Handler<Attach> for DialogActor {
                 Ok(sub)
             },
         )))
+    }
+}
+
+impl DialogActor {
+    /// Queues for a resuming subscriber the retained changes after `n` (the newest `history_size`,
+    /// none older than `history_ttl`), or one resync marker when they no longer reach back to `n`.
+    fn replay(&self, queue: &SubscriberQueue, logged: &[Arc<Change>], n: u64) {
+        let newer: Vec<&Arc<Change>> = logged.iter().filter(|c| c.last > n).collect();
+        let Some(latest) = newer.last() else { return };
+        let oldest = chrono::Utc::now()
+            - chrono::Duration::from_std(self.deps.history_ttl).unwrap_or(chrono::Duration::MAX);
+        let skip = newer.len().saturating_sub(self.deps.history_size);
+        let retained: Vec<&Arc<Change>> = newer[skip..]
+            .iter()
+            .copied()
+            .filter(|c| c.at >= oldest)
+            .collect();
+        match retained.first() {
+            Some(first) if first.first <= n + 1 => {
+                for c in retained {
+                    queue.push(c.clone());
+                }
+            }
+            _ => queue.push_resync((*latest).clone()),
+        }
     }
 }
 
@@ -315,6 +391,7 @@ async fn execute(
                     dialog_id: id,
                     sequence: last,
                     events,
+                    revision: next.as_ref().map(|d| d.revision),
                 };
                 if let Err(e) = deps.bus.publish(envelope).await {
                     // Committed already; other nodes repair the gap from the dialog log.

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::actor::{Attach, Detach, DialogActor, DialogDeps, Incoming};
+use super::actor::{Attach, Detach, DialogActor, DialogDeps, Incoming, Repair};
 use super::command::{Access, Command, CommandError, DialogCommand, Outcome};
 use super::subscribers::SubscriberQueue;
-use crate::bus::Envelope;
+use crate::bus::{BusEvent, Envelope};
 
 /// Number of map shards; a power of two well above the core count keeps lock contention negligible.
 const SHARDS: usize = 64;
@@ -117,6 +117,24 @@ impl DialogRegistry {
         let mut shard = self.shard(&id);
         if shard.get(&id) == Some(addr) {
             shard.remove(&id);
+        }
+    }
+
+    /// Hands a bus event to the live actors it concerns.
+    pub fn on_bus(&self, event: BusEvent) {
+        match event {
+            BusEvent::Envelope(envelope) => self.route(envelope),
+            BusEvent::Reconnected => {
+                for shard in &self.shards {
+                    let actors: Vec<Addr<DialogActor>> = shard
+                        .lock()
+                        .map(|m| m.values().cloned().collect())
+                        .unwrap_or_default();
+                    for addr in actors {
+                        addr.do_send(Repair);
+                    }
+                }
+            }
         }
     }
 

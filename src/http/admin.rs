@@ -15,7 +15,8 @@ use crate::domain::{Party, ResourceUrn};
 const JSON: &[&str] = &["application/json"];
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/admin/v1/resources").route(web::get().to(list_resources)))
+    cfg.service(web::resource("/admin/v1/nodes").route(web::get().to(list_nodes)))
+        .service(web::resource("/admin/v1/resources").route(web::get().to(list_resources)))
         .service(
             web::resource("/admin/v1/resources/{id}")
                 .route(web::put().to(put_resource))
@@ -39,6 +40,13 @@ struct ResourceBody {
 
 fn resource_id(path: &str) -> Result<ResourceUrn, ApiError> {
     ResourceUrn::parse(path).map_err(|e| ApiError::bad("id", e.to_string()))
+}
+
+/// Live nodes of the cluster (the node itself in embedded mode).
+async fn list_nodes(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let nodes = state.store.nodes().await?;
+    Ok(HttpResponse::Ok().json(json!({ "count": nodes.len(), "nodes": nodes })))
 }
 
 async fn list_resources(

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Change, Commit, DialogQuery, EventFilter, LogEntry, LogPosition, Store, StoreError};
+use super::{
+    Change, Commit, DialogQuery, EventFilter, LogEntry, LogPosition, NodeInfo, Store, StoreError,
+};
 use crate::auth::Policy;
 use crate::config::{DelegationEntry, ResourceEntry};
 use crate::domain::{CloudEvent, Dialog, ResourceUrn};
@@ -49,6 +51,8 @@ struct Inner {
     held: Vec<Held>,
     held_until: HashMap<Uuid, DateTime<Utc>>,
     policy: Arc<Policy>,
+    /// The single node of the embedded mode, with its heartbeat expiry.
+    node: Option<(NodeInfo, std::time::Instant)>,
 }
 
 impl Inner {
@@ -382,5 +386,20 @@ impl Store for MemoryStore {
             delegations,
         ));
         Ok(removed)
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, ttl: std::time::Duration) -> Result<(), StoreError> {
+        self.lock().node = Some((node.clone(), std::time::Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .node
+            .iter()
+            .filter(|(_, expires)| *expires > std::time::Instant::now())
+            .map(|(n, _)| n.clone())
+            .collect())
     }
 }

@@ -2,6 +2,7 @@
 //! events and the resource registry. `memory` is the embedded default; a Redis backend plugs in here.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::auth::Policy;
 use crate::config::{DelegationEntry, ResourceEntry};
 use crate::domain::{CloudEvent, Dialog, Party, ResourceUrn};
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,19 @@ impl Change {
             at,
         })
     }
+}
+
+/// A node as it announces itself to the cluster (`GET /admin/v1/nodes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub id: String,
+    /// Base URL the node serves on.
+    pub address: String,
+    /// Open realtime connections.
+    pub connections: i64,
+    pub started: DateTime<Utc>,
+    pub seen: DateTime<Utc>,
 }
 
 /// Which dialogs a list call may return, before per-dialog authorization.
@@ -170,4 +185,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// False when no such delegation existed.
     async fn remove_delegation(&self, entry: &DelegationEntry) -> Result<bool, StoreError>;
+
+    /// Announces `node` as alive for `ttl`.
+    async fn heartbeat(&self, node: &NodeInfo, ttl: std::time::Duration) -> Result<(), StoreError>;
+
+    /// Nodes whose last heartbeat has not expired.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
 }

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod realtime;
+pub mod redis;
+
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -82,6 +85,8 @@ pub struct TestNode {
     pub tokens: Tokens,
     keys: KeyStore,
     pub client: awc::Client,
+    /// The Redis this node runs on, if any (kept alive as long as the node).
+    pub shared: Option<Shared>,
     _dir: tempfile::TempDir,
 }
 
@@ -102,18 +107,64 @@ pub struct Tokens {
     pub admin: String,
 }
 
-/// Starts a node with the base registry, then `extra` TOML layered over it (any key, any table).
+/// Which backend the suite runs against: `DIALOG_EVENTS_TEST_BACKEND=redis` runs every node on a
+/// `redis-server` of its test; anything else (the default) runs the embedded in-memory mode.
+pub fn redis_backend() -> bool {
+    std::env::var("DIALOG_EVENTS_TEST_BACKEND").is_ok_and(|v| v == "redis")
+}
+
+/// A Redis server and key prefix shared by the nodes of one test.
+#[derive(Clone)]
+pub struct Shared {
+    pub redis: Arc<redis::RedisServer>,
+    pub prefix: String,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            redis: Arc::new(redis::RedisServer::start()),
+            prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+}
+
+/// Starts a node with the base registry, then `extra` TOML layered over it (any key, any table),
+/// on the backend the suite runs against.
 pub async fn start(extra: &str) -> TestNode {
+    let shared = redis_backend().then(Shared::new);
+    start_on(extra, shared).await
+}
+
+/// Starts `n` nodes sharing one Redis (always Redis: a cluster needs it).
+pub async fn start_cluster(n: usize, extra: &str) -> (Vec<TestNode>, Shared) {
+    let shared = Shared::new();
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(start_on(extra, Some(shared.clone())).await);
+    }
+    (nodes, shared)
+}
+
+/// Starts a node, on Redis when `shared` is given.
+pub async fn start_on(extra: &str, shared: Option<Shared>) -> TestNode {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = format!("data_dir = {:?}", dir.path().display().to_string());
-    let settings = Settings::from_toml_layers(&[&data_dir, &base_config(), extra])
+    let redis = match &shared {
+        Some(s) => format!("[redis]\nurl = {:?}\nprefix = {:?}", s.redis.url, s.prefix),
+        None => String::new(),
+    };
+    let settings = Settings::from_toml_layers(&[&data_dir, &base_config(), &redis, extra])
         .expect("test settings are valid");
     dialog_events::telemetry::init(&settings.log);
     let app = App::build(settings).await.expect("node builds");
     let base = app.base_url().to_owned();
     let node_id = app.node_id().to_owned();
     let handle = app.stopper();
-    let keys = KeyStore::load_or_create(dir.path()).expect("keys");
+    let keys = match &shared {
+        Some(s) => shared_keys(s).await,
+        None => KeyStore::load_or_create(dir.path()).expect("keys"),
+    };
     actix_web::rt::spawn(async move {
         let _ = app.run().await;
     });
@@ -147,8 +198,24 @@ pub async fn start(extra: &str) -> TestNode {
         tokens,
         keys,
         client,
+        shared,
         _dir: dir,
     }
+}
+
+/// The cluster's keys as the nodes stored them in Redis.
+async fn shared_keys(s: &Shared) -> KeyStore {
+    let client = ::redis::Client::open(s.redis.url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let json: String = ::redis::cmd("GET")
+        .arg(format!("{}:keys", s.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("keys in redis");
+    KeyStore::from_json(&json).expect("valid keys")
 }
 
 /// What a request returned.

@@ -57,6 +57,12 @@ impl WsClient {
 
     /// The next JSON message, skipping keep-alives (`ping`/`pong`/`ka`, WebSocket pings).
     pub async fn next(&mut self) -> Incoming {
+        self.next_frame(true).await
+    }
+
+    /// The next JSON message; with `skip_keep_alive` false, protocol keep-alives (`ping`, `pong`,
+    /// `ka`) are returned too (WebSocket pings are always answered and skipped).
+    pub async fn next_frame(&mut self, skip_keep_alive: bool) -> Incoming {
         loop {
             let frame = tokio::time::timeout(WAIT, self.framed.next())
                 .await
@@ -66,6 +72,9 @@ impl WsClient {
                 Some(Err(e)) => return Incoming::Closed(None, e.to_string()),
                 Some(Ok(ws::Frame::Text(t))) => {
                     let v: Value = serde_json::from_slice(&t).expect("json message");
+                    if !skip_keep_alive {
+                        return Incoming::Json(v);
+                    }
                     if matches!(v["type"].as_str(), Some("ping")) {
                         self.send(json!({"type": "pong"})).await;
                         continue;
@@ -279,4 +288,172 @@ pub async fn wait_subscriptions(node: &TestNode, n: i64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A metric's value on the first sample line named `name` whose labels contain `label`
+/// (e.g. `transport="sse"`); 0 when there is none.
+pub async fn labeled_metric(node: &TestNode, name: &str, label: &str) -> i64 {
+    let text = node.metrics().await;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as i64)
+        .unwrap_or(0)
+}
+
+/// A frame read by `RawWs`.
+#[derive(Debug)]
+pub enum RawFrame {
+    Text(String),
+    /// Close code (if the frame carried one).
+    Close(Option<u16>),
+    /// Any other opcode, with its payload.
+    Other(u8, Vec<u8>),
+    /// The peer closed the TCP connection.
+    Eof,
+}
+
+/// A minimal WebSocket client on a plain TCP socket with a chosen receive buffer: the handshake
+/// and framing by hand, nothing buffered in user space beyond the frame being parsed. Used where
+/// kernel and library buffers must stay small (slow-consumer tests).
+pub struct RawWs {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Opens `GET /graphql` offering `protocol`; `recv_buffer` sets `SO_RCVBUF` before connecting.
+    pub async fn connect(node: &TestNode, protocol: &str, recv_buffer: Option<u32>) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let host = node.base.strip_prefix("http://").expect("http base url");
+        let addr: std::net::SocketAddr = host.parse().expect("base url is ip:port");
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("socket");
+        if let Some(n) = recv_buffer {
+            socket.set_recv_buffer_size(n).expect("SO_RCVBUF");
+        }
+        let mut stream = socket.connect(addr).await.expect("tcp connect");
+        let request = format!(
+            "GET /graphql HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send handshake");
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .expect("handshake response in time")
+                .expect("read handshake");
+            assert!(n > 0, "connection closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "websocket upgrade refused: {head}"
+        );
+        buf.drain(..end);
+        RawWs { stream, buf }
+    }
+
+    /// Sends one masked frame with `opcode` (0x1 text, 0x2 binary, 0x8 close).
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 65536 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask: [u8; 4] = rand::random();
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.expect("send frame");
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_frame(0x1, v.to_string().as_bytes()).await;
+    }
+
+    /// Reads one whole frame (server frames are unmasked); fails after `wait`.
+    pub async fn next_frame(&mut self, wait: Duration) -> RawFrame {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some((opcode, payload, used)) = parse_frame(&self.buf) {
+                self.buf.drain(..used);
+                return match opcode {
+                    0x1 => RawFrame::Text(String::from_utf8(payload).expect("utf8 text")),
+                    0x8 => RawFrame::Close(
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                    ),
+                    op => RawFrame::Other(op, payload),
+                };
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout(wait, self.stream.read(&mut chunk))
+                .await
+                .expect("a frame in time")
+            {
+                Ok(n) => n,
+                Err(_) => return RawFrame::Eof,
+            };
+            if n == 0 {
+                return RawFrame::Eof;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// One unmasked frame at the start of `buf`: (opcode, payload, bytes used).
+fn parse_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let opcode = buf[0] & 0x0f;
+    let (len, mut at) = match buf[1] & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let mask = if buf[1] & 0x80 != 0 {
+        let m: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
+        at += 4;
+        Some(m)
+    } else {
+        None
+    };
+    let data = buf.get(at..at + len)?;
+    let payload = match mask {
+        Some(m) => data.iter().enumerate().map(|(i, b)| b ^ m[i % 4]).collect(),
+        None => data.to_vec(),
+    };
+    Some((opcode, payload, at + len))
 }
