@@ -134,7 +134,7 @@ impl App {
             store.clone(),
             metrics.clone(),
             node_id.clone(),
-            base_url.clone(),
+            format!("http://{addr}"),
         )));
 
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

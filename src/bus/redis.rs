@@ -149,7 +149,9 @@ async fn subscriber(
             }
         }
         first = false;
+        // A subscribed connection answers PING with an array (RESP2), so any reply counts.
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
+        health.reset();
         loop {
             tokio::select! {
                 next = interest_rx.recv() => {
@@ -183,7 +185,7 @@ async fn subscriber(
                     }
                 }
                 _ = health.tick() => {
-                    let alive = tokio::time::timeout(OP_TIMEOUT, commands.ping::<String>()).await;
+                    let alive = tokio::time::timeout(OP_TIMEOUT, commands.ping::<redis::Value>()).await;
                     if !matches!(alive, Ok(Ok(_))) {
                         break;
                     }

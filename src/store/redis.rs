@@ -33,6 +33,8 @@ use crate::domain::{CloudEvent, Dialog, ResourceUrn};
 const DIALOG_LOG_KEEP: usize = 1000;
 /// Longest a single store operation may take before the node answers 503 instead of waiting.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// First window of a tail read of a dialog's change log.
+const TAIL_WINDOW: usize = 16;
 /// Dialog ids fetched per round trip when listing.
 const LIST_BATCH: usize = 200;
 
@@ -399,18 +401,31 @@ impl Store for RedisStore {
         limit: usize,
     ) -> Result<Vec<Arc<Change>>, StoreError> {
         let key = self.key(&format!("dch:{id}"));
-        let raw: Vec<String> = self
-            .with(|mut c| async move { c.lrange(&key, 0, -1).await })
-            .await?;
-        let mut newer = Vec::new();
-        for r in raw {
-            let change: Change = serde_json::from_str(&r).map_err(unavailable)?;
-            if change.last > after {
-                newer.push(Arc::new(change));
+        // Readers want the tail (a gap of a few changes, a short resume): read backwards in growing
+        // windows instead of the whole list.
+        let mut window = TAIL_WINDOW;
+        loop {
+            let k = key.clone();
+            let start = -(window as isize);
+            let raw: Vec<String> = self
+                .with(|mut c| async move { c.lrange(&k, start, -1).await })
+                .await?;
+            let mut changes = Vec::with_capacity(raw.len());
+            for r in &raw {
+                changes.push(serde_json::from_str::<Change>(r).map_err(unavailable)?);
             }
+            let reaches_back = changes.first().is_none_or(|c| c.last <= after);
+            if reaches_back || raw.len() < window || window >= DIALOG_LOG_KEEP {
+                let newer: Vec<Arc<Change>> = changes
+                    .into_iter()
+                    .filter(|c| c.last > after)
+                    .map(Arc::new)
+                    .collect();
+                let skip = newer.len().saturating_sub(limit);
+                return Ok(newer.into_iter().skip(skip).collect());
+            }
+            window = (window * 4).min(DIALOG_LOG_KEEP);
         }
-        let skip = newer.len().saturating_sub(limit);
-        Ok(newer.into_iter().skip(skip).collect())
     }
 
     async fn log_position(&self, event_id: &str) -> Result<Option<LogPosition>, StoreError> {

@@ -136,14 +136,27 @@ pub async fn start(extra: &str) -> TestNode {
     start_on(extra, shared).await
 }
 
+/// The public base URL of test clusters: behind a load balancer every node has the same one, so
+/// dialog tokens and `next` links from any node are valid on all of them.
+pub const CLUSTER_BASE_URL: &str = "http://dialogs.cluster.test";
+
 /// Starts `n` nodes sharing one Redis (always Redis: a cluster needs it).
 pub async fn start_cluster(n: usize, extra: &str) -> (Vec<TestNode>, Shared) {
     let shared = Shared::new();
     let mut nodes = Vec::new();
+    let public = format!("[public]\nbase_url = {CLUSTER_BASE_URL:?}\n{extra}");
     for _ in 0..n {
-        nodes.push(start_on(extra, Some(shared.clone())).await);
+        nodes.push(start_on(&public, Some(shared.clone())).await);
     }
     (nodes, shared)
+}
+
+/// Path and query of an absolute URL (a `next` link), to send to any node.
+pub fn path_of(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    after_scheme
+        .find('/')
+        .map_or("/".to_owned(), |i| after_scheme[i..].to_owned())
 }
 
 /// Starts a node, on Redis when `shared` is given.
@@ -158,7 +171,7 @@ pub async fn start_on(extra: &str, shared: Option<Shared>) -> TestNode {
         .expect("test settings are valid");
     dialog_events::telemetry::init(&settings.log);
     let app = App::build(settings).await.expect("node builds");
-    let base = app.base_url().to_owned();
+    let base = format!("http://{}", app.local_addr());
     let node_id = app.node_id().to_owned();
     let handle = app.stopper();
     let keys = match &shared {
@@ -356,10 +369,7 @@ impl TestNode {
             }
             out.extend(page);
             let next = r.header("next").expect("next header");
-            path = next
-                .strip_prefix(&self.base)
-                .expect("next on this node")
-                .to_owned();
+            path = path_of(&next);
         }
     }
 

@@ -24,7 +24,14 @@ fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let dir = tempfile::tempdir().expect("tempdir");
+        // fsync on every write is cheap on tmpfs and slow on a shared disk; prefer /dev/shm.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("tempdir");
         let port = free_port();
         let server = RedisServer {
             port,
@@ -38,7 +45,10 @@ impl RedisServer {
 
     fn spawn(&self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // AOF with fsync on every write: a killed and restarted server keeps what it acknowledged,
+            // as the contract requires of a production Redis.
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -79,7 +89,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port (empty: it keeps nothing on disk).
+    /// Starts it again on the same port; it reloads its append-only file.
     pub fn restart(&self) {
         self.kill();
         self.spawn();

@@ -1,0 +1,320 @@
+//! Several nodes on one Redis: any node serves any client, changes reach every node's subscribers
+//! once and in order, the log stays gap-free, and a Redis outage loses nothing acknowledged.
+
+mod common;
+
+use std::time::Duration;
+
+use common::realtime::*;
+use common::*;
+use serde_json::json;
+
+async fn add_activity(node: &TestNode, id: &str) -> u16 {
+    node.post(
+        &format!("/api/v1/serviceowner/dialogs/{id}/activities"),
+        &node.tokens.owner_a,
+        &json!({"type": "Information"}),
+    )
+    .await
+    .status
+    .as_u16()
+}
+
+/// Reads `n` payloads and returns their sequences.
+async fn sequences(client: &mut WsClient, n: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ev = client.event().await;
+        assert_eq!(ev["resync"], false);
+        out.push(ev["sequence"].as_i64().expect("sequence"));
+    }
+    out
+}
+
+#[actix_web::test]
+async fn concurrent_writers_on_two_nodes_reach_subscribers_on_every_node_once_in_one_order() {
+    let (nodes, _redis) = start_cluster(3, "").await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let id = a.create_dialog(&dialog_body()).await;
+    let token = dialog_token(b, &id).await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut client = WsClient::connect(node, "graphql-transport-ws", None).await;
+        client.init(Some(&token)).await;
+        client.subscribe("s", &id, None).await;
+        wait_subscriptions(node, 1).await;
+        clients.push(client);
+    }
+    // 3 × 200 changes: 200 through each node, all at once.
+    let per_node = 200;
+    let writers = nodes.iter().map(|n| {
+        let id = id.clone();
+        async move {
+            for _ in 0..per_node {
+                assert_eq!(add_activity(n, &id).await, 201);
+            }
+        }
+    });
+    let readers = clients.iter_mut().map(|cl| sequences(cl, 3 * per_node));
+    let (_, received) = futures::future::join(
+        futures::future::join_all(writers),
+        futures::future::join_all(readers),
+    )
+    .await;
+    // Each change is `updated` + the activity event: sequences 3, 5, 7, ... after `created` (1).
+    let expected: Vec<i64> = (0..3 * per_node as i64).map(|i| 3 + 2 * i).collect();
+    for (i, seqs) in received.iter().enumerate() {
+        assert_eq!(seqs, &expected, "subscriber on node {i}");
+    }
+    let events = a.dialog_events(&id).await;
+    let logged: Vec<u64> = events
+        .iter()
+        .map(|e| e["dialogsequence"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        logged,
+        (1..=1 + 2 * 3 * per_node as u64).collect::<Vec<_>>(),
+        "gap-free log"
+    );
+    let _ = (b, c);
+}
+
+#[actix_web::test]
+async fn a_seen_race_across_two_nodes_emits_exactly_one_seen() {
+    let (nodes, _redis) = start_cluster(2, "").await;
+    let id = nodes[0].create_dialog(&dialog_body()).await;
+    let path = format!("/api/v1/enduser/dialogs/{id}");
+    let reads = (0..20).map(|i| nodes[i % 2].get(&path, &nodes[i % 2].tokens.person_1));
+    for r in futures::future::join_all(reads).await {
+        assert_eq!(r.status.as_u16(), 200);
+    }
+    let events = nodes[1].dialog_events(&id).await;
+    let t = types(&events);
+    assert_eq!(
+        t.iter()
+            .filter(|t| *t == "dialogporten.dialog.seen.v1")
+            .count(),
+        1,
+        "{t:?}"
+    );
+    assert_eq!(
+        t.iter()
+            .filter(|t| *t == "dialogporten.dialog.updated.v1")
+            .count(),
+        1,
+        "{t:?}"
+    );
+}
+
+#[actix_web::test]
+async fn resume_works_on_a_different_node_than_the_one_the_client_left() {
+    let (nodes, _redis) = start_cluster(2, "").await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let id = a.create_dialog(&dialog_body()).await;
+    let token = dialog_token(a, &id).await;
+    let mut client = WsClient::connect(a, "graphql-transport-ws", None).await;
+    client.init(Some(&token)).await;
+    client.subscribe("s", &id, None).await;
+    wait_subscriptions(a, 1).await;
+    assert_eq!(add_activity(a, &id).await, 201);
+    let last = client.event().await["sequence"].as_i64().expect("seq");
+    drop(client);
+    wait_subscriptions(a, 0).await;
+    for _ in 0..5 {
+        assert_eq!(add_activity(a, &id).await, 201);
+    }
+    let mut resumed = WsClient::connect(b, "graphql-transport-ws", None).await;
+    resumed.init(Some(&token)).await;
+    resumed.subscribe("r", &id, Some(last as u64)).await;
+    let replayed = sequences(&mut resumed, 5).await;
+    assert_eq!(replayed, (1..=5).map(|i| last + 2 * i).collect::<Vec<_>>());
+    wait_subscriptions(b, 1).await;
+    assert_eq!(add_activity(a, &id).await, 201);
+    assert_eq!(sequences(&mut resumed, 1).await, vec![last + 12]);
+}
+
+#[actix_web::test]
+async fn a_redis_outage_refuses_writes_with_503_keeps_streams_open_and_loses_no_committed_change() {
+    let (nodes, shared) = start_cluster(2, "").await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let id = a.create_dialog(&dialog_body()).await;
+    let token = dialog_token(a, &id).await;
+    let mut client = WsClient::connect(b, "graphql-transport-ws", None).await;
+    client.init(Some(&token)).await;
+    client.subscribe("s", &id, None).await;
+    wait_subscriptions(b, 1).await;
+    assert_eq!(add_activity(a, &id).await, 201);
+    assert_eq!(sequences(&mut client, 1).await, vec![3]);
+
+    shared.redis.kill();
+    let r = a
+        .post(
+            &format!("/api/v1/serviceowner/dialogs/{id}/activities"),
+            &a.tokens.owner_a,
+            &json!({"type": "Information"}),
+        )
+        .await;
+    r.assert_problem(503, None);
+    let r = a
+        .post(
+            "/api/v1/serviceowner/dialogs",
+            &a.tokens.owner_a,
+            &dialog_body(),
+        )
+        .await;
+    r.assert_problem(503, None);
+    eventually(
+        Duration::from_secs(10),
+        "readiness reports Redis down",
+        || async {
+            a.send("GET", "/health/ready", None, &[], None)
+                .await
+                .status
+                .as_u16()
+                == 503
+        },
+    )
+    .await;
+    assert_eq!(
+        a.send("GET", "/health/live", None, &[], None)
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+
+    shared.redis.restart();
+    eventually(Duration::from_secs(15), "nodes ready again", || async {
+        a.send("GET", "/health/ready", None, &[], None)
+            .await
+            .status
+            .as_u16()
+            == 200
+            && b.send("GET", "/health/ready", None, &[], None)
+                .await
+                .status
+                .as_u16()
+                == 200
+    })
+    .await;
+    // The stream survived: changes after recovery arrive, exactly once and in order, with nothing
+    // committed before the outage lost (the first post-outage change is sequence 5).
+    for _ in 0..3 {
+        assert_eq!(add_activity(a, &id).await, 201);
+    }
+    assert_eq!(sequences(&mut client, 3).await, vec![5, 7, 9]);
+    let logged: Vec<u64> = a
+        .dialog_events(&id)
+        .await
+        .iter()
+        .map(|e| e["dialogsequence"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(logged, (1..=9).collect::<Vec<_>>());
+}
+
+#[actix_web::test]
+async fn changes_committed_while_the_bus_was_down_are_repaired_from_the_log() {
+    let (nodes, shared) = start_cluster(2, "").await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let id = a.create_dialog(&dialog_body()).await;
+    let token = dialog_token(a, &id).await;
+    let mut client = WsClient::connect(b, "graphql-transport-ws", None).await;
+    client.init(Some(&token)).await;
+    client.subscribe("s", &id, None).await;
+    wait_subscriptions(b, 1).await;
+    // A restart drops every pub/sub subscription: changes committed before node B has
+    // resubscribed are never published to it, and must come from the log.
+    shared.redis.restart();
+    let mut committed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while committed < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes never recovered"
+        );
+        if add_activity(a, &id).await == 201 {
+            committed += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(sequences(&mut client, 3).await, vec![3, 5, 7]);
+}
+
+async fn listed(n: &TestNode) -> serde_json::Value {
+    n.get("/admin/v1/nodes", &n.tokens.admin).await.body
+}
+
+#[actix_web::test]
+async fn nodes_are_listed_and_a_node_killed_abruptly_disappears() {
+    let (nodes, shared) = start_cluster(1, "").await;
+    let a = &nodes[0];
+    // A second node as a real process, so it can be killed with SIGKILL.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dialog-events"))
+        .arg("serve")
+        .env("DIALOG_EVENTS__HTTP__BIND", "127.0.0.1:0")
+        .env("DIALOG_EVENTS__DATA_DIR", dir.path())
+        .env("DIALOG_EVENTS__REDIS__URL", &shared.redis.url)
+        .env("DIALOG_EVENTS__REDIS__PREFIX", &shared.prefix)
+        .env("DIALOG_EVENTS__NODE__ID", "doomed-node")
+        .env("DIALOG_EVENTS__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node process");
+    let guard = scopeguard(&mut child);
+    eventually(Duration::from_secs(15), "both nodes listed", || async {
+        listed(a).await["count"] == 2
+    })
+    .await;
+    let body = listed(a).await;
+    let nodes_json = body["nodes"].as_array().expect("nodes");
+    let ids: Vec<&str> = nodes_json
+        .iter()
+        .map(|n| n["id"].as_str().expect("id"))
+        .collect();
+    assert!(
+        ids.contains(&a.node_id.as_str()) && ids.contains(&"doomed-node"),
+        "{ids:?}"
+    );
+    for n in nodes_json {
+        assert!(
+            n["address"]
+                .as_str()
+                .expect("address")
+                .starts_with("http://127.0.0.1:")
+        );
+        assert!(n["connections"].is_number() && n["started"].is_string());
+    }
+    guard.kill9();
+    eventually(Duration::from_secs(8), "killed node gone", || async {
+        listed(a).await["count"] == 1
+    })
+    .await;
+    assert_eq!(listed(a).await["nodes"][0]["id"], a.node_id.as_str());
+}
+
+/// Kills the child on drop so a failing test leaves no process behind.
+struct ChildGuard<'a>(&'a mut std::process::Child);
+
+fn scopeguard(child: &mut std::process::Child) -> ChildGuard<'_> {
+    ChildGuard(child)
+}
+
+impl ChildGuard<'_> {
+    fn kill9(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-9", &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for ChildGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
