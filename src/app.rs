@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Arbiter;
+use actix::{Actor, Arbiter};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web};
 use anyhow::Context;
@@ -137,6 +137,22 @@ impl App {
             format!("http://{addr}"),
         )));
 
+        // The dispatcher has a thread of its own: its HTTP client must not share the dialog actors'.
+        let dispatcher_arbiter = Arbiter::new();
+        let dispatcher = {
+            let (store, hooks, base, m, node) = (
+                store.clone(),
+                settings.webhooks.clone(),
+                base_url.clone(),
+                metrics.clone(),
+                node_id.clone(),
+            );
+            crate::webhooks::Dispatcher::start_in_arbiter(&dispatcher_arbiter.handle(), move |_| {
+                crate::webhooks::Dispatcher::new(store, hooks, base, m, node)
+            })
+        };
+        let mut arbiters = arbiters;
+        arbiters.push(dispatcher_arbiter);
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let realtime = web::Data::new(crate::realtime::RealtimeState {
             schema: Arc::new(crate::realtime::schema::schema()),
@@ -164,6 +180,7 @@ impl App {
             verifier,
             dialog_tokens,
             metrics,
+            dispatcher,
         });
         let data = state.clone();
         let server = actix_web::HttpServer::new(move || {

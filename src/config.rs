@@ -29,6 +29,7 @@ pub struct Settings {
     pub dialogs: DialogSettings,
     pub events: EventSettings,
     pub realtime: RealtimeSettings,
+    pub webhooks: WebhookSettings,
     pub shutdown: ShutdownSettings,
     pub resources: Vec<ResourceEntry>,
     pub delegations: Vec<DelegationEntry>,
@@ -141,6 +142,26 @@ pub struct RealtimeSettings {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    #[serde(deserialize_with = "durations")]
+    pub validation_schedule: Vec<Duration>,
+    pub jitter: f64,
+    pub allow_http: bool,
+    pub allow_private_networks: bool,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub max_in_flight_per_endpoint: usize,
+    pub circuit_failures: u32,
+    #[serde(deserialize_with = "duration")]
+    pub circuit_cooldown: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
@@ -166,6 +187,16 @@ pub struct DelegationEntry {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        })
+        .collect()
 }
 
 impl Settings {
@@ -230,6 +261,17 @@ impl Settings {
         }
         if self.realtime.max_frame_bytes < 1024 {
             bail!("invalid configuration: realtime.max_frame_bytes must be at least 1024");
+        }
+        if !(0.0..=0.5).contains(&self.webhooks.jitter) {
+            bail!("invalid configuration: webhooks.jitter must be between 0 and 0.5");
+        }
+        if self.webhooks.max_in_flight_per_endpoint == 0 {
+            bail!(
+                "invalid configuration: webhooks.max_in_flight_per_endpoint must be greater than 0"
+            );
+        }
+        if self.webhooks.circuit_failures == 0 {
+            bail!("invalid configuration: webhooks.circuit_failures must be greater than 0");
         }
         if self.dialogs.max_page_size == 0 {
             bail!("invalid configuration: dialogs.max_page_size must be greater than 0");

@@ -7,13 +7,14 @@
 //! - [`telemetry`]: tracing subscriber and the node's Prometheus metrics.
 //! - [`http`]: actix-web routes, problem+json errors, extractors.
 //! - [`realtime`]: GraphQL schema, WebSocket (both protocols) and SSE subscriptions.
+//! - [`webhooks`]: the dispatcher actor, signing, retry policy, endpoint guard.
 //! - [`dialogs`]: per-dialog actors and the registry that starts them on demand.
 //! - [`auth`]: token verification (JWKS, dev issuer), dialog tokens, authorization policy.
 //! - [`store`]: the `Store` trait and its in-memory backend.
 //! - [`bus`]: the `Bus` trait (cross-node fan-out) and its in-memory backend.
 //! - [`domain`]: pure types and rules: dialogs, events, parties, the seen rule.
 //!
-//! Imports flow downward only: `app` → `http`, `realtime` → `dialogs` → `auth`, `store`, `bus` → `domain`, `config`.
+//! Imports flow downward only: `app` → `http`, `realtime` → `dialogs`, `webhooks` → `auth`, `store`, `bus` → `domain`, `config`.
 
 pub mod app;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod http;
 pub mod realtime;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::Settings;

@@ -30,6 +30,11 @@ pub struct Metrics {
     pub buffered_bytes: IntGauge,
     pub slow_consumer_closes: prometheus::IntCounter,
     pub fanout_latency: prometheus::Histogram,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_attempt_latency: prometheus::Histogram,
+    pub webhook_retry_backlog: IntGauge,
+    pub webhook_dead_letters: prometheus::IntCounter,
+    pub webhook_open_circuits: IntGauge,
 }
 
 impl Metrics {
@@ -87,7 +92,45 @@ impl Metrics {
             ]),
         )
         .expect("static metric definition is valid");
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "webhook_attempts_total",
+                "Webhook delivery attempts by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition is valid");
+        let webhook_attempt_latency = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "webhook_attempt_seconds",
+                "Duration of webhook delivery attempts",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )
+        .expect("static metric definition is valid");
+        let webhook_retry_backlog = IntGauge::new(
+            "webhook_retry_backlog",
+            "Deliveries waiting for their next attempt",
+        )
+        .expect("static metric definition is valid");
+        let webhook_dead_letters = prometheus::IntCounter::new(
+            "webhook_dead_letters_total",
+            "Deliveries that exhausted their attempts",
+        )
+        .expect("static metric definition is valid");
+        let webhook_open_circuits = IntGauge::new(
+            "webhook_open_circuits",
+            "Endpoints whose circuit breaker is open",
+        )
+        .expect("static metric definition is valid");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(webhook_deliveries.clone()),
+            Box::new(webhook_attempt_latency.clone()),
+            Box::new(webhook_retry_backlog.clone()),
+            Box::new(webhook_dead_letters.clone()),
+            Box::new(webhook_open_circuits.clone()),
             Box::new(http_requests.clone()),
             Box::new(events.clone()),
             Box::new(dialog_actors.clone()),
@@ -110,6 +153,11 @@ impl Metrics {
             buffered_bytes,
             slow_consumer_closes,
             fanout_latency,
+            webhook_deliveries,
+            webhook_attempt_latency,
+            webhook_retry_backlog,
+            webhook_dead_letters,
+            webhook_open_circuits,
         }
     }
 

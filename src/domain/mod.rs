@@ -5,7 +5,9 @@ pub mod dialog;
 pub mod event;
 pub mod party;
 pub mod seen;
+pub mod subscription;
 
 pub use dialog::*;
 pub use event::*;
 pub use party::*;
+pub use subscription::{DeadLetter, DeliveryRecord, Subscription};

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod ops;
 pub mod problem;
 pub mod state;
+pub mod subscriptions;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -23,6 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(events::routes)
         .configure(ops::routes)
         .configure(admin::routes)
+        .configure(subscriptions::routes)
         .default_service(web::to(not_found));
 }
 

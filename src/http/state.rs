@@ -20,4 +20,6 @@ pub struct AppState {
     pub verifier: Arc<TokenVerifier>,
     pub dialog_tokens: Arc<DialogTokens>,
     pub metrics: Metrics,
+    /// The node's webhook dispatcher (validation handshakes, replays, redrives).
+    pub dispatcher: actix::Addr<crate::webhooks::Dispatcher>,
 }

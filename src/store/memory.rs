@@ -13,7 +13,10 @@ use super::{
 };
 use crate::auth::Policy;
 use crate::config::{DelegationEntry, ResourceEntry};
-use crate::domain::{CloudEvent, Dialog, ResourceUrn};
+use crate::domain::{CloudEvent, DeadLetter, DeliveryRecord, Dialog, ResourceUrn, Subscription};
+
+/// Delivery attempts kept per subscription for `GET …/deliveries`.
+pub const DELIVERIES_KEEP: usize = 100;
 
 /// Events kept per dialog in its own log (for resume and gap repair); older ones are dropped, and a
 /// reader asking further back sees the gap and resyncs.
@@ -51,6 +54,10 @@ struct Inner {
     held: Vec<Held>,
     held_until: HashMap<Uuid, DateTime<Utc>>,
     policy: Arc<Policy>,
+    subscriptions: BTreeMap<Uuid, Subscription>,
+    deliveries: HashMap<Uuid, std::collections::VecDeque<DeliveryRecord>>,
+    dead: BTreeMap<Uuid, DeadLetter>,
+    cursors: HashMap<String, LogPosition>,
     /// The single node of the embedded mode, with its heartbeat expiry.
     node: Option<(NodeInfo, std::time::Instant)>,
 }
@@ -386,6 +393,102 @@ impl Store for MemoryStore {
             delegations,
         ));
         Ok(removed)
+    }
+
+    async fn read_global(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .log
+            .range(after + 1..)
+            .take(limit)
+            .map(|(p, e)| LogEntry {
+                position: *p,
+                event: e.event.clone(),
+            })
+            .collect())
+    }
+
+    async fn global_head(&self) -> Result<LogPosition, StoreError> {
+        Ok(self.lock().next_position)
+    }
+
+    async fn put_subscription(&self, subscription: &Subscription) -> Result<(), StoreError> {
+        self.lock()
+            .subscriptions
+            .insert(subscription.id, subscription.clone());
+        Ok(())
+    }
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError> {
+        Ok(self.lock().subscriptions.get(&id).cloned())
+    }
+
+    async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        inner.deliveries.remove(&id);
+        Ok(inner.subscriptions.remove(&id).is_some())
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        Ok(self.lock().subscriptions.values().cloned().collect())
+    }
+
+    async fn record_delivery(
+        &self,
+        subscription: Uuid,
+        record: DeliveryRecord,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let list = inner.deliveries.entry(subscription).or_default();
+        list.push_front(record);
+        list.truncate(DELIVERIES_KEEP);
+        Ok(())
+    }
+
+    async fn deliveries(&self, subscription: Uuid) -> Result<Vec<DeliveryRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .deliveries
+            .get(&subscription)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.lock().dead.insert(letter.id, letter.clone());
+        Ok(())
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self.lock().dead.values().cloned().collect())
+    }
+
+    async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut inner = self.lock();
+        Ok(ids.iter().filter_map(|id| inner.dead.remove(id)).collect())
+    }
+
+    async fn lease(
+        &self,
+        _name: &str,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        // One node: it always holds every lease.
+        Ok(true)
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {
+        Ok(self.lock().cursors.get(name).copied())
+    }
+
+    async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError> {
+        self.lock().cursors.insert(name.to_owned(), position);
+        Ok(())
     }
 
     async fn heartbeat(&self, node: &NodeInfo, ttl: std::time::Duration) -> Result<(), StoreError> {

@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use crate::auth::Policy;
 use crate::config::{DelegationEntry, ResourceEntry};
-use crate::domain::{CloudEvent, Dialog, Party, ResourceUrn};
+use crate::domain::{
+    CloudEvent, DeadLetter, DeliveryRecord, Dialog, Party, ResourceUrn, Subscription,
+};
 
 pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
@@ -185,6 +187,56 @@ pub trait Store: Send + Sync + 'static {
 
     /// False when no such delegation existed.
     async fn remove_delegation(&self, entry: &DelegationEntry) -> Result<bool, StoreError>;
+
+    /// Every published event after `after` across resources, oldest first (the dispatcher's feed).
+    async fn read_global(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// The newest position of the global log (0 when empty).
+    async fn global_head(&self) -> Result<LogPosition, StoreError>;
+
+    async fn put_subscription(&self, subscription: &Subscription) -> Result<(), StoreError>;
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError>;
+
+    /// False when there was no such subscription.
+    async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError>;
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
+
+    /// Keeps the newest delivery attempts of a subscription.
+    async fn record_delivery(
+        &self,
+        subscription: Uuid,
+        record: DeliveryRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Recent attempts, newest first.
+    async fn deliveries(&self, subscription: Uuid) -> Result<Vec<DeliveryRecord>, StoreError>;
+
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Removes and returns the dead letters with these ids.
+    async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` (true while `holder` holds it). A lease not
+    /// renewed within `ttl` passes to the next node that asks.
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// A saved read position (e.g. the webhook dispatcher's place in the global log).
+    async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError>;
+
+    async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError>;
 
     /// Announces `node` as alive for `ttl`.
     async fn heartbeat(&self, node: &NodeInfo, ttl: std::time::Duration) -> Result<(), StoreError>;

@@ -11,7 +11,10 @@
 //! - `{p}:held` sorted set of held-back events by release time, `{p}:heldc` its counter,
 //!   `{p}:hu:{id}` a dialog's current hold-until time
 //! - `{p}:res` hash of resources, `{p}:dlg` set of delegations, `{p}:keys` the generated keys
-//! - `{p}:node:{id}` hash per live node (expires unless refreshed)
+//! - `{p}:glog` stream of every published event (the webhook dispatcher's feed)
+//! - `{p}:subs` hash of webhook subscriptions, `{p}:dlv:{sub}` recent attempts, `{p}:dead` dead letters
+//! - `{p}:lease:{name}` a lease (the webhook dispatcher's), `{p}:cursor:{name}` a saved log position
+//! - `{p}:node:{id}` a live node (expires unless refreshed)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +30,7 @@ use super::{
 };
 use crate::auth::Policy;
 use crate::config::{DelegationEntry, ResourceEntry};
-use crate::domain::{CloudEvent, Dialog, ResourceUrn};
+use crate::domain::{CloudEvent, DeadLetter, DeliveryRecord, Dialog, ResourceUrn, Subscription};
 
 /// Events and changes kept per dialog in its own logs.
 const DIALOG_LOG_KEEP: usize = 1000;
@@ -80,6 +83,7 @@ if ARGV[5] == '1' and n > 0 then
     for i = 1, n do
       local sid = redis.call('XADD', KEYS[7], '*', 'e', ARGV[14 + 2 * i - 1])
       redis.call('SET', ARGV[13] .. ':ev:' .. ARGV[14 + 2 * i], sid, 'PX', ARGV[9])
+      redis.call('XADD', ARGV[13] .. ':glog', '*', 'e', ARGV[14 + 2 * i - 1])
     end
   end
 end
@@ -99,15 +103,30 @@ for _, m in ipairs(due) do
   local json = string.sub(m, c + 1)
   local sid = redis.call('XADD', ARGV[1] .. ':log:' .. resource, '*', 'e', json)
   redis.call('SET', ARGV[1] .. ':ev:' .. id, sid, 'PX', ARGV[2])
+  redis.call('XADD', ARGV[1] .. ':glog', '*', 'e', json)
   redis.call('ZREM', KEYS[1], m)
 end
 return #due
+"#;
+
+const LEASE_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
 "#;
 
 const PUBLISH_LUA: &str = r#"
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then return 0 end
 local sid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[1])
 redis.call('SET', KEYS[3], sid, 'PX', ARGV[2])
+redis.call('XADD', KEYS[4], '*', 'e', ARGV[1])
 return 1
 "#;
 
@@ -118,6 +137,7 @@ pub struct RedisStore {
     commit: redis::Script,
     release: redis::Script,
     publish: redis::Script,
+    lease: redis::Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -152,6 +172,7 @@ impl RedisStore {
             commit: redis::Script::new(COMMIT_LUA),
             release: redis::Script::new(RELEASE_LUA),
             publish: redis::Script::new(PUBLISH_LUA),
+            lease: redis::Script::new(LEASE_LUA),
         })
     }
 
@@ -493,6 +514,7 @@ impl Store for RedisStore {
         inv.key(self.key(&format!("ext:{}|{}", event.id, event.source)))
             .key(self.key(&format!("log:{resource}")))
             .key(self.key(&format!("ev:{}", event.id)))
+            .key(self.key("glog"))
             .arg(json)
             .arg(self.retention_ms());
         let added: i64 = self
@@ -586,6 +608,193 @@ impl Store for RedisStore {
             .with(|mut c| async move { c.srem(&key, json).await })
             .await?;
         Ok(n > 0)
+    }
+
+    async fn read_global(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let key = self.key("glog");
+        let from = if after == 0 {
+            "-".to_owned()
+        } else {
+            format!("({}", stream_id_of(after))
+        };
+        let entries: Vec<(String, Vec<(String, String)>)> = self
+            .with(|mut c| async move {
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (sid, fields) in entries {
+            let Some(json) = fields.iter().find(|(f, _)| f == "e").map(|(_, v)| v) else {
+                continue;
+            };
+            let event: CloudEvent = serde_json::from_str(json).map_err(unavailable)?;
+            out.push(LogEntry {
+                position: position_of(&sid).unwrap_or(0),
+                event: Arc::new(event),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn global_head(&self) -> Result<LogPosition, StoreError> {
+        let key = self.key("glog");
+        let last: Vec<(String, Vec<(String, String)>)> = self
+            .with(|mut c| async move {
+                redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(last
+            .first()
+            .and_then(|(sid, _)| position_of(sid))
+            .unwrap_or(0))
+    }
+
+    async fn put_subscription(&self, subscription: &Subscription) -> Result<(), StoreError> {
+        let key = self.key("subs");
+        let json = serde_json::to_string(subscription).map_err(unavailable)?;
+        let id = subscription.id.to_string();
+        self.with(|mut c| async move { c.hset::<_, _, _, ()>(&key, id, json).await })
+            .await
+    }
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError> {
+        let key = self.key("subs");
+        let json: Option<String> = self
+            .with(|mut c| async move { c.hget(&key, id.to_string()).await })
+            .await?;
+        json.map(|j| serde_json::from_str(&j).map_err(unavailable))
+            .transpose()
+    }
+
+    async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError> {
+        let (key, dlv) = (self.key("subs"), self.key(&format!("dlv:{id}")));
+        let n: i64 = self
+            .with(|mut c| async move {
+                let _: () = c.del(&dlv).await?;
+                c.hdel(&key, id.to_string()).await
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        let key = self.key("subs");
+        let all: Vec<String> = self
+            .with(|mut c| async move { c.hvals(&key).await })
+            .await?;
+        Ok(all
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
+    }
+
+    async fn record_delivery(
+        &self,
+        subscription: Uuid,
+        record: DeliveryRecord,
+    ) -> Result<(), StoreError> {
+        let key = self.key(&format!("dlv:{subscription}"));
+        let json = serde_json::to_string(&record).map_err(unavailable)?;
+        let keep = super::memory::DELIVERIES_KEEP as isize;
+        self.with(|mut c| async move {
+            redis::pipe()
+                .lpush(&key, json)
+                .ltrim(&key, 0, keep - 1)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn deliveries(&self, subscription: Uuid) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let key = self.key(&format!("dlv:{subscription}"));
+        let all: Vec<String> = self
+            .with(|mut c| async move { c.lrange(&key, 0, -1).await })
+            .await?;
+        Ok(all
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
+    }
+
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let key = self.key("dead");
+        let json = serde_json::to_string(letter).map_err(unavailable)?;
+        let id = letter.id.to_string();
+        self.with(|mut c| async move { c.hset::<_, _, _, ()>(&key, id, json).await })
+            .await
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let key = self.key("dead");
+        let all: Vec<String> = self
+            .with(|mut c| async move { c.hvals(&key).await })
+            .await?;
+        let mut letters: Vec<DeadLetter> = all
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect();
+        letters.sort_by_key(|l| l.dead_at);
+        Ok(letters)
+    }
+
+    async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for id in ids {
+            let key = self.key("dead");
+            let field = id.to_string();
+            let json: Option<String> = self
+                .with(|mut c| async move {
+                    let v: Option<String> = c.hget(&key, &field).await?;
+                    let _: i64 = c.hdel(&key, &field).await?;
+                    Ok(v)
+                })
+                .await?;
+            if let Some(j) = json {
+                out.push(serde_json::from_str(&j).map_err(unavailable)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut inv = self.lease.prepare_invoke();
+        inv.key(self.key(&format!("lease:{name}")))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64);
+        let held: i64 = self
+            .with(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(held == 1)
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {
+        let key = self.key(&format!("cursor:{name}"));
+        self.with(|mut c| async move { c.get(&key).await }).await
+    }
+
+    async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError> {
+        let key = self.key(&format!("cursor:{name}"));
+        self.with(|mut c| async move { c.set::<_, _, ()>(&key, position).await })
+            .await
     }
 
     async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod realtime;
+pub mod receiver;
 pub mod redis;
 
 use std::sync::Arc;

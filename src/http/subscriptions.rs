@@ -1,0 +1,349 @@
+//! Webhook subscription API (Altinn Events compatible, SPEC 7) and the dead-letter admin API.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::extract::{Caller, json_body, parse_uuid};
+use super::problem::ApiError;
+use super::state::AppState;
+use crate::auth::Scope;
+use crate::domain::{ResourceUrn, Subscription};
+use crate::webhooks::dispatcher::{Redeliver, Validate};
+use crate::webhooks::{guard, signing};
+
+const JSON: &[&str] = &["application/json"];
+
+/// Events scanned from the global log per replay request.
+const REPLAY_SCAN: usize = 100_000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/events/api/v1/subscriptions")
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    )
+    .service(
+        web::resource("/events/api/v1/subscriptions/{id}")
+            .route(web::get().to(get))
+            .route(web::delete().to(delete)),
+    )
+    .service(
+        web::resource("/events/api/v1/subscriptions/{id}/deliveries")
+            .route(web::get().to(deliveries)),
+    )
+    .service(
+        web::resource("/events/api/v1/subscriptions/{id}/replay").route(web::post().to(replay)),
+    )
+    .service(web::resource("/admin/v1/dead-letters").route(web::get().to(dead_letters)))
+    .service(web::resource("/admin/v1/dead-letters/redrive").route(web::post().to(redrive)));
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateBody {
+    end_point: String,
+    resource_filter: String,
+    #[serde(default)]
+    subject_filter: Option<String>,
+    #[serde(default)]
+    type_filter: Option<String>,
+    #[serde(default)]
+    source_filter: Option<String>,
+    #[serde(default)]
+    include_subunits: bool,
+}
+
+/// A subscription as the API shows it; the secret only at creation.
+fn view(s: &Subscription, with_secret: bool) -> Value {
+    let mut v = json!({
+        "id": s.id,
+        "endPoint": s.end_point,
+        "resourceFilter": s.resource_filter,
+        "subjectFilter": s.subject_filter,
+        "typeFilter": s.type_filter,
+        "sourceFilter": s.source_filter,
+        "includeSubunits": s.include_subunits,
+        "consumer": s.consumer,
+        "createdBy": s.created_by,
+        "created": s.created,
+        "validated": s.validated,
+        "disabled": s.disabled,
+    });
+    if let Some(reason) = &s.disabled_reason {
+        v["disabledReason"] = json!(reason);
+    }
+    if with_secret {
+        v["secret"] = json!(s.secret);
+    }
+    v
+}
+
+fn non_empty(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(ApiError::bad(
+            field,
+            "must not be empty (leave it out to match everything)",
+        )),
+        other => Ok(other),
+    }
+}
+
+async fn create(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let party = caller.party_with(Scope::EventsSubscribe)?.clone();
+    let body: CreateBody = json_body(&req, body, state.settings.http.max_body, JSON).await?;
+    let hooks = &state.settings.webhooks;
+    guard::check_url(
+        &body.end_point,
+        hooks.allow_http,
+        hooks.allow_private_networks,
+    )
+    .map_err(|why| ApiError::bad("endPoint", why))?;
+    if body.resource_filter.trim().is_empty() {
+        return Err(ApiError::bad("resourceFilter", "must not be empty"));
+    }
+    let resource = ResourceUrn::parse(&body.resource_filter)
+        .map_err(|e| ApiError::bad("resourceFilter", e.to_string()))?;
+    let subject_filter = non_empty("subjectFilter", body.subject_filter)?;
+    let type_filter = non_empty("typeFilter", body.type_filter)?;
+    let source_filter = non_empty("sourceFilter", body.source_filter)?;
+    if let Some(t) = &type_filter
+        && t.trim_end_matches('*').contains('*')
+    {
+        return Err(ApiError::bad(
+            "typeFilter",
+            "'*' is allowed only at the end, as a prefix wildcard",
+        ));
+    }
+    let policy = state.store.policy().await?;
+    if !policy.may_receive(&party, &resource, subject_filter.as_deref()) {
+        return Err(ApiError::Forbidden(format!(
+            "{party} may not receive events of {resource}{}",
+            subject_filter
+                .as_deref()
+                .map(|s| format!(" about {s}"))
+                .unwrap_or_default()
+        )));
+    }
+    let candidate = Subscription {
+        id: Uuid::now_v7(),
+        end_point: body.end_point,
+        resource_filter: resource.to_string(),
+        subject_filter,
+        type_filter,
+        source_filter,
+        include_subunits: body.include_subunits,
+        consumer: party.urn(),
+        created_by: party.urn(),
+        created: Utc::now(),
+        validated: false,
+        secret: signing::new_secret(),
+        disabled: false,
+        disabled_reason: None,
+    };
+    // Re-POSTing an identical subscription returns the existing one and re-sends validation.
+    let existing = state
+        .store
+        .subscriptions()
+        .await?
+        .into_iter()
+        .find(|s| s.same_as(&candidate));
+    let (subscription, status) = match existing {
+        Some(s) => (s, actix_web::http::StatusCode::OK),
+        None => {
+            state.store.put_subscription(&candidate).await?;
+            (candidate, actix_web::http::StatusCode::CREATED)
+        }
+    };
+    if !subscription.validated {
+        state.dispatcher.do_send(Validate(subscription.clone()));
+    }
+    Ok(HttpResponse::build(status)
+        .insert_header((
+            "Location",
+            format!("/events/api/v1/subscriptions/{}", subscription.id),
+        ))
+        .json(view(&subscription, true)))
+}
+
+/// The caller's own subscription `id` (404 for others', as if it did not exist).
+async fn own(state: &AppState, caller: &Caller, id: &str) -> Result<Subscription, ApiError> {
+    let party = caller.party_with(Scope::EventsSubscribe)?;
+    let id = parse_uuid("id", id)?;
+    match state.store.get_subscription(id).await? {
+        Some(s) if s.consumer == party.urn() => Ok(s),
+        _ => Err(ApiError::NotFound("no such subscription".into())),
+    }
+}
+
+async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let party = caller.party_with(Scope::EventsSubscribe)?.urn();
+    let mine: Vec<Value> = state
+        .store
+        .subscriptions()
+        .await?
+        .iter()
+        .filter(|s| s.consumer == party)
+        .map(|s| view(s, false))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "count": mine.len(), "subscriptions": mine })))
+}
+
+async fn get(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let s = own(&state, &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(view(&s, false)))
+}
+
+async fn delete(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let s = own(&state, &caller, &path).await?;
+    state.store.delete_subscription(s.id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn deliveries(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let s = own(&state, &caller, &path).await?;
+    let list = state.store.deliveries(s.id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "count": list.len(), "deliveries": list })))
+}
+
+#[derive(Deserialize)]
+struct ReplayBody {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+async fn replay(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let s = own(&state, &caller, &path).await?;
+    let range: ReplayBody = json_body(&req, body, state.settings.http.max_body, JSON).await?;
+    if range.to < range.from {
+        return Err(ApiError::bad("to", "must not be before from"));
+    }
+    let policy = state.store.policy().await?;
+    let party =
+        crate::domain::Party::parse(&s.consumer).map_err(|e| ApiError::Internal(e.into()))?;
+    let events: Vec<_> = state
+        .store
+        .read_global(0, REPLAY_SCAN)
+        .await?
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| {
+            let at = DateTime::parse_from_rfc3339(&e.time).map(|t| t.with_timezone(&Utc));
+            at.is_ok_and(|t| t >= range.from && t <= range.to)
+                && s.matches(e)
+                && e.resource
+                    .as_deref()
+                    .and_then(|r| ResourceUrn::parse(r).ok())
+                    .is_some_and(|r| policy.may_receive(&party, &r, e.subject.as_deref()))
+        })
+        .collect();
+    let n = state
+        .dispatcher
+        .send(Redeliver {
+            subscription: s.id,
+            events,
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(HttpResponse::Accepted().json(json!({ "replayed": n })))
+}
+
+async fn dead_letters(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let letters = state.store.dead_letters().await?;
+    Ok(HttpResponse::Ok().json(json!({ "count": letters.len(), "deadLetters": letters })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RedriveBody {
+    #[serde(default)]
+    ids: Option<Vec<Uuid>>,
+    #[serde(default)]
+    subscription_id: Option<Uuid>,
+}
+
+async fn redrive(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let filter: RedriveBody = if body.is_empty() {
+        RedriveBody::default()
+    } else {
+        let essence = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !essence.starts_with("application/json") {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected Content-Type application/json".into(),
+            ));
+        }
+        super::extract::parse_json(&body)?
+    };
+    let all = state.store.dead_letters().await?;
+    let chosen: Vec<Uuid> = all
+        .iter()
+        .filter(|l| filter.ids.as_ref().is_none_or(|ids| ids.contains(&l.id)))
+        .filter(|l| {
+            filter
+                .subscription_id
+                .is_none_or(|s| s == l.subscription_id)
+        })
+        .map(|l| l.id)
+        .collect();
+    let taken = state.store.take_dead_letters(&chosen).await?;
+    let mut by_sub: std::collections::BTreeMap<
+        Uuid,
+        Vec<std::sync::Arc<crate::domain::CloudEvent>>,
+    > = Default::default();
+    for l in &taken {
+        by_sub
+            .entry(l.subscription_id)
+            .or_default()
+            .push(std::sync::Arc::new(l.event.clone()));
+    }
+    for (subscription, events) in by_sub {
+        state
+            .dispatcher
+            .send(Redeliver {
+                subscription,
+                events,
+            })
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    }
+    Ok(HttpResponse::Accepted().json(json!({ "redriven": taken.len() })))
+}

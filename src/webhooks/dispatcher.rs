@@ -1,0 +1,751 @@
+//! `Dispatcher`: the actor that owns webhook delivery on its node. It follows the global event log,
+//! matches subscriptions, and delivers each event with per (subscription, dialog) FIFO lanes, retry
+//! with backoff, dead letters, a per-endpoint in-flight limit and a circuit breaker. Authorization
+//! and the subscription itself are checked again before every attempt.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::guard::{self, GuardedResolver};
+use super::retry::{RetryPolicy, parse_retry_after};
+use super::signing;
+use crate::config::WebhookSettings;
+use crate::domain::{CloudEvent, DeadLetter, DeliveryRecord, Party, ResourceUrn, Subscription};
+use crate::store::{LogPosition, Store};
+use crate::telemetry::Metrics;
+
+/// Events read from the global log per poll.
+const READ_BATCH: usize = 500;
+/// Largest response body read from an endpoint; the rest is ignored.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Where a delivery belongs: one lane per (subscription, dialog) keeps that pair in order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LaneKey {
+    subscription: Uuid,
+    /// Dialog id, the event id for events of no dialog, or "validation".
+    stream: String,
+}
+
+#[derive(Clone)]
+struct Delivery {
+    subscription: Uuid,
+    /// `webhook-id`: the event id, the same on every attempt.
+    id: String,
+    /// The encoded body, shared by every subscription that receives the event.
+    body: Rc<Vec<u8>>,
+    /// The event (absent for the validation handshake).
+    event: Option<Arc<CloudEvent>>,
+    attempts: u32,
+    last_status: Option<u16>,
+    last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Delivery>,
+    /// An attempt is in flight or a retry is scheduled: the head must finish first.
+    busy: bool,
+}
+
+#[derive(Default)]
+struct Endpoint {
+    in_flight: usize,
+    failures: u32,
+    open_until: Option<Instant>,
+    /// Lanes waiting for an in-flight slot.
+    waiting: VecDeque<LaneKey>,
+}
+
+enum Outcome {
+    Delivered(u16),
+    Failed {
+        status: Option<u16>,
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    Gone,
+    /// The subscription is gone, disabled, or no longer authorized: drop silently.
+    Dropped(&'static str),
+}
+
+/// The lease that makes one node of a cluster the dispatcher, and how long it lasts unrenewed.
+const LEASE: &str = "webhook-dispatcher";
+const LEASE_TTL: Duration = Duration::from_secs(5);
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    node_id: String,
+    /// Whether this node holds the dispatcher lease (and so has loaded the saved cursor).
+    leader: bool,
+    settings: WebhookSettings,
+    base_url: String,
+    metrics: Metrics,
+    retry: RetryPolicy,
+    validation: RetryPolicy,
+    /// Created in `started` on the dispatcher's own thread (the client is not `Send`).
+    client: Option<awc::Client>,
+    cursor: LogPosition,
+    polling: bool,
+    /// Subscriptions as of the last poll (endpoint accounting); attempts re-read the store.
+    subs: HashMap<Uuid, Subscription>,
+    lanes: HashMap<LaneKey, Lane>,
+    endpoints: HashMap<String, Endpoint>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: WebhookSettings,
+        base_url: String,
+        metrics: Metrics,
+        node_id: String,
+    ) -> Self {
+        let retry = RetryPolicy::new(settings.retry_schedule.clone(), settings.jitter);
+        let validation = RetryPolicy::new(settings.validation_schedule.clone(), settings.jitter);
+        Dispatcher {
+            store,
+            node_id,
+            leader: false,
+            settings,
+            base_url,
+            metrics,
+            retry,
+            validation,
+            client: None,
+            cursor: 0,
+            polling: false,
+            subs: HashMap::new(),
+            lanes: HashMap::new(),
+            endpoints: HashMap::new(),
+        }
+    }
+
+    fn build_client(&self) -> awc::Client {
+        let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(
+            GuardedResolver {
+                allow_private: self.settings.allow_private_networks,
+            },
+        ))
+        .service();
+        awc::Client::builder()
+            .connector(
+                awc::Connector::new()
+                    .connector(tcp)
+                    .timeout(self.settings.timeout),
+            )
+            .timeout(self.settings.timeout)
+            .disable_redirects()
+            .finish()
+    }
+
+    fn enqueue(&mut self, key: LaneKey, delivery: Delivery, ctx: &mut Context<Self>) {
+        self.lanes
+            .entry(key.clone())
+            .or_default()
+            .queue
+            .push_back(delivery);
+        self.pump(key, ctx);
+    }
+
+    /// Starts the head of `key` if nothing of the lane is in flight or waiting for a retry.
+    fn pump(&mut self, key: LaneKey, ctx: &mut Context<Self>) {
+        let Some(lane) = self.lanes.get_mut(&key) else {
+            return;
+        };
+        if lane.busy {
+            return;
+        }
+        let Some(head) = lane.queue.front().cloned() else {
+            self.lanes.remove(&key);
+            return;
+        };
+        // A subscription this node has not seen yet is re-read by the attempt; its endpoint is
+        // accounted from the next poll on.
+        let endpoint = self
+            .subs
+            .get(&head.subscription)
+            .map(|s| endpoint_key(&s.end_point));
+        let mut circuit_open = false;
+        if let Some(k) = &endpoint {
+            let limit = self.settings.max_in_flight_per_endpoint;
+            let e = self.endpoints.entry(k.clone()).or_default();
+            if e.in_flight >= limit {
+                if !e.waiting.contains(&key) {
+                    e.waiting.push_back(key);
+                }
+                return;
+            }
+            e.in_flight += 1;
+            circuit_open = e.open_until.is_some_and(|t| t > Instant::now());
+        }
+        self.attempt(key, head, endpoint, circuit_open, ctx);
+    }
+
+    fn attempt(
+        &mut self,
+        key: LaneKey,
+        delivery: Delivery,
+        endpoint: Option<String>,
+        circuit_open: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(lane) = self.lanes.get_mut(&key) {
+            lane.busy = true;
+        }
+        let store = self.store.clone();
+        let client = self.client.clone().unwrap_or_else(|| self.build_client());
+        let allow_private = self.settings.allow_private_networks;
+        let is_validation = delivery.event.is_none();
+        let d = delivery.clone();
+        let started = Instant::now();
+        let fut = async move {
+            let sub = match store.get_subscription(d.subscription).await {
+                Ok(Some(s)) if !s.disabled => s,
+                Ok(_) => return (None, Outcome::Dropped("subscription deleted or disabled")),
+                Err(e) => {
+                    let failed = Outcome::Failed {
+                        status: None,
+                        error: e.to_string(),
+                        retry_after: None,
+                    };
+                    return (None, failed);
+                }
+            };
+            if let Some(event) = &d.event {
+                if !sub.validated {
+                    return (Some(sub), Outcome::Dropped("subscription not validated"));
+                }
+                match store.policy().await {
+                    Ok(policy) => {
+                        if !may_receive(&policy, &sub, event) {
+                            return (Some(sub), Outcome::Dropped("no longer authorized"));
+                        }
+                    }
+                    Err(e) => {
+                        let failed = Outcome::Failed {
+                            status: None,
+                            error: e.to_string(),
+                            retry_after: None,
+                        };
+                        return (Some(sub), failed);
+                    }
+                }
+            }
+            if circuit_open {
+                let error = "circuit open: the endpoint keeps failing".to_owned();
+                return (
+                    Some(sub),
+                    Outcome::Failed {
+                        status: None,
+                        error,
+                        retry_after: None,
+                    },
+                );
+            }
+            if guard::forbidden_literal(&sub.end_point, allow_private) {
+                let error = "endpoint address is not public".to_owned();
+                return (
+                    Some(sub),
+                    Outcome::Failed {
+                        status: None,
+                        error,
+                        retry_after: None,
+                    },
+                );
+            }
+            let outcome = send(&client, &sub, &d).await;
+            (Some(sub), outcome)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(sub, outcome), act, ctx| {
+            act.finished(
+                key,
+                sub,
+                endpoint,
+                outcome,
+                started.elapsed(),
+                is_validation,
+                ctx,
+            );
+        }));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finished(
+        &mut self,
+        key: LaneKey,
+        sub: Option<Subscription>,
+        endpoint: Option<String>,
+        outcome: Outcome,
+        took: Duration,
+        is_validation: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        self.metrics
+            .webhook_attempt_latency
+            .observe(took.as_secs_f64());
+        let Some(mut delivery) = self
+            .lanes
+            .get_mut(&key)
+            .and_then(|l| l.queue.front().cloned())
+        else {
+            return;
+        };
+        delivery.attempts += 1;
+        let policy = if is_validation {
+            self.validation.clone()
+        } else {
+            self.retry.clone()
+        };
+        let record =
+            |status: Option<u16>, error: Option<String>, next: Option<Duration>| DeliveryRecord {
+                event_id: delivery.id.clone(),
+                attempt: delivery.attempts,
+                status_code: status,
+                error,
+                duration_ms: took.as_millis() as u64,
+                at: Utc::now(),
+                next_attempt: next
+                    .and_then(|d| chrono::Duration::from_std(d).ok())
+                    .map(|d| Utc::now() + d),
+            };
+        match outcome {
+            Outcome::Delivered(status) => {
+                self.metrics
+                    .webhook_deliveries
+                    .with_label_values(&["delivered"])
+                    .inc();
+                self.endpoint_result(endpoint.as_deref(), true);
+                self.log(delivery.subscription, record(Some(status), None, None));
+                if is_validation && let Some(mut s) = sub {
+                    s.validated = true;
+                    let store = self.store.clone();
+                    actix_web::rt::spawn(async move {
+                        if let Err(e) = store.put_subscription(&s).await {
+                            tracing::warn!(subscription = %s.id, error = %e, "recording validation failed");
+                        }
+                    });
+                }
+                self.advance(&key, ctx);
+            }
+            Outcome::Gone => {
+                self.metrics
+                    .webhook_deliveries
+                    .with_label_values(&["gone"])
+                    .inc();
+                self.endpoint_result(endpoint.as_deref(), true);
+                self.log(
+                    delivery.subscription,
+                    record(
+                        Some(410),
+                        Some("410 Gone: subscription disabled".into()),
+                        None,
+                    ),
+                );
+                if let Some(mut s) = sub {
+                    s.disabled = true;
+                    s.disabled_reason = Some(format!(
+                        "the endpoint answered 410 Gone at {}",
+                        Utc::now().to_rfc3339()
+                    ));
+                    let store = self.store.clone();
+                    actix_web::rt::spawn(async move {
+                        let _ = store.put_subscription(&s).await;
+                    });
+                }
+                let dropped = delivery.subscription;
+                self.lanes.retain(|k, _| k.subscription != dropped);
+                self.release_slot(endpoint.as_deref(), ctx);
+                return;
+            }
+            Outcome::Dropped(why) => {
+                self.metrics
+                    .webhook_deliveries
+                    .with_label_values(&["dropped"])
+                    .inc();
+                tracing::debug!(subscription = %delivery.subscription, event = %delivery.id, why, "delivery dropped");
+                self.advance(&key, ctx);
+            }
+            Outcome::Failed {
+                status,
+                error,
+                retry_after,
+            } => {
+                self.metrics
+                    .webhook_deliveries
+                    .with_label_values(&["failed"])
+                    .inc();
+                self.endpoint_result(endpoint.as_deref(), false);
+                match policy.next_delay(delivery.attempts, retry_after) {
+                    Some(delay) => {
+                        self.log(
+                            delivery.subscription,
+                            record(status, Some(error.clone()), Some(delay)),
+                        );
+                        if let Some(lane) = self.lanes.get_mut(&key)
+                            && let Some(head) = lane.queue.front_mut()
+                        {
+                            head.attempts = delivery.attempts;
+                            head.last_status = status;
+                            head.last_error = Some(error);
+                        }
+                        self.metrics.webhook_retry_backlog.inc();
+                        let retry_key = key.clone();
+                        ctx.run_later(delay, move |act, ctx| {
+                            act.metrics.webhook_retry_backlog.dec();
+                            if let Some(lane) = act.lanes.get_mut(&retry_key) {
+                                lane.busy = false;
+                            }
+                            act.pump(retry_key, ctx);
+                        });
+                    }
+                    None => {
+                        self.log(
+                            delivery.subscription,
+                            record(status, Some(error.clone()), None),
+                        );
+                        if let Some(event) = &delivery.event {
+                            self.metrics.webhook_dead_letters.inc();
+                            let letter = DeadLetter {
+                                id: Uuid::now_v7(),
+                                subscription_id: delivery.subscription,
+                                event: (**event).clone(),
+                                attempts: delivery.attempts,
+                                last_status: status,
+                                last_error: Some(error),
+                                dead_at: Utc::now(),
+                            };
+                            let store = self.store.clone();
+                            actix_web::rt::spawn(async move {
+                                if let Err(e) = store.put_dead_letter(&letter).await {
+                                    tracing::error!(error = %e, "storing a dead letter failed");
+                                }
+                            });
+                        }
+                        self.advance(&key, ctx);
+                    }
+                }
+            }
+        }
+        self.release_slot(endpoint.as_deref(), ctx);
+    }
+
+    /// The head is done (delivered, dropped or dead): the lane moves on.
+    fn advance(&mut self, key: &LaneKey, ctx: &mut Context<Self>) {
+        if let Some(lane) = self.lanes.get_mut(key) {
+            lane.queue.pop_front();
+            lane.busy = false;
+        }
+        self.pump(key.clone(), ctx);
+    }
+
+    fn endpoint_result(&mut self, endpoint: Option<&str>, ok: bool) {
+        let Some(e) = endpoint.and_then(|k| self.endpoints.get_mut(k)) else {
+            return;
+        };
+        if ok {
+            e.failures = 0;
+            if e.open_until.take().is_some() {
+                self.metrics.webhook_open_circuits.dec();
+            }
+        } else {
+            e.failures += 1;
+            if e.failures >= self.settings.circuit_failures {
+                // Opens, or re-opens after a failed trial once the cooldown had passed.
+                if e.open_until.is_none() {
+                    self.metrics.webhook_open_circuits.inc();
+                }
+                e.open_until = Some(Instant::now() + self.settings.circuit_cooldown);
+            }
+        }
+    }
+
+    fn release_slot(&mut self, endpoint: Option<&str>, ctx: &mut Context<Self>) {
+        let Some(k) = endpoint else { return };
+        let next = self.endpoints.get_mut(k).and_then(|e| {
+            e.in_flight = e.in_flight.saturating_sub(1);
+            e.waiting.pop_front()
+        });
+        if let Some(lane) = next {
+            self.pump(lane, ctx);
+        }
+    }
+
+    fn log(&self, subscription: Uuid, record: DeliveryRecord) {
+        let store = self.store.clone();
+        actix_web::rt::spawn(async move {
+            let _ = store.record_delivery(subscription, record).await;
+        });
+    }
+
+    /// Reads new events and queues them for every matching, validated subscription.
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.polling {
+            return;
+        }
+        self.polling = true;
+        let store = self.store.clone();
+        let (node, was_leader, cursor) = (self.node_id.clone(), self.leader, self.cursor);
+        let fut = async move {
+            // One node of a cluster dispatches; the others stand by and take over when its lease
+            // lapses, from the cursor it saved.
+            if !store.lease(LEASE, &node, LEASE_TTL).await? {
+                return Ok((false, cursor, Vec::new(), Vec::new(), None));
+            }
+            let cursor = if was_leader {
+                cursor
+            } else {
+                match store.cursor(LEASE).await? {
+                    Some(saved) => saved,
+                    None => store.global_head().await?,
+                }
+            };
+            let events = store.read_global(cursor, READ_BATCH).await?;
+            if events.is_empty() {
+                return Ok((true, cursor, events, Vec::new(), None));
+            }
+            let subs = store.subscriptions().await?;
+            let policy = store.policy().await?;
+            Ok::<_, crate::store::StoreError>((true, cursor, events, subs, Some(policy)))
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.polling = false;
+            let (leader, cursor, events, subs, policy) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading events for webhooks failed");
+                    return;
+                }
+            };
+            act.leader = leader;
+            act.cursor = cursor;
+            let Some(policy) = policy else { return };
+            act.subs = subs.iter().map(|s| (s.id, s.clone())).collect();
+            let more = events.len() == READ_BATCH;
+            for entry in events {
+                act.cursor = act.cursor.max(entry.position);
+                let event = entry.event;
+                let mut body: Option<Rc<Vec<u8>>> = None;
+                for sub in subs
+                    .iter()
+                    .filter(|s| s.validated && !s.disabled && s.matches(&event))
+                {
+                    if !may_receive(&policy, sub, &event) {
+                        continue;
+                    }
+                    // Encoded once, shared by every subscription that gets the event.
+                    let body = body
+                        .get_or_insert_with(|| {
+                            Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default())
+                        })
+                        .clone();
+                    let key = LaneKey {
+                        subscription: sub.id,
+                        stream: event
+                            .resourceinstance
+                            .clone()
+                            .unwrap_or_else(|| event.id.clone()),
+                    };
+                    let delivery = Delivery {
+                        subscription: sub.id,
+                        id: event.id.clone(),
+                        body,
+                        event: Some(event.clone()),
+                        attempts: 0,
+                        last_status: None,
+                        last_error: None,
+                    };
+                    act.enqueue(key, delivery, ctx);
+                }
+            }
+            let (store, position) = (act.store.clone(), act.cursor);
+            actix_web::rt::spawn(async move {
+                if let Err(e) = store.set_cursor(LEASE, position).await {
+                    tracing::warn!(error = %e, "saving the dispatcher cursor failed");
+                }
+            });
+            if more {
+                act.poll(ctx);
+            }
+        }));
+    }
+}
+
+/// The subscription's consumer may receive `event` under the current registry and delegations.
+fn may_receive(policy: &crate::auth::Policy, sub: &Subscription, event: &CloudEvent) -> bool {
+    let Ok(party) = Party::parse(&sub.consumer) else {
+        return false;
+    };
+    let Some(resource) = event
+        .resource
+        .as_deref()
+        .and_then(|r| ResourceUrn::parse(r).ok())
+    else {
+        return false;
+    };
+    policy.may_receive(&party, &resource, event.subject.as_deref())
+}
+
+fn endpoint_key(url: &str) -> String {
+    match url.parse::<awc::http::Uri>() {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme_str().unwrap_or(""),
+            u.host().unwrap_or(""),
+            u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            })
+        ),
+        Err(_) => url.to_owned(),
+    }
+}
+
+/// One HTTP attempt.
+async fn send(client: &awc::Client, sub: &Subscription, d: &Delivery) -> Outcome {
+    let timestamp = Utc::now().timestamp();
+    let signature = signing::sign(&sub.secret, &d.id, timestamp, &d.body);
+    let request = client
+        .post(&sub.end_point)
+        .insert_header((
+            "Content-Type",
+            "application/cloudevents+json; charset=utf-8",
+        ))
+        .insert_header(("webhook-id", d.id.as_str()))
+        .insert_header(("webhook-timestamp", timestamp.to_string()))
+        .insert_header(("webhook-signature", signature));
+    let mut resp = match request.send_body(d.body.as_ref().clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::Failed {
+                status: None,
+                error: e.to_string(),
+                retry_after: None,
+            };
+        }
+    };
+    let status = resp.status();
+    // Read (at most 64 KiB of) the body so the connection can be reused; its content is ignored.
+    let _ = resp.body().limit(MAX_RESPONSE_BYTES).await;
+    if status.is_success() {
+        return Outcome::Delivered(status.as_u16());
+    }
+    if status == awc::http::StatusCode::GONE {
+        return Outcome::Gone;
+    }
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    Outcome::Failed {
+        status: Some(status.as_u16()),
+        error: format!("endpoint answered {status}"),
+        retry_after,
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.client = Some(self.build_client());
+        ctx.run_interval(self.settings.poll_interval, |act, ctx| act.poll(ctx));
+    }
+}
+
+/// Wake the dispatcher: new events were published.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+impl Handler<Wake> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        self.poll(ctx);
+    }
+}
+
+/// Start the validation handshake of a subscription.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Validate(pub Subscription);
+
+impl Handler<Validate> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Validate, ctx: &mut Self::Context) {
+        let sub = msg.0;
+        self.subs.insert(sub.id, sub.clone());
+        let id = Uuid::now_v7().to_string();
+        let body = json!({
+            "specversion": "1.0",
+            "id": id,
+            "source": format!("{}/events/api/v1/subscriptions/{}", self.base_url, sub.id),
+            "type": "platform.events.validatesubscription",
+        });
+        let key = LaneKey {
+            subscription: sub.id,
+            stream: "validation".into(),
+        };
+        // A re-sent validation replaces one still pending.
+        if let Some(lane) = self.lanes.get_mut(&key) {
+            lane.queue.retain(|_| false);
+        }
+        let delivery = Delivery {
+            subscription: sub.id,
+            id,
+            body: Rc::new(body.to_string().into_bytes()),
+            event: None,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+        };
+        self.enqueue(key, delivery, ctx);
+    }
+}
+
+/// Deliver these events again to one subscription (replay and dead-letter redrive).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Redeliver {
+    pub subscription: Uuid,
+    pub events: Vec<Arc<CloudEvent>>,
+}
+
+impl Handler<Redeliver> for Dispatcher {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Redeliver, ctx: &mut Self::Context) -> usize {
+        let n = msg.events.len();
+        for event in msg.events {
+            let key = LaneKey {
+                subscription: msg.subscription,
+                stream: event
+                    .resourceinstance
+                    .clone()
+                    .unwrap_or_else(|| event.id.clone()),
+            };
+            let delivery = Delivery {
+                subscription: msg.subscription,
+                id: event.id.clone(),
+                body: Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default()),
+                event: Some(event),
+                attempts: 0,
+                last_status: None,
+                last_error: None,
+            };
+            self.enqueue(key, delivery, ctx);
+        }
+        n
+    }
+}
