@@ -42,6 +42,7 @@ impl App {
     /// Binds the listener and wires every part of a node. Must run inside an actix system.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         settings.validate()?;
+        install_tls_provider();
         let listener = TcpListener::bind(settings.http.bind)
             .with_context(|| format!("failed to bind http.bind {}", settings.http.bind))?;
         let addr = listener
@@ -322,6 +323,12 @@ async fn maintain_log(store: Arc<dyn Store>, retention: Duration) {
     }
 }
 
+/// Makes ring the process's TLS crypto provider (outgoing HTTPS: webhooks, JWKS URLs). Idempotent.
+pub fn install_tls_provider() {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Stops a running node from outside (tests, embedding programs).
 #[derive(Clone)]
 pub struct Stopper {
@@ -357,5 +364,32 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn the_tls_provider_lets_https_clients_be_built_and_fail_cleanly_on_a_bad_peer() {
+        install_tls_provider();
+        install_tls_provider();
+        // A plain TCP listener that closes at once: the TLS handshake must fail as an error, not a panic.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            if let Ok((stream, _)) = listener.accept() {
+                drop(stream);
+            }
+        });
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .finish();
+        let result = client
+            .get(format!("https://127.0.0.1:{port}/"))
+            .send()
+            .await;
+        assert!(result.is_err());
     }
 }
