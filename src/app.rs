@@ -259,17 +259,34 @@ impl App {
             let _ = shutdown.send(true);
             handle.stop(true).await;
         });
+        // Stops the actors and background loops when serving ends, and also when this future is
+        // dropped unfinished (an embedding runtime going away).
+        let _cleanup = Cleanup {
+            tasks: self.tasks,
+            arbiters: self.arbiters,
+        };
         let result = self.server.await;
         signals.abort();
         let _ = self.shutdown.send(true);
+        tracing::info!(node = %self.state.node_id, "stopped");
+        result.context("HTTP server failed")
+    }
+}
+
+/// Owns a node's background loops and actor threads; dropping it stops them.
+struct Cleanup {
+    tasks: Vec<JoinHandle<()>>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
         }
         for arbiter in &self.arbiters {
             arbiter.stop();
         }
-        tracing::info!(node = %self.state.node_id, "stopped");
-        result.context("HTTP server failed")
     }
 }
 

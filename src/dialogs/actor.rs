@@ -17,7 +17,9 @@ use crate::store::{Change, Commit, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// How often one command retries after losing a commit race to another writer (other nodes).
-const MAX_COMMIT_ATTEMPTS: usize = 8;
+/// With n nodes writing one dialog at once a commit loses each race with chance (n-1)/n, so the
+/// budget is generous; a short random pause after each loss spreads the contenders apart.
+const MAX_COMMIT_ATTEMPTS: usize = 64;
 
 /// What every dialog actor of a node shares.
 pub struct DialogDeps {
@@ -403,10 +405,14 @@ async fn execute(
                 };
                 return (Some(next), Ok(outcome), change);
             }
-            Err(StoreError::Conflict) => match deps.store.load_dialog(id).await {
-                Ok(d) => current = d,
-                Err(e) => return (None, Err(unavailable(e)), None),
-            },
+            Err(StoreError::Conflict) => {
+                let pause = rand::random::<u64>() % 3_000;
+                tokio::time::sleep(Duration::from_micros(pause)).await;
+                match deps.store.load_dialog(id).await {
+                    Ok(d) => current = d,
+                    Err(e) => return (None, Err(unavailable(e)), None),
+                }
+            }
             Err(StoreError::AlreadyExists) => {
                 return (None, Err(CommandError::AlreadyExists), None);
             }

@@ -43,6 +43,9 @@ struct Delivery {
     body: Rc<Vec<u8>>,
     /// The event (absent for the validation handshake).
     event: Option<Arc<CloudEvent>>,
+    /// The event's global log position while it counts toward the saved watermark (first
+    /// deliveries from the log; not replays, redrives or validations).
+    position: Option<LogPosition>,
     attempts: u32,
     last_status: Option<u16>,
     last_error: Option<String>,
@@ -94,6 +97,12 @@ pub struct Dispatcher {
     client: Option<awc::Client>,
     cursor: LogPosition,
     polling: bool,
+    /// Unfinished first deliveries per log position. The saved position is just below the oldest
+    /// of them, so a node taking over re-reads (and re-sends, same `webhook-id`) what was queued
+    /// here rather than losing it.
+    outstanding: std::collections::BTreeMap<LogPosition, usize>,
+    /// The position last saved to the store.
+    saved: Option<LogPosition>,
     /// Subscriptions as of the last poll (endpoint accounting); attempts re-read the store.
     subs: HashMap<Uuid, Subscription>,
     lanes: HashMap<LaneKey, Lane>,
@@ -123,6 +132,8 @@ impl Dispatcher {
             cursor: 0,
             polling: false,
             subs: HashMap::new(),
+            outstanding: Default::default(),
+            saved: None,
             lanes: HashMap::new(),
             endpoints: HashMap::new(),
         }
@@ -147,6 +158,9 @@ impl Dispatcher {
     }
 
     fn enqueue(&mut self, key: LaneKey, delivery: Delivery, ctx: &mut Context<Self>) {
+        if let Some(p) = delivery.position {
+            *self.outstanding.entry(p).or_default() += 1;
+        }
         self.lanes
             .entry(key.clone())
             .or_default()
@@ -361,7 +375,19 @@ impl Dispatcher {
                     });
                 }
                 let dropped = delivery.subscription;
-                self.lanes.retain(|k, _| k.subscription != dropped);
+                let gone: Vec<LaneKey> = self
+                    .lanes
+                    .keys()
+                    .filter(|k| k.subscription == dropped)
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    if let Some(lane) = self.lanes.remove(&k) {
+                        for d in lane.queue {
+                            self.settle(d.position);
+                        }
+                    }
+                }
                 self.release_slot(endpoint.as_deref(), ctx);
                 return;
             }
@@ -439,11 +465,47 @@ impl Dispatcher {
 
     /// The head is done (delivered, dropped or dead): the lane moves on.
     fn advance(&mut self, key: &LaneKey, ctx: &mut Context<Self>) {
-        if let Some(lane) = self.lanes.get_mut(key) {
-            lane.queue.pop_front();
+        let done = self.lanes.get_mut(key).and_then(|lane| {
             lane.busy = false;
+            lane.queue.pop_front()
+        });
+        if let Some(done) = done {
+            self.settle(done.position);
         }
         self.pump(key.clone(), ctx);
+    }
+
+    /// A first delivery is finished (delivered, dropped or dead-lettered).
+    fn settle(&mut self, position: Option<LogPosition>) {
+        let Some(p) = position else { return };
+        if let Some(n) = self.outstanding.get_mut(&p) {
+            *n -= 1;
+            if *n == 0 {
+                self.outstanding.remove(&p);
+            }
+        }
+    }
+
+    /// Where a node taking over must start reading.
+    fn watermark(&self) -> LogPosition {
+        match self.outstanding.keys().next() {
+            Some(oldest) => oldest.saturating_sub(1).min(self.cursor),
+            None => self.cursor,
+        }
+    }
+
+    fn save_watermark(&mut self) {
+        let position = self.watermark();
+        if self.saved == Some(position) {
+            return;
+        }
+        self.saved = Some(position);
+        let store = self.store.clone();
+        actix_web::rt::spawn(async move {
+            if let Err(e) = store.set_cursor(LEASE, position).await {
+                tracing::warn!(error = %e, "saving the dispatcher position failed");
+            }
+        });
     }
 
     fn endpoint_result(&mut self, endpoint: Option<&str>, ok: bool) {
@@ -526,6 +588,9 @@ impl Dispatcher {
             };
             act.leader = leader;
             act.cursor = cursor;
+            if leader {
+                act.save_watermark();
+            }
             let Some(policy) = policy else { return };
             act.subs = subs.iter().map(|s| (s.id, s.clone())).collect();
             let more = events.len() == READ_BATCH;
@@ -558,6 +623,7 @@ impl Dispatcher {
                         id: event.id.clone(),
                         body,
                         event: Some(event.clone()),
+                        position: Some(entry.position),
                         attempts: 0,
                         last_status: None,
                         last_error: None,
@@ -565,12 +631,6 @@ impl Dispatcher {
                     act.enqueue(key, delivery, ctx);
                 }
             }
-            let (store, position) = (act.store.clone(), act.cursor);
-            actix_web::rt::spawn(async move {
-                if let Err(e) = store.set_cursor(LEASE, position).await {
-                    tracing::warn!(error = %e, "saving the dispatcher cursor failed");
-                }
-            });
             if more {
                 act.poll(ctx);
             }
@@ -706,6 +766,7 @@ impl Handler<Validate> for Dispatcher {
             id,
             body: Rc::new(body.to_string().into_bytes()),
             event: None,
+            position: None,
             attempts: 0,
             last_status: None,
             last_error: None,
@@ -740,6 +801,7 @@ impl Handler<Redeliver> for Dispatcher {
                 id: event.id.clone(),
                 body: Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default()),
                 event: Some(event),
+                position: None,
                 attempts: 0,
                 last_status: None,
                 last_error: None,

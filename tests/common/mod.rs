@@ -218,7 +218,7 @@ pub async fn start_on(extra: &str, shared: Option<Shared>) -> TestNode {
 }
 
 /// The cluster's keys as the nodes stored them in Redis.
-async fn shared_keys(s: &Shared) -> KeyStore {
+pub async fn shared_keys(s: &Shared) -> KeyStore {
     let client = ::redis::Client::open(s.redis.url.as_str()).expect("redis url");
     let mut conn = client
         .get_multiplexed_async_connection()
