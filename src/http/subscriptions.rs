@@ -162,9 +162,9 @@ async fn create(
             (candidate, actix_web::http::StatusCode::CREATED)
         }
     };
-    if !subscription.validated {
-        state.dispatcher.do_send(Validate(subscription.clone()));
-    }
+    // A new subscription is validated; a re-POST re-sends the validation (a validated one keeps
+    // receiving events meanwhile).
+    state.dispatcher.do_send(Validate(subscription.clone()));
     Ok(HttpResponse::build(status)
         .insert_header((
             "Location",

@@ -56,6 +56,9 @@ struct Lane {
     queue: VecDeque<Delivery>,
     /// An attempt is in flight or a retry is scheduled: the head must finish first.
     busy: bool,
+    /// Bumped when the lane is reset (a re-sent validation): results and retry timers of an
+    /// earlier generation are ignored.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -211,9 +214,10 @@ impl Dispatcher {
         circuit_open: bool,
         ctx: &mut Context<Self>,
     ) {
-        if let Some(lane) = self.lanes.get_mut(&key) {
+        let generation = self.lanes.get_mut(&key).map_or(0, |lane| {
             lane.busy = true;
-        }
+            lane.generation
+        });
         let store = self.store.clone();
         let client = self.client.clone().unwrap_or_else(|| self.build_client());
         let allow_private = self.settings.allow_private_networks;
@@ -281,6 +285,7 @@ impl Dispatcher {
         ctx.spawn(fut.into_actor(self).map(move |(sub, outcome), act, ctx| {
             act.finished(
                 key,
+                generation,
                 sub,
                 endpoint,
                 outcome,
@@ -291,10 +296,13 @@ impl Dispatcher {
         }));
     }
 
+    /// An attempt ended: settle its outcome, then give its endpoint slot back, whatever happened
+    /// to the lane meanwhile.
     #[allow(clippy::too_many_arguments)]
     fn finished(
         &mut self,
         key: LaneKey,
+        generation: u64,
         sub: Option<Subscription>,
         endpoint: Option<String>,
         outcome: Outcome,
@@ -305,6 +313,35 @@ impl Dispatcher {
         self.metrics
             .webhook_attempt_latency
             .observe(took.as_secs_f64());
+        if self
+            .lanes
+            .get(&key)
+            .is_some_and(|l| l.generation == generation)
+        {
+            self.settle_outcome(
+                key,
+                sub,
+                endpoint.as_deref(),
+                outcome,
+                took,
+                is_validation,
+                ctx,
+            );
+        }
+        self.release_slot(endpoint.as_deref(), ctx);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn settle_outcome(
+        &mut self,
+        key: LaneKey,
+        sub: Option<Subscription>,
+        endpoint: Option<&str>,
+        outcome: Outcome,
+        took: Duration,
+        is_validation: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(mut delivery) = self
             .lanes
             .get_mut(&key)
@@ -336,7 +373,7 @@ impl Dispatcher {
                     .webhook_deliveries
                     .with_label_values(&["delivered"])
                     .inc();
-                self.endpoint_result(endpoint.as_deref(), true);
+                self.endpoint_result(endpoint, true);
                 self.log(delivery.subscription, record(Some(status), None, None));
                 if is_validation && let Some(mut s) = sub {
                     s.validated = true;
@@ -354,7 +391,7 @@ impl Dispatcher {
                     .webhook_deliveries
                     .with_label_values(&["gone"])
                     .inc();
-                self.endpoint_result(endpoint.as_deref(), true);
+                self.endpoint_result(endpoint, true);
                 self.log(
                     delivery.subscription,
                     record(
@@ -388,7 +425,6 @@ impl Dispatcher {
                         }
                     }
                 }
-                self.release_slot(endpoint.as_deref(), ctx);
                 return;
             }
             Outcome::Dropped(why) => {
@@ -408,7 +444,7 @@ impl Dispatcher {
                     .webhook_deliveries
                     .with_label_values(&["failed"])
                     .inc();
-                self.endpoint_result(endpoint.as_deref(), false);
+                self.endpoint_result(endpoint, false);
                 match policy.next_delay(delivery.attempts, retry_after) {
                     Some(delay) => {
                         self.log(
@@ -424,10 +460,13 @@ impl Dispatcher {
                         }
                         self.metrics.webhook_retry_backlog.inc();
                         let retry_key = key.clone();
+                        let generation = self.lanes.get(&key).map_or(0, |l| l.generation);
                         ctx.run_later(delay, move |act, ctx| {
                             act.metrics.webhook_retry_backlog.dec();
-                            if let Some(lane) = act.lanes.get_mut(&retry_key) {
-                                lane.busy = false;
+                            match act.lanes.get_mut(&retry_key) {
+                                Some(lane) if lane.generation == generation => lane.busy = false,
+                                // The lane was reset meanwhile: this timer is stale.
+                                _ => return,
                             }
                             act.pump(retry_key, ctx);
                         });
@@ -460,7 +499,6 @@ impl Dispatcher {
                 }
             }
         }
-        self.release_slot(endpoint.as_deref(), ctx);
     }
 
     /// The head is done (delivered, dropped or dead): the lane moves on.
@@ -531,12 +569,25 @@ impl Dispatcher {
 
     fn release_slot(&mut self, endpoint: Option<&str>, ctx: &mut Context<Self>) {
         let Some(k) = endpoint else { return };
-        let next = self.endpoints.get_mut(k).and_then(|e| {
-            e.in_flight = e.in_flight.saturating_sub(1);
-            e.waiting.pop_front()
-        });
-        if let Some(lane) = next {
-            self.pump(lane, ctx);
+        let Some(e) = self.endpoints.get_mut(k) else {
+            return;
+        };
+        e.in_flight = e.in_flight.saturating_sub(1);
+        // Hand the slot to the first waiting lane that still has work (lanes of a disabled or
+        // deleted subscription may have gone meanwhile).
+        while let Some(lane) = self
+            .endpoints
+            .get_mut(k)
+            .and_then(|e| e.waiting.pop_front())
+        {
+            if self
+                .lanes
+                .get(&lane)
+                .is_some_and(|l| !l.busy && !l.queue.is_empty())
+            {
+                self.pump(lane, ctx);
+                return;
+            }
         }
     }
 
@@ -757,9 +808,12 @@ impl Handler<Validate> for Dispatcher {
             subscription: sub.id,
             stream: "validation".into(),
         };
-        // A re-sent validation replaces one still pending.
+        // A re-sent validation replaces one still pending, and goes out now: the lane starts a new
+        // generation, so the old attempt's result and retry timer no longer count.
         if let Some(lane) = self.lanes.get_mut(&key) {
-            lane.queue.retain(|_| false);
+            lane.queue.clear();
+            lane.busy = false;
+            lane.generation += 1;
         }
         let delivery = Delivery {
             subscription: sub.id,

@@ -41,6 +41,18 @@ impl Answer {
             delay: None,
         }
     }
+
+    /// This answer with one more response header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// This answer, sent only after `delay`.
+    pub fn delayed(mut self, delay: Duration) -> Answer {
+        self.delay = Some(delay);
+        self
+    }
 }
 
 #[derive(Default)]
@@ -50,6 +62,10 @@ struct Script {
     default: Option<Answer>,
     /// Per-dialog answers (by the event's `resourceinstance`), taking precedence.
     by_dialog: HashMap<String, Answer>,
+    /// Requests being answered right now (counted until the response is built).
+    in_flight: usize,
+    /// The most requests answered at once since the start or the last reset.
+    max_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -129,6 +145,31 @@ impl Receiver {
         };
     }
 
+    /// Answer `answer` (status, headers, delay) for events of one dialog.
+    pub fn answer_for_dialog_with(&self, dialog: &str, answer: Answer) {
+        self.script
+            .lock()
+            .expect("lock")
+            .by_dialog
+            .insert(dialog.to_owned(), answer);
+    }
+
+    /// Answer `answer` (status, headers, delay) from now on.
+    pub fn answer_with(&self, answer: Answer) {
+        self.script.lock().expect("lock").default = Some(answer);
+    }
+
+    /// The most requests that were being answered at the same time (since the last reset).
+    pub fn max_in_flight(&self) -> usize {
+        self.script.lock().expect("lock").max_in_flight
+    }
+
+    /// Restarts the `max_in_flight` count from the requests in flight now.
+    pub fn reset_max_in_flight(&self) {
+        let mut s = self.script.lock().expect("lock");
+        s.max_in_flight = s.in_flight;
+    }
+
     pub async fn wait_for(
         &self,
         what: &str,
@@ -175,15 +216,19 @@ async fn answer(
     });
     let chosen = {
         let mut s = s.lock().expect("lock");
-        dialog
+        let chosen = dialog
             .and_then(|d| s.by_dialog.get(&d).cloned())
             .or_else(|| s.queue.pop_front())
             .or_else(|| s.default.clone())
-            .unwrap_or_else(|| Answer::status(200))
+            .unwrap_or_else(|| Answer::status(200));
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        chosen
     };
     if let Some(d) = chosen.delay {
         tokio::time::sleep(d).await;
     }
+    s.lock().expect("lock").in_flight -= 1;
     let mut resp =
         HttpResponse::build(actix_web::http::StatusCode::from_u16(chosen.status).expect("status"));
     for (k, v) in &chosen.headers {

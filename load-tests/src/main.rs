@@ -1,0 +1,612 @@
+//! Load generator for dialog-events. Drives a running node or cluster over real sockets and writes
+//! its figures as JSON under `load-tests/results/`. Benchmarks, not tests: no pass/fail.
+//!
+//! Tokens come from the node's development issuer (its `data_dir` keys, or the cluster's keys in
+//! Redis via `--keys-file`), so point `--data-dir` at the node's data directory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use awc::ws;
+use clap::{Parser, Subcommand};
+use dialog_events::auth::{KeyStore, dev_token};
+use dialog_events::domain::Party;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+
+const RESOURCE: &str = "urn:altinn:resource:load-test";
+const ORG: &str = "991825827";
+const PERSON: &str = "08895699684";
+
+#[derive(Parser)]
+#[command(
+    name = "dialog-events-load",
+    about = "Load generator for dialog-events"
+)]
+struct Cli {
+    /// Node to write to (and to subscribe on, unless --subscribe-target is given).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// Data directory of the node (its development-issuer key mints the tokens).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// A keys JSON (as stored under `{prefix}:keys` in Redis) instead of the data directory.
+    #[arg(long)]
+    keys_file: Option<PathBuf>,
+    /// PID of the node, to report its CPU time and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Dialog writes (activity posts) from concurrent writers: writes/s and latency.
+    Writes {
+        #[arg(long, default_value_t = 32)]
+        writers: usize,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 100)]
+        dialogs: usize,
+    },
+    /// S subscribers over D dialogs, changes at rate R for T seconds: delivered frames/s,
+    /// commit → receive latency, lost and out-of-order counts.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 10)]
+        dialogs: usize,
+        /// Changes per second (all dialogs together).
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Subscribe on this node instead (cross-node through Redis).
+        #[arg(long)]
+        subscribe_target: Option<String>,
+    },
+    /// N idle subscriptions over D dialogs: connect rate and server memory per connection.
+    Connections {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 100)]
+        dialogs: usize,
+        /// Seconds to hold the connections open before measuring.
+        #[arg(long, default_value_t = 2)]
+        hold: u64,
+    },
+}
+
+struct Tokens {
+    owner: String,
+    admin: String,
+}
+
+fn tokens(cli: &Cli) -> anyhow::Result<Tokens> {
+    let keys = match &cli.keys_file {
+        Some(f) => {
+            KeyStore::from_json(&std::fs::read_to_string(f).context("failed to read --keys-file")?)?
+        }
+        None => KeyStore::load_or_create(&cli.data_dir)?,
+    };
+    let ttl = Duration::from_secs(24 * 3600);
+    let org = Party::organization(ORG)?;
+    Ok(Tokens {
+        owner: dev_token(
+            &keys.dev_issuer,
+            "digdir:dialogporten.serviceprovider altinn:events.subscribe altinn:events.publish",
+            Some(&org),
+            ttl,
+        ),
+        admin: dev_token(&keys.dev_issuer, "dialog-events:admin", None, ttl),
+    })
+}
+
+fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .connector(awc::Connector::new().limit(0))
+        .finish()
+}
+
+async fn request(
+    c: &awc::Client,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let m = awc::http::Method::from_bytes(method.as_bytes())?;
+    let req = c
+        .request(m, url)
+        .insert_header(("Authorization", format!("Bearer {token}")));
+    let mut resp = match body {
+        Some(b) => {
+            req.insert_header(("Content-Type", "application/json"))
+                .send_body(b.to_string())
+                .await
+        }
+        None => req.send().await,
+    }
+    .map_err(|e| anyhow::anyhow!("{method} {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.body().limit(64 << 20).await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// Registers the load-test resource and creates `n` dialogs; returns their ids.
+async fn setup(c: &awc::Client, target: &str, t: &Tokens, n: usize) -> anyhow::Result<Vec<String>> {
+    let (s, b) = request(
+        c,
+        "PUT",
+        &format!("{target}/admin/v1/resources/{RESOURCE}"),
+        &t.admin,
+        Some(json!({"owner": format!("urn:altinn:organization:identifier-no:{ORG}")})),
+    )
+    .await?;
+    if s != 200 {
+        bail!("registering the resource failed: {s} {b}");
+    }
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let body = json!({
+            "serviceResource": RESOURCE,
+            "party": format!("urn:altinn:person:identifier-no:{PERSON}"),
+            "status": "InProgress",
+            "content": {"title": [{"value": "load", "languageCode": "nb"}]}
+        });
+        let (s, b) = request(
+            c,
+            "POST",
+            &format!("{target}/api/v1/serviceowner/dialogs"),
+            &t.owner,
+            Some(body),
+        )
+        .await?;
+        if s != 201 {
+            bail!("creating a dialog failed: {s} {b}");
+        }
+        ids.push(b.as_str().unwrap_or_default().to_owned());
+    }
+    Ok(ids)
+}
+
+async fn add_activity(c: &awc::Client, target: &str, t: &Tokens, id: &str) -> anyhow::Result<u16> {
+    let url = format!("{target}/api/v1/serviceowner/dialogs/{id}/activities");
+    Ok(request(
+        c,
+        "POST",
+        &url,
+        &t.owner,
+        Some(json!({"type": "Information"})),
+    )
+    .await?
+    .0)
+}
+
+fn percentiles(mut samples: Vec<f64>) -> Value {
+    if samples.is_empty() {
+        return Value::Null;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    json!({
+        "count": samples.len(),
+        "p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "p999_ms": at(0.999),
+        "max_ms": samples[samples.len() - 1],
+    })
+}
+
+/// CPU seconds (user + system) of a process from /proc.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn machine() -> Value {
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory": mem,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+fn save(scenario: &str, params: Value, figures: Value) -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!(
+        "{scenario}-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let doc = json!({"scenario": scenario, "machine": machine(), "parameters": params, "figures": figures});
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(path)
+}
+
+type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+
+/// Opens a graphql-transport-ws subscription to `dialog`, authorized by a fresh dialog token.
+async fn subscribe(
+    c: &awc::Client,
+    target: &str,
+    dialog: &str,
+    token: &str,
+) -> anyhow::Result<Socket> {
+    let ws_url = format!("{}/graphql", target.replacen("http", "ws", 1));
+    let (_, mut socket) = c
+        .ws(ws_url)
+        .protocols(["graphql-transport-ws"])
+        .max_frame_size(1 << 20)
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("websocket: {e}"))?;
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
+    socket
+        .send(ws::Message::Text(init.to_string().into()))
+        .await?;
+    loop {
+        match socket.next().await {
+            Some(Ok(ws::Frame::Text(t))) if t.windows(14).any(|w| w == b"connection_ack") => break,
+            Some(Ok(_)) => continue,
+            other => bail!("no connection_ack: {other:?}"),
+        }
+    }
+    let sub = json!({"id": "1", "type": "subscribe", "payload": {
+        "query": "subscription ($id: UUID!) { dialogEvents(dialogId: $id) { sequence } }",
+        "variables": {"id": dialog}}});
+    socket
+        .send(ws::Message::Text(sub.to_string().into()))
+        .await?;
+    Ok(socket)
+}
+
+async fn dialog_token(
+    c: &awc::Client,
+    target: &str,
+    t: &Tokens,
+    id: &str,
+) -> anyhow::Result<String> {
+    let (_, b) = request(
+        c,
+        "GET",
+        &format!("{target}/api/v1/serviceowner/dialogs/{id}"),
+        &t.owner,
+        None,
+    )
+    .await?;
+    Ok(b["dialogToken"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn writes(
+    cli: &Cli,
+    t: &Tokens,
+    writers: usize,
+    count: usize,
+    dialogs: usize,
+) -> anyhow::Result<()> {
+    let c = client();
+    let ids = setup(&c, &cli.target, t, dialogs).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let pid = cli.server_pid.map(|p| p.to_string());
+    let server_cpu0 = pid.as_deref().and_then(cpu_seconds);
+    let self_cpu0 = cpu_seconds("self");
+    let started = Instant::now();
+    let tasks = (0..writers).map(|_| {
+        let (c, ids, next, errors, target) = (
+            c.clone(),
+            ids.clone(),
+            next.clone(),
+            errors.clone(),
+            cli.target.clone(),
+        );
+        async move {
+            let mut lat = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if n >= count {
+                    return lat;
+                }
+                let t0 = Instant::now();
+                match add_activity(&c, &target, t, &ids[n % ids.len()]).await {
+                    Ok(201) => lat.push(t0.elapsed().as_secs_f64() * 1000.0),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    });
+    let lat: Vec<f64> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let secs = started.elapsed().as_secs_f64();
+    let figures = json!({
+        "writes_per_second": lat.len() as f64 / secs,
+        "errors": errors.load(Ordering::Relaxed),
+        "latency": percentiles(lat),
+        "seconds": secs,
+        "client_cpu_seconds": cpu_seconds("self").zip(self_cpu0).map(|(a, b)| a - b),
+        "server_cpu_seconds": pid.as_deref().and_then(cpu_seconds).zip(server_cpu0).map(|(a, b)| a - b),
+    });
+    save(
+        "writes",
+        json!({"target": cli.target, "writers": writers, "count": count, "dialogs": dialogs}),
+        figures,
+    )?;
+    Ok(())
+}
+
+async fn fanout(
+    cli: &Cli,
+    t: &Tokens,
+    subscribers: usize,
+    dialogs: usize,
+    rate: u64,
+    seconds: u64,
+    sub_target: Option<String>,
+) -> anyhow::Result<()> {
+    let c = client();
+    let ids = setup(&c, &cli.target, t, dialogs).await?;
+    let sub_target = sub_target.unwrap_or_else(|| cli.target.clone());
+    let mut dialog_tokens = Vec::new();
+    for id in &ids {
+        dialog_tokens.push(dialog_token(&c, &cli.target, t, id).await?);
+    }
+    // Open the subscribers, 100 at a time.
+    let connect_started = Instant::now();
+    let mut sockets = Vec::with_capacity(subscribers);
+    for batch in (0..subscribers).collect::<Vec<_>>().chunks(100) {
+        let opened = futures::future::join_all(batch.iter().map(|i| {
+            let d = i % ids.len();
+            subscribe(&c, &sub_target, &ids[d], &dialog_tokens[d])
+        }))
+        .await;
+        for (i, s) in batch.iter().zip(opened) {
+            sockets.push((i % ids.len(), s?));
+        }
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = (rate * seconds) as usize;
+    let per_dialog_expected: Vec<usize> = (0..ids.len())
+        .map(|d| (total + ids.len() - 1 - d) / ids.len())
+        .collect();
+    // Readers: record (sequence, wall-clock receive time) per subscriber.
+    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+    let readers = sockets.into_iter().map(|(d, mut socket)| {
+        let expected = per_dialog_expected[d];
+        async move {
+            let mut got: Vec<(i64, chrono::DateTime<chrono::Utc>)> = Vec::with_capacity(expected);
+            while got.len() < expected && Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+                    Ok(Some(Ok(ws::Frame::Text(t)))) => {
+                        let now = chrono::Utc::now();
+                        if let Ok(v) = serde_json::from_slice::<Value>(&t)
+                            && v["type"] == "next"
+                        {
+                            got.push((
+                                v["payload"]["data"]["dialogEvents"]["sequence"]
+                                    .as_i64()
+                                    .unwrap_or(0),
+                                now,
+                            ));
+                        } else if t.windows(6).any(|w| w == b"\"ping\"") {
+                            let _ = socket
+                                .send(ws::Message::Text(r#"{"type":"pong"}"#.into()))
+                                .await;
+                        }
+                    }
+                    Ok(Some(Ok(ws::Frame::Ping(p)))) => {
+                        let _ = socket.send(ws::Message::Pong(p)).await;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            }
+            (d, got)
+        }
+    });
+    let pid = cli.server_pid.map(|p| p.to_string());
+    let server_cpu0 = pid.as_deref().and_then(cpu_seconds);
+    let self_cpu0 = cpu_seconds("self");
+    let started = Instant::now();
+    let writer = {
+        let (c, ids, target) = (c.clone(), ids.clone(), cli.target.clone());
+        async move {
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let mut next = Instant::now();
+            let mut inflight = futures::stream::FuturesUnordered::new();
+            for n in 0..total {
+                next += interval;
+                let (c, id, target) = (c.clone(), ids[n % ids.len()].clone(), target.clone());
+                inflight.push(async move { add_activity(&c, &target, t, &id).await });
+                while let Ok(Some(_)) = tokio::time::timeout_at(next.into(), inflight.next()).await
+                {
+                }
+            }
+            while inflight.next().await.is_some() {}
+        }
+    };
+    let (results, ()) = futures::future::join(futures::future::join_all(readers), writer).await;
+    let secs = started.elapsed().as_secs_f64();
+    // Commit times from the poll API (server wall clock, same machine).
+    let mut commit: HashMap<(String, i64), chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let mut after = "0".to_owned();
+    loop {
+        let url = format!(
+            "{}/events/api/v1/events?resource={RESOURCE}&after={after}&size=1000",
+            cli.target
+        );
+        let (_, page) = request(&c, "GET", &url, &t.owner, None).await?;
+        let Some(events) = page.as_array().filter(|a| !a.is_empty()) else {
+            break;
+        };
+        for e in events {
+            if let (Some(d), Some(seq), Some(time)) = (
+                e["resourceinstance"].as_str(),
+                e["dialogsequence"].as_i64(),
+                e["time"].as_str(),
+            ) && let Ok(t) = chrono::DateTime::parse_from_rfc3339(time)
+            {
+                commit.insert((d.to_owned(), seq), t.with_timezone(&chrono::Utc));
+            }
+        }
+        after = events
+            .last()
+            .and_then(|e| e["id"].as_str())
+            .unwrap_or("0")
+            .to_owned();
+    }
+    let (mut lat, mut frames, mut lost, mut out_of_order) = (Vec::new(), 0usize, 0usize, 0usize);
+    for (d, got) in &results {
+        frames += got.len();
+        lost += per_dialog_expected[*d].saturating_sub(got.len());
+        out_of_order += got.windows(2).filter(|w| w[1].0 <= w[0].0).count();
+        for (seq, at) in got {
+            if let Some(c) = commit.get(&(ids[*d].clone(), *seq)) {
+                lat.push(((*at - *c).num_microseconds().unwrap_or(0).max(0)) as f64 / 1000.0);
+            }
+        }
+    }
+    let figures = json!({
+        "delivered_frames": frames,
+        "delivered_frames_per_second": frames as f64 / secs,
+        "lost": lost,
+        "out_of_order": out_of_order,
+        "latency_commit_to_receive": percentiles(lat),
+        "connect_seconds": connect_secs,
+        "seconds": secs,
+        "client_cpu_seconds": cpu_seconds("self").zip(self_cpu0).map(|(a, b)| a - b),
+        "server_cpu_seconds": pid.as_deref().and_then(cpu_seconds).zip(server_cpu0).map(|(a, b)| a - b),
+    });
+    let scenario = if sub_target == cli.target {
+        "fanout"
+    } else {
+        "cross-node"
+    };
+    save(
+        scenario,
+        json!({"target": cli.target, "subscribe_target": sub_target, "subscribers": subscribers, "dialogs": dialogs, "rate": rate, "seconds": seconds}),
+        figures,
+    )?;
+    Ok(())
+}
+
+async fn connections(
+    cli: &Cli,
+    t: &Tokens,
+    count: usize,
+    dialogs: usize,
+    hold: u64,
+) -> anyhow::Result<()> {
+    let c = client();
+    let ids = setup(&c, &cli.target, t, dialogs).await?;
+    let mut dialog_tokens = Vec::new();
+    for id in &ids {
+        dialog_tokens.push(dialog_token(&c, &cli.target, t, id).await?);
+    }
+    let rss0 = cli.server_pid.and_then(rss_kib);
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(count);
+    for batch in (0..count).collect::<Vec<_>>().chunks(200) {
+        let opened = futures::future::join_all(batch.iter().map(|i| {
+            let d = i % ids.len();
+            subscribe(&c, &cli.target, &ids[d], &dialog_tokens[d])
+        }))
+        .await;
+        for s in opened {
+            sockets.push(s?);
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let rss1 = cli.server_pid.and_then(rss_kib);
+    let per_conn = rss0
+        .zip(rss1)
+        .map(|(a, b)| (b.saturating_sub(a) as f64 * 1024.0) / count as f64);
+    let figures = json!({
+        "connections": sockets.len(),
+        "connect_per_second": sockets.len() as f64 / connect_secs,
+        "server_rss_kib_before": rss0,
+        "server_rss_kib_after": rss1,
+        "server_bytes_per_connection": per_conn,
+        "server_gib_for_1m_connections": per_conn.map(|b| b * 1e6 / (1u64 << 30) as f64),
+    });
+    save(
+        "connections",
+        json!({"target": cli.target, "count": count, "dialogs": dialogs, "hold": hold}),
+        figures,
+    )?;
+    drop(sockets);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let t = tokens(&cli)?;
+    actix_web::rt::System::new().block_on(async {
+        match &cli.scenario {
+            Scenario::Writes {
+                writers,
+                count,
+                dialogs,
+            } => writes(&cli, &t, *writers, *count, *dialogs).await,
+            Scenario::Fanout {
+                subscribers,
+                dialogs,
+                rate,
+                seconds,
+                subscribe_target,
+            } => {
+                fanout(
+                    &cli,
+                    &t,
+                    *subscribers,
+                    *dialogs,
+                    *rate,
+                    *seconds,
+                    subscribe_target.clone(),
+                )
+                .await
+            }
+            Scenario::Connections {
+                count,
+                dialogs,
+                hold,
+            } => connections(&cli, &t, *count, *dialogs, *hold).await,
+        }
+    })
+}
