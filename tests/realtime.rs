@@ -1230,3 +1230,36 @@ async fn graphiql_is_served_as_html() {
         "GraphiQL points at the endpoint"
     );
 }
+
+#[actix_web::test]
+async fn aliases_fragments_typename_and_skipped_fields_shape_the_payload() {
+    let node = start("").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    let mut ws = WsClient::connect(&node, TWS, None).await;
+    ws.init(Some(&token)).await;
+    let query = "subscription ($id: UUID!, $no: Boolean!) { ev: dialogEvents(dialogId: $id) { \
+                 seq: sequence ...F __typename kind: type revision @include(if: $no) resync @skip(if: $no) } } \
+                 fragment F on DialogEventPayload { id }";
+    ws.send(json!({"id": "1", "type": "subscribe",
+        "payload": {"query": query, "variables": {"id": id, "no": false}}}))
+        .await;
+    wait_subscriptions(&node, 1).await;
+    post_activity(&node, &id).await;
+    let msg = ws.next_json().await;
+    assert_eq!(msg["type"], "next", "{msg}");
+    let ev = &msg["payload"]["data"]["ev"];
+    let events = node.dialog_events(&id).await;
+    let last = events.last().expect("events");
+    assert_eq!(
+        ev,
+        &json!({
+            "seq": 3,
+            "id": last["id"],
+            "__typename": "DialogEventPayload",
+            "kind": "DIALOG_UPDATED",
+            "resync": false,
+        })
+    );
+    assert!(msg["payload"]["data"].get("dialogEvents").is_none());
+}

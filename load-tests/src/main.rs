@@ -453,8 +453,17 @@ async fn fanout(
                 next += interval;
                 let (c, id, target) = (c.clone(), ids[n % ids.len()].clone(), target.clone());
                 inflight.push(async move { add_activity(&c, &target, t, &id).await });
-                while let Ok(Some(_)) = tokio::time::timeout_at(next.into(), inflight.next()).await
-                {
+                // Collect finished writes until the next one is due; idle time is slept, so the
+                // rate holds whether or not writes are in flight.
+                loop {
+                    match tokio::time::timeout_at(next.into(), inflight.next()).await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => {
+                            tokio::time::sleep_until(next.into()).await;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
             }
             while inflight.next().await.is_some() {}

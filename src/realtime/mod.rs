@@ -45,6 +45,7 @@ impl RealtimeState {
             dialog_token,
             budget,
             fanout_latency: Some(self.metrics.fanout_latency.clone()),
+            fast: None,
         }
     }
 }

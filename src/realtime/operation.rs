@@ -34,6 +34,10 @@ pub fn spawn(
     out: OpSender,
 ) -> actix_web::rt::task::JoinHandle<()> {
     actix_web::rt::spawn(async move {
+        let slot: super::schema::FastSlot = Default::default();
+        let mut ctx = ctx;
+        ctx.fast = Some(slot.clone());
+        let latency = ctx.fanout_latency.clone();
         let resolved = juniper::http::resolve_into_stream(&request, &schema, &ctx).await;
         let (value, errors) = match resolved {
             Ok(v) => v,
@@ -50,6 +54,27 @@ pub fn spawn(
                 ))
                 .await;
             return;
+        }
+        let fast = slot.lock().ok().and_then(|mut s| s.take());
+        if let Some(fast) = fast {
+            // Frame each change directly: a queue pop and one small encode per subscriber.
+            loop {
+                let (change, resync) = fast.queue.pop().await;
+                if let Some(h) = &latency {
+                    let elapsed = chrono::Utc::now() - change.at;
+                    h.observe(elapsed.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                }
+                let payload = fast
+                    .plan
+                    .encode(&super::schema::DialogEventPayload::of(&change, resync));
+                if out
+                    .send((id.clone(), OpEvent::Next(payload)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
         }
         // Validation admits exactly one root field per subscription operation; its value is the stream.
         let root = value.into_object().and_then(|mut fields| {

@@ -425,7 +425,6 @@ impl Dispatcher {
                         }
                     }
                 }
-                return;
             }
             Outcome::Dropped(why) => {
                 self.metrics
