@@ -10,4 +10,4 @@ pub mod subscription;
 pub use dialog::*;
 pub use event::*;
 pub use party::*;
-pub use subscription::{DeadLetter, DeliveryRecord, Subscription};
+pub use subscription::{DeadLetter, DeliveryRecord, PendingDelivery, Subscription};

@@ -81,6 +81,29 @@ pub struct DeliveryRecord {
     pub next_attempt: Option<DateTime<Utc>>,
 }
 
+/// A delivery not finished yet, kept in the store so a node taking over the dispatcher resumes it
+/// (with its attempt count) instead of losing it or sending it again from the start of the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingDelivery {
+    pub subscription: Uuid,
+    pub event: CloudEvent,
+    /// Global log position of the event (0 for replays and redrives).
+    pub position: u64,
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_status: Option<u16>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl PendingDelivery {
+    /// Identity in the store: subscription, position and event id.
+    pub fn key(subscription: Uuid, position: u64, event_id: &str) -> String {
+        format!("{subscription}|{position}|{event_id}")
+    }
+}
+
 /// A delivery that failed its last attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -13,7 +13,9 @@ use super::{
 };
 use crate::auth::Policy;
 use crate::config::{DelegationEntry, ResourceEntry};
-use crate::domain::{CloudEvent, DeadLetter, DeliveryRecord, Dialog, ResourceUrn, Subscription};
+use crate::domain::{
+    CloudEvent, DeadLetter, DeliveryRecord, Dialog, PendingDelivery, ResourceUrn, Subscription,
+};
 
 /// Delivery attempts kept per subscription for `GET …/deliveries`.
 pub const DELIVERIES_KEEP: usize = 100;
@@ -58,6 +60,7 @@ struct Inner {
     deliveries: HashMap<Uuid, std::collections::VecDeque<DeliveryRecord>>,
     dead: BTreeMap<Uuid, DeadLetter>,
     cursors: HashMap<String, LogPosition>,
+    pending: HashMap<String, PendingDelivery>,
     /// The single node of the embedded mode, with its heartbeat expiry.
     node: Option<(NodeInfo, std::time::Instant)>,
 }
@@ -470,6 +473,26 @@ impl Store for MemoryStore {
     async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
         let mut inner = self.lock();
         Ok(ids.iter().filter_map(|id| inner.dead.remove(id)).collect())
+    }
+
+    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for d in deliveries {
+            inner.pending.insert(
+                PendingDelivery::key(d.subscription, d.position, &d.event.id),
+                d.clone(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn remove_pending(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().pending.remove(key);
+        Ok(())
+    }
+
+    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+        Ok(self.lock().pending.values().cloned().collect())
     }
 
     async fn lease(

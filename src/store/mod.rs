@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::auth::Policy;
 use crate::config::{DelegationEntry, ResourceEntry};
 use crate::domain::{
-    CloudEvent, DeadLetter, DeliveryRecord, Dialog, Party, ResourceUrn, Subscription,
+    CloudEvent, DeadLetter, DeliveryRecord, Dialog, Party, PendingDelivery, ResourceUrn,
+    Subscription,
 };
 
 pub use self::redis::RedisStore;
@@ -223,6 +224,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes and returns the dead letters with these ids.
     async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Records (or updates) unfinished webhook deliveries.
+    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError>;
+
+    /// Forgets a finished delivery (by `PendingDelivery::key`).
+    async fn remove_pending(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Every unfinished delivery, for a node taking over the dispatcher.
+    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError>;
 
     /// Takes or renews the lease `name` for `holder` (true while `holder` holds it). A lease not
     /// renewed within `ttl` passes to the next node that asks.

@@ -13,6 +13,7 @@
 //! - `{p}:res` hash of resources, `{p}:dlg` set of delegations, `{p}:keys` the generated keys
 //! - `{p}:glog` stream of every published event (the webhook dispatcher's feed)
 //! - `{p}:subs` hash of webhook subscriptions, `{p}:dlv:{sub}` recent attempts, `{p}:dead` dead letters
+//! - `{p}:pending` hash of unfinished webhook deliveries (`{sub}|{position}|{event id}` → JSON)
 //! - `{p}:lease:{name}` a lease (the webhook dispatcher's), `{p}:cursor:{name}` a saved log position
 //! - `{p}:node:{id}` a live node (expires unless refreshed)
 
@@ -30,7 +31,9 @@ use super::{
 };
 use crate::auth::Policy;
 use crate::config::{DelegationEntry, ResourceEntry};
-use crate::domain::{CloudEvent, DeadLetter, DeliveryRecord, Dialog, ResourceUrn, Subscription};
+use crate::domain::{
+    CloudEvent, DeadLetter, DeliveryRecord, Dialog, PendingDelivery, ResourceUrn, Subscription,
+};
 
 /// Events and changes kept per dialog in its own logs.
 const DIALOG_LOG_KEEP: usize = 1000;
@@ -773,6 +776,41 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let key = self.key("pending");
+        let mut fields = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let json = serde_json::to_string(d).map_err(unavailable)?;
+            fields.push((
+                PendingDelivery::key(d.subscription, d.position, &d.event.id),
+                json,
+            ));
+        }
+        self.with(|mut c| async move { c.hset_multiple::<_, _, _, ()>(&key, &fields).await })
+            .await
+    }
+
+    async fn remove_pending(&self, field: &str) -> Result<(), StoreError> {
+        let key = self.key("pending");
+        let field = field.to_owned();
+        self.with(|mut c| async move { c.hdel::<_, _, ()>(&key, field).await })
+            .await
+    }
+
+    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+        let key = self.key("pending");
+        let all: Vec<String> = self
+            .with(|mut c| async move { c.hvals(&key).await })
+            .await?;
+        Ok(all
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {

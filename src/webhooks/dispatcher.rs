@@ -17,7 +17,9 @@ use super::guard::{self, GuardedResolver};
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::signing;
 use crate::config::WebhookSettings;
-use crate::domain::{CloudEvent, DeadLetter, DeliveryRecord, Party, ResourceUrn, Subscription};
+use crate::domain::{
+    CloudEvent, DeadLetter, DeliveryRecord, Party, PendingDelivery, ResourceUrn, Subscription,
+};
 use crate::store::{LogPosition, Store};
 use crate::telemetry::Metrics;
 
@@ -43,8 +45,8 @@ struct Delivery {
     body: Rc<Vec<u8>>,
     /// The event (absent for the validation handshake).
     event: Option<Arc<CloudEvent>>,
-    /// The event's global log position while it counts toward the saved watermark (first
-    /// deliveries from the log; not replays, redrives or validations).
+    /// The event's global log position (0 for replays and redrives; `None` for validations): with
+    /// the event it identifies the delivery in the store's pending set.
     position: Option<LogPosition>,
     attempts: u32,
     last_status: Option<u16>,
@@ -100,12 +102,9 @@ pub struct Dispatcher {
     client: Option<awc::Client>,
     cursor: LogPosition,
     polling: bool,
-    /// Unfinished first deliveries per log position. The saved position is just below the oldest
-    /// of them, so a node taking over re-reads (and re-sends, same `webhook-id`) what was queued
-    /// here rather than losing it.
-    outstanding: std::collections::BTreeMap<LogPosition, usize>,
-    /// The position last saved to the store.
-    saved: Option<LogPosition>,
+    /// Deliveries a previous dispatcher left unfinished (subscription, position), loaded when this
+    /// node took over: log events already among them are not queued twice.
+    inherited: std::collections::HashSet<(Uuid, LogPosition)>,
     /// Subscriptions as of the last poll (endpoint accounting); attempts re-read the store.
     subs: HashMap<Uuid, Subscription>,
     lanes: HashMap<LaneKey, Lane>,
@@ -135,8 +134,7 @@ impl Dispatcher {
             cursor: 0,
             polling: false,
             subs: HashMap::new(),
-            outstanding: Default::default(),
-            saved: None,
+            inherited: Default::default(),
             lanes: HashMap::new(),
             endpoints: HashMap::new(),
         }
@@ -161,9 +159,6 @@ impl Dispatcher {
     }
 
     fn enqueue(&mut self, key: LaneKey, delivery: Delivery, ctx: &mut Context<Self>) {
-        if let Some(p) = delivery.position {
-            *self.outstanding.entry(p).or_default() += 1;
-        }
         self.lanes
             .entry(key.clone())
             .or_default()
@@ -421,7 +416,7 @@ impl Dispatcher {
                 for k in gone {
                     if let Some(lane) = self.lanes.remove(&k) {
                         for d in lane.queue {
-                            self.settle(d.position);
+                            self.settle(&d);
                         }
                     }
                 }
@@ -456,6 +451,13 @@ impl Dispatcher {
                             head.attempts = delivery.attempts;
                             head.last_status = status;
                             head.last_error = Some(error);
+                            // The attempt count survives a failover of the dispatcher.
+                            if let Some(record) = Self::pending_of(head) {
+                                let store = self.store.clone();
+                                actix_web::rt::spawn(async move {
+                                    let _ = store.put_pending(&[record]).await;
+                                });
+                            }
                         }
                         self.metrics.webhook_retry_backlog.inc();
                         let retry_key = key.clone();
@@ -507,42 +509,35 @@ impl Dispatcher {
             lane.queue.pop_front()
         });
         if let Some(done) = done {
-            self.settle(done.position);
+            self.settle(&done);
         }
         self.pump(key.clone(), ctx);
     }
 
-    /// A first delivery is finished (delivered, dropped or dead-lettered).
-    fn settle(&mut self, position: Option<LogPosition>) {
-        let Some(p) = position else { return };
-        if let Some(n) = self.outstanding.get_mut(&p) {
-            *n -= 1;
-            if *n == 0 {
-                self.outstanding.remove(&p);
-            }
-        }
-    }
-
-    /// Where a node taking over must start reading.
-    fn watermark(&self) -> LogPosition {
-        match self.outstanding.keys().next() {
-            Some(oldest) => oldest.saturating_sub(1).min(self.cursor),
-            None => self.cursor,
-        }
-    }
-
-    fn save_watermark(&mut self) {
-        let position = self.watermark();
-        if self.saved == Some(position) {
+    /// A delivery is finished (delivered, dropped or dead-lettered): the store forgets it.
+    fn settle(&self, d: &Delivery) {
+        let (Some(position), Some(event)) = (d.position, &d.event) else {
             return;
-        }
-        self.saved = Some(position);
+        };
+        let key = PendingDelivery::key(d.subscription, position, &event.id);
         let store = self.store.clone();
         actix_web::rt::spawn(async move {
-            if let Err(e) = store.set_cursor(LEASE, position).await {
-                tracing::warn!(error = %e, "saving the dispatcher position failed");
+            if let Err(e) = store.remove_pending(&key).await {
+                tracing::warn!(error = %e, "forgetting a finished delivery failed");
             }
         });
+    }
+
+    /// What the store keeps of an unfinished delivery.
+    fn pending_of(d: &Delivery) -> Option<PendingDelivery> {
+        Some(PendingDelivery {
+            subscription: d.subscription,
+            event: d.event.as_deref()?.clone(),
+            position: d.position?,
+            attempts: d.attempts,
+            last_status: d.last_status,
+            last_error: d.last_error.clone(),
+        })
     }
 
     fn endpoint_result(&mut self, endpoint: Option<&str>, ok: bool) {
@@ -597,7 +592,9 @@ impl Dispatcher {
         });
     }
 
-    /// Reads new events and queues them for every matching, validated subscription.
+    /// Reads new events and queues them for every matching, validated subscription. The queued
+    /// deliveries are stored as pending before the read position is saved, so a node taking over
+    /// resumes them (sending again only what was in flight) and reads on from there.
     fn poll(&mut self, ctx: &mut Context<Self>) {
         if self.polling {
             return;
@@ -607,52 +604,93 @@ impl Dispatcher {
         let (node, was_leader, cursor) = (self.node_id.clone(), self.leader, self.cursor);
         let fut = async move {
             // One node of a cluster dispatches; the others stand by and take over when its lease
-            // lapses, from the cursor it saved.
+            // lapses, from what it saved.
             if !store.lease(LEASE, &node, LEASE_TTL).await? {
-                return Ok((false, cursor, Vec::new(), Vec::new(), None));
+                return Ok(Polled {
+                    leader: false,
+                    cursor,
+                    ..Polled::default()
+                });
             }
-            let cursor = if was_leader {
-                cursor
+            let (cursor, inherited) = if was_leader {
+                (cursor, Vec::new())
             } else {
-                match store.cursor(LEASE).await? {
+                let saved = match store.cursor(LEASE).await? {
                     Some(saved) => saved,
                     None => store.global_head().await?,
-                }
+                };
+                (saved, store.pending().await?)
             };
             let events = store.read_global(cursor, READ_BATCH).await?;
-            if events.is_empty() {
-                return Ok((true, cursor, events, Vec::new(), None));
-            }
-            let subs = store.subscriptions().await?;
-            let policy = store.policy().await?;
-            Ok::<_, crate::store::StoreError>((true, cursor, events, subs, Some(policy)))
+            let (subs, policy) = if events.is_empty() && inherited.is_empty() {
+                (Vec::new(), None)
+            } else {
+                (store.subscriptions().await?, Some(store.policy().await?))
+            };
+            Ok::<_, crate::store::StoreError>(Polled {
+                leader: true,
+                cursor,
+                events,
+                inherited,
+                subs,
+                policy,
+            })
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
-            act.polling = false;
-            let (leader, cursor, events, subs, policy) = match result {
+            let polled = match result {
                 Ok(r) => r,
                 Err(e) => {
+                    act.polling = false;
                     tracing::warn!(error = %e, "reading events for webhooks failed");
                     return;
                 }
             };
-            act.leader = leader;
-            act.cursor = cursor;
-            if leader {
-                act.save_watermark();
+            act.leader = polled.leader;
+            act.cursor = polled.cursor;
+            let Some(policy) = polled.policy else {
+                act.polling = false;
+                return;
+            };
+            act.subs = polled.subs.iter().map(|s| (s.id, s.clone())).collect();
+            // Resume what the previous dispatcher left, oldest first, with its attempt counts.
+            let mut inherited = polled.inherited;
+            inherited.sort_by_key(|p| p.position);
+            for p in inherited {
+                act.inherited.insert((p.subscription, p.position));
+                let event = Arc::new(p.event);
+                let key = LaneKey {
+                    subscription: p.subscription,
+                    stream: event
+                        .resourceinstance
+                        .clone()
+                        .unwrap_or_else(|| event.id.clone()),
+                };
+                let delivery = Delivery {
+                    subscription: p.subscription,
+                    id: event.id.clone(),
+                    body: Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default()),
+                    event: Some(event),
+                    position: Some(p.position),
+                    attempts: p.attempts,
+                    last_status: p.last_status,
+                    last_error: p.last_error,
+                };
+                act.enqueue(key, delivery, ctx);
             }
-            let Some(policy) = policy else { return };
-            act.subs = subs.iter().map(|s| (s.id, s.clone())).collect();
-            let more = events.len() == READ_BATCH;
-            for entry in events {
+            let more = polled.events.len() == READ_BATCH;
+            let mut fresh = Vec::new();
+            for entry in polled.events {
                 act.cursor = act.cursor.max(entry.position);
                 let event = entry.event;
                 let mut body: Option<Rc<Vec<u8>>> = None;
-                for sub in subs
+                for sub in polled
+                    .subs
                     .iter()
                     .filter(|s| s.validated && !s.disabled && s.matches(&event))
                 {
-                    if !may_receive(&policy, sub, &event) {
+                    if !may_receive(&policy, sub, &event)
+                        || act.inherited.contains(&(sub.id, entry.position))
+                    {
                         continue;
                     }
                     // Encoded once, shared by every subscription that gets the event.
@@ -678,14 +716,37 @@ impl Dispatcher {
                         last_status: None,
                         last_error: None,
                     };
+                    fresh.extend(Self::pending_of(&delivery));
                     act.enqueue(key, delivery, ctx);
                 }
             }
-            if more {
-                act.poll(ctx);
-            }
+            let (store, position) = (act.store.clone(), act.cursor);
+            let persist = async move {
+                store.put_pending(&fresh).await?;
+                store.set_cursor(LEASE, position).await
+            };
+            ctx.spawn(persist.into_actor(act).map(move |saved, act, ctx| {
+                act.polling = false;
+                if let Err(e) = saved {
+                    tracing::warn!(error = %e, "saving the dispatcher's pending deliveries failed");
+                }
+                if more {
+                    act.poll(ctx);
+                }
+            }));
         }));
     }
+}
+
+/// What one poll of the store brought.
+#[derive(Default)]
+struct Polled {
+    leader: bool,
+    cursor: LogPosition,
+    events: Vec<crate::store::LogEntry>,
+    inherited: Vec<PendingDelivery>,
+    subs: Vec<Subscription>,
+    policy: Option<Arc<crate::auth::Policy>>,
 }
 
 /// The subscription's consumer may receive `event` under the current registry and delegations.
@@ -841,6 +902,7 @@ impl Handler<Redeliver> for Dispatcher {
 
     fn handle(&mut self, msg: Redeliver, ctx: &mut Self::Context) -> usize {
         let n = msg.events.len();
+        let mut records = Vec::with_capacity(n);
         for event in msg.events {
             let key = LaneKey {
                 subscription: msg.subscription,
@@ -854,13 +916,20 @@ impl Handler<Redeliver> for Dispatcher {
                 id: event.id.clone(),
                 body: Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default()),
                 event: Some(event),
-                position: None,
+                position: Some(0),
                 attempts: 0,
                 last_status: None,
                 last_error: None,
             };
+            records.extend(Self::pending_of(&delivery));
             self.enqueue(key, delivery, ctx);
         }
+        let store = self.store.clone();
+        actix_web::rt::spawn(async move {
+            if let Err(e) = store.put_pending(&records).await {
+                tracing::warn!(error = %e, "recording redelivered events failed");
+            }
+        });
         n
     }
 }
