@@ -95,6 +95,9 @@ pub struct PendingDelivery {
     pub last_status: Option<u16>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// When the next attempt is due (absent: at once).
+    #[serde(default)]
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 impl PendingDelivery {

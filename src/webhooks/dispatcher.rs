@@ -158,6 +158,33 @@ impl Dispatcher {
             .finish()
     }
 
+    /// Queues a resumed delivery whose next attempt is due only after `wait` (its backoff goes on
+    /// across a failover). Only a lane's head can be waiting, so later items simply queue.
+    fn enqueue_after(
+        &mut self,
+        key: LaneKey,
+        delivery: Delivery,
+        wait: Option<Duration>,
+        ctx: &mut Context<Self>,
+    ) {
+        let lane = self.lanes.entry(key.clone()).or_default();
+        let Some(wait) = wait.filter(|_| lane.queue.is_empty() && !lane.busy) else {
+            return self.enqueue(key, delivery, ctx);
+        };
+        lane.queue.push_back(delivery);
+        lane.busy = true;
+        let generation = lane.generation;
+        self.metrics.webhook_retry_backlog.inc();
+        ctx.run_later(wait, move |act, ctx| {
+            act.metrics.webhook_retry_backlog.dec();
+            match act.lanes.get_mut(&key) {
+                Some(lane) if lane.generation == generation => lane.busy = false,
+                _ => return,
+            }
+            act.pump(key, ctx);
+        });
+    }
+
     fn enqueue(&mut self, key: LaneKey, delivery: Delivery, ctx: &mut Context<Self>) {
         self.lanes
             .entry(key.clone())
@@ -451,8 +478,11 @@ impl Dispatcher {
                             head.attempts = delivery.attempts;
                             head.last_status = status;
                             head.last_error = Some(error);
-                            // The attempt count survives a failover of the dispatcher.
-                            if let Some(record) = Self::pending_of(head) {
+                            // The attempt count and due time survive a failover of the dispatcher.
+                            if let Some(mut record) = Self::pending_of(head) {
+                                record.due_at = chrono::Duration::from_std(delay)
+                                    .ok()
+                                    .map(|d| Utc::now() + d);
                                 let store = self.store.clone();
                                 actix_web::rt::spawn(async move {
                                     let _ = store.put_pending(&[record]).await;
@@ -537,6 +567,7 @@ impl Dispatcher {
             attempts: d.attempts,
             last_status: d.last_status,
             last_error: d.last_error.clone(),
+            due_at: None,
         })
     }
 
@@ -675,7 +706,8 @@ impl Dispatcher {
                     last_status: p.last_status,
                     last_error: p.last_error,
                 };
-                act.enqueue(key, delivery, ctx);
+                let wait = p.due_at.and_then(|due| (due - Utc::now()).to_std().ok());
+                act.enqueue_after(key, delivery, wait, ctx);
             }
             let more = polled.events.len() == READ_BATCH;
             let mut fresh = Vec::new();
