@@ -71,6 +71,21 @@ enum Scenario {
         #[arg(long)]
         subscribe_target: Option<String>,
     },
+    /// Webhooks: K subscriptions to a built-in loopback receiver, E published events; deliveries/s,
+    /// publish → delivery latency, and retries when the receiver fails a share of requests.
+    /// The node must run with `webhooks.allow_http` and `webhooks.allow_private_networks`.
+    Webhooks {
+        #[arg(long, default_value_t = 10)]
+        subscriptions: usize,
+        #[arg(long, default_value_t = 5000)]
+        events: usize,
+        /// Share of requests the receiver answers with 500 (0.0 to 0.9).
+        #[arg(long, default_value_t = 0.0)]
+        failure_rate: f64,
+        /// Give up waiting for deliveries after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// N idle subscriptions over D dialogs: connect rate and server memory per connection.
     Connections {
         #[arg(long, default_value_t = 1000)]
@@ -583,6 +598,195 @@ async fn connections(
     Ok(())
 }
 
+/// What the built-in receiver saw: (subscription index, webhook-id) → first 2xx time, and counts.
+#[derive(Default)]
+struct Received {
+    delivered: HashMap<(usize, String), chrono::DateTime<chrono::Utc>>,
+    requests: u64,
+    failed: u64,
+}
+
+async fn webhooks(
+    cli: &Cli,
+    t: &Tokens,
+    subscriptions: usize,
+    events: usize,
+    failure_rate: f64,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+    let c = client();
+    setup(&c, &cli.target, t, 0).await?;
+    let seen: Arc<std::sync::Mutex<Received>> = Arc::default();
+    // Fail every n-th request: a deterministic share of `failure_rate`.
+    let fail_every = if failure_rate > 0.0 {
+        (1.0 / failure_rate.clamp(0.01, 0.9)).round() as u64
+    } else {
+        0
+    };
+    let s2 = seen.clone();
+    let server = HttpServer::new(move || {
+        let seen = s2.clone();
+        App::new().route(
+            "/hook/{k}",
+            web::post().to(
+                move |req: HttpRequest, path: web::Path<usize>, _body: web::Bytes| {
+                    let seen = seen.clone();
+                    async move {
+                        let id = req
+                            .headers()
+                            .get("webhook-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let mut r = seen.lock().expect("receiver state");
+                        r.requests += 1;
+                        if fail_every > 0 && r.requests % fail_every == 0 && id.starts_with("load-")
+                        {
+                            r.failed += 1;
+                            return HttpResponse::InternalServerError().finish();
+                        }
+                        r.delivered
+                            .entry((path.into_inner(), id))
+                            .or_insert_with(chrono::Utc::now);
+                        HttpResponse::Ok().finish()
+                    }
+                },
+            ),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))?;
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    for k in 0..subscriptions {
+        let body = json!({"endPoint": format!("http://127.0.0.1:{port}/hook/{k}"), "resourceFilter": RESOURCE,
+                          "typeFilter": "load.*"});
+        let url = format!("{}/events/api/v1/subscriptions", cli.target);
+        let (s, b) = request(&c, "POST", &url, &t.owner, Some(body)).await?;
+        if s != 201 && s != 200 {
+            bail!("subscribing failed: {s} {b}");
+        }
+    }
+    // Validation requests carry no event of ours; wait until every subscription saw one.
+    let validating = Instant::now();
+    let validations = || {
+        seen.lock()
+            .expect("state")
+            .delivered
+            .keys()
+            .filter(|(_, id)| !id.starts_with("load-"))
+            .count()
+    };
+    while validations() < subscriptions {
+        if validating.elapsed() > Duration::from_secs(30) {
+            bail!("subscriptions were not validated");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = cli.server_pid.map(|p| p.to_string());
+    let server_cpu0 = pid.as_deref().and_then(cpu_seconds);
+    let self_cpu0 = cpu_seconds("self");
+    let published: Arc<std::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>> =
+        Arc::default();
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let publishers = (0..32).map(|_| {
+        let (c, next, published, target) = (
+            c.clone(),
+            next.clone(),
+            published.clone(),
+            cli.target.clone(),
+        );
+        async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if n >= events {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let id = format!("load-{n}-{}", uuid::Uuid::now_v7());
+                let ev = json!({"specversion": "1.0", "id": id, "source": "https://load.example/x",
+                                "type": "load.event", "resource": RESOURCE,
+                                "subject": format!("urn:altinn:person:identifier-no:{PERSON}")});
+                let at = chrono::Utc::now();
+                let mut resp = c
+                    .post(format!("{target}/events/api/v1/events"))
+                    .insert_header(("Authorization", format!("Bearer {}", t.owner)))
+                    .insert_header(("Content-Type", "application/cloudevents+json"))
+                    .send_body(ev.to_string())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
+                let _ = resp.body().await;
+                if resp.status().is_success() {
+                    published.lock().expect("published").insert(id, at);
+                }
+            }
+        }
+    });
+    for r in futures::future::join_all(publishers).await {
+        r?;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let expected = events * subscriptions;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let count = || {
+        seen.lock()
+            .expect("state")
+            .delivered
+            .keys()
+            .filter(|(_, id)| id.starts_with("load-"))
+            .count()
+    };
+    while count() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut lat, mut last) = (Vec::new(), None);
+    let (requests, failed) = {
+        let received = seen.lock().expect("state");
+        let published = published.lock().expect("published");
+        for ((_, id), at) in received
+            .delivered
+            .iter()
+            .filter(|((_, id), _)| id.starts_with("load-"))
+        {
+            if let Some(p) = published.get(id) {
+                lat.push(((*at - *p).num_microseconds().unwrap_or(0).max(0)) as f64 / 1000.0);
+            }
+            last = last.max(Some(*at));
+        }
+        (received.requests, received.failed)
+    };
+    // Throughput up to the last delivery (not the waiting loop's end).
+    let first =
+        chrono::Utc::now() - chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+    let secs = last.map_or(0.0, |l| {
+        (l - first).num_microseconds().unwrap_or(0) as f64 / 1e6
+    });
+    let delivered = lat.len();
+    let figures = json!({
+        "published": events,
+        "publish_seconds": publish_secs,
+        "deliveries": delivered,
+        "expected_deliveries": expected,
+        "missing": expected.saturating_sub(delivered),
+        "deliveries_per_second": if secs > 0.0 { delivered as f64 / secs } else { 0.0 },
+        "receiver_requests": requests,
+        "receiver_failures": failed,
+        "latency_publish_to_delivery": percentiles(lat),
+        "seconds": secs,
+        "client_cpu_seconds": cpu_seconds("self").zip(self_cpu0).map(|(a, b)| a - b),
+        "server_cpu_seconds": pid.as_deref().and_then(cpu_seconds).zip(server_cpu0).map(|(a, b)| a - b),
+    });
+    handle.stop(false).await;
+    let params = json!({"target": cli.target, "subscriptions": subscriptions, "events": events, "failure_rate": failure_rate});
+    save("webhooks", params, figures)?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let t = tokens(&cli)?;
@@ -616,6 +820,12 @@ fn main() -> anyhow::Result<()> {
                 dialogs,
                 hold,
             } => connections(&cli, &t, *count, *dialogs, *hold).await,
+            Scenario::Webhooks {
+                subscriptions,
+                events,
+                failure_rate,
+                timeout,
+            } => webhooks(&cli, &t, *subscriptions, *events, *failure_rate, *timeout).await,
         }
     })
 }
