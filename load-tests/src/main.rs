@@ -641,7 +641,9 @@ async fn webhooks(
                             .to_owned();
                         let mut r = seen.lock().expect("receiver state");
                         r.requests += 1;
-                        if fail_every > 0 && r.requests % fail_every == 0 && id.starts_with("load-")
+                        if fail_every > 0
+                            && r.requests.is_multiple_of(fail_every)
+                            && id.starts_with("load-")
                         {
                             r.failed += 1;
                             return HttpResponse::InternalServerError().finish();
