@@ -4,6 +4,8 @@
 //! Tokens come from the node's development issuer (its `data_dir` keys, or the cluster's keys in
 //! Redis via `--keys-file`), so point `--data-dir` at the node's data directory.
 
+mod chart;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -253,13 +255,23 @@ fn machine() -> Value {
     })
 }
 
-fn save(scenario: &str, params: Value, figures: Value) -> anyhow::Result<PathBuf> {
+/// Writes the run's JSON and, given `samples` ((seconds since start, latency in ms)), an SVG
+/// chart of throughput and latency percentiles over time beside it.
+fn save(
+    scenario: &str,
+    params: Value,
+    figures: Value,
+    samples: &[(f64, f64)],
+    unit: &str,
+) -> anyhow::Result<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!(
-        "{scenario}-{}.json",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    ));
+    let stem = format!("{scenario}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+    if !samples.is_empty() {
+        let title = format!("{scenario}: {params}");
+        chart::write(&dir.join(format!("{stem}.svg")), &title, unit, samples)?;
+    }
+    let path = dir.join(format!("{stem}.json"));
     let doc = json!({"scenario": scenario, "machine": machine(), "parameters": params, "figures": figures});
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
     println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -353,7 +365,10 @@ async fn writes(
                 }
                 let t0 = Instant::now();
                 match add_activity(&c, &target, t, &ids[n % ids.len()]).await {
-                    Ok(201) => lat.push(t0.elapsed().as_secs_f64() * 1000.0),
+                    Ok(201) => lat.push((
+                        started.elapsed().as_secs_f64(),
+                        t0.elapsed().as_secs_f64() * 1000.0,
+                    )),
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -361,16 +376,16 @@ async fn writes(
             }
         }
     });
-    let lat: Vec<f64> = futures::future::join_all(tasks)
+    let samples: Vec<(f64, f64)> = futures::future::join_all(tasks)
         .await
         .into_iter()
         .flatten()
         .collect();
     let secs = started.elapsed().as_secs_f64();
     let figures = json!({
-        "writes_per_second": lat.len() as f64 / secs,
+        "writes_per_second": samples.len() as f64 / secs,
         "errors": errors.load(Ordering::Relaxed),
-        "latency": percentiles(lat),
+        "latency": percentiles(samples.iter().map(|s| s.1).collect()),
         "seconds": secs,
         "client_cpu_seconds": cpu_seconds("self").zip(self_cpu0).map(|(a, b)| a - b),
         "server_cpu_seconds": pid.as_deref().and_then(cpu_seconds).zip(server_cpu0).map(|(a, b)| a - b),
@@ -379,6 +394,8 @@ async fn writes(
         "writes",
         json!({"target": cli.target, "writers": writers, "count": count, "dialogs": dialogs}),
         figures,
+        &samples,
+        "writes",
     )?;
     Ok(())
 }
@@ -458,6 +475,7 @@ async fn fanout(
     let server_cpu0 = pid.as_deref().and_then(cpu_seconds);
     let self_cpu0 = cpu_seconds("self");
     let started = Instant::now();
+    let wall0 = chrono::Utc::now();
     let writer = {
         let (c, ids, target) = (c.clone(), ids.clone(), cli.target.clone());
         async move {
@@ -515,13 +533,19 @@ async fn fanout(
             .to_owned();
     }
     let (mut lat, mut frames, mut lost, mut out_of_order) = (Vec::new(), 0usize, 0usize, 0usize);
+    let mut samples = Vec::new();
     for (d, got) in &results {
         frames += got.len();
         lost += per_dialog_expected[*d].saturating_sub(got.len());
         out_of_order += got.windows(2).filter(|w| w[1].0 <= w[0].0).count();
         for (seq, at) in got {
             if let Some(c) = commit.get(&(ids[*d].clone(), *seq)) {
-                lat.push(((*at - *c).num_microseconds().unwrap_or(0).max(0)) as f64 / 1000.0);
+                let ms = ((*at - *c).num_microseconds().unwrap_or(0).max(0)) as f64 / 1000.0;
+                lat.push(ms);
+                samples.push((
+                    ((*at - wall0).num_microseconds().unwrap_or(0)) as f64 / 1e6,
+                    ms,
+                ));
             }
         }
     }
@@ -545,6 +569,8 @@ async fn fanout(
         scenario,
         json!({"target": cli.target, "subscribe_target": sub_target, "subscribers": subscribers, "dialogs": dialogs, "rate": rate, "seconds": seconds}),
         figures,
+        &samples,
+        "frames",
     )?;
     Ok(())
 }
@@ -593,6 +619,8 @@ async fn connections(
         "connections",
         json!({"target": cli.target, "count": count, "dialogs": dialogs, "hold": hold}),
         figures,
+        &[],
+        "connections",
     )?;
     drop(sockets);
     Ok(())
@@ -696,6 +724,7 @@ async fn webhooks(
     let published: Arc<std::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>> =
         Arc::default();
     let started = Instant::now();
+    let wall0 = chrono::Utc::now();
     let next = Arc::new(AtomicU64::new(0));
     let publishers = (0..32).map(|_| {
         let (c, next, published, target) = (
@@ -746,7 +775,7 @@ async fn webhooks(
     while count() < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (mut lat, mut last) = (Vec::new(), None);
+    let (mut lat, mut last, mut samples) = (Vec::new(), None, Vec::new());
     let (requests, failed) = {
         let received = seen.lock().expect("state");
         let published = published.lock().expect("published");
@@ -756,7 +785,12 @@ async fn webhooks(
             .filter(|((_, id), _)| id.starts_with("load-"))
         {
             if let Some(p) = published.get(id) {
-                lat.push(((*at - *p).num_microseconds().unwrap_or(0).max(0)) as f64 / 1000.0);
+                let ms = ((*at - *p).num_microseconds().unwrap_or(0).max(0)) as f64 / 1000.0;
+                lat.push(ms);
+                samples.push((
+                    ((*at - wall0).num_microseconds().unwrap_or(0)) as f64 / 1e6,
+                    ms,
+                ));
             }
             last = last.max(Some(*at));
         }
@@ -785,7 +819,7 @@ async fn webhooks(
     });
     handle.stop(false).await;
     let params = json!({"target": cli.target, "subscriptions": subscriptions, "events": events, "failure_rate": failure_rate});
-    save("webhooks", params, figures)?;
+    save("webhooks", params, figures, &samples, "deliveries")?;
     Ok(())
 }
 
