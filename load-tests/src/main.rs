@@ -268,7 +268,17 @@ fn save(
     std::fs::create_dir_all(&dir)?;
     let stem = format!("{scenario}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
     if !samples.is_empty() {
-        let title = format!("{scenario}: {params}");
+        // Targets (URLs) make the title too long; the JSON beside the chart has them.
+        let shown: Vec<String> = params
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, _)| !k.contains("target"))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let title = format!("{scenario}: {}", shown.join(", "));
         chart::write(&dir.join(format!("{stem}.svg")), &title, unit, samples)?;
     }
     let path = dir.join(format!("{stem}.json"));
