@@ -128,10 +128,11 @@ async fn get_as_owner(
         None => None,
     };
     let access = owner_access(&state, &caller).await?;
-    let Access::ServiceOwner { party, .. } = &access else {
-        unreachable!("owner access")
+    // The dialog token names who acts: the end user a service owner reads for, else the owner.
+    let acting = match &viewer {
+        Some(user) => user.clone(),
+        None => caller.party_with(Scope::ServiceOwner)?.clone(),
     };
-    let acting = viewer.clone().unwrap_or_else(|| party.clone());
     let outcome = state
         .registry
         .send(
