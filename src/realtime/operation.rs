@@ -57,6 +57,9 @@ pub fn spawn(
         }
         let fast = slot.lock().ok().and_then(|mut s| s.take());
         if let Some(fast) = fast {
+            // Juniper's part is done: free its execution state for the life of the subscription
+            // (memory per idle subscriber).
+            drop(value);
             // Frame each change directly: a queue pop and one small encode per subscriber.
             loop {
                 let (change, resync) = fast.queue.pop().await;
