@@ -97,6 +97,29 @@ enum Scenario {
         /// Seconds to hold the connections open before measuring.
         #[arg(long, default_value_t = 2)]
         hold: u64,
+        /// Client processes to spread the sockets over (each from its own 127.0.0.x address);
+        /// one process holds at most ~19,900 sockets here.
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
+        /// Nodes to spread the subscriptions over (a Redis cluster), comma-separated; default
+        /// `--target`.
+        #[arg(long, value_delimiter = ',')]
+        targets: Vec<String>,
+        /// PIDs of those nodes, comma-separated, to sum their memory.
+        #[arg(long, value_delimiter = ',')]
+        server_pids: Vec<u32>,
+    },
+    /// One client process of `connections --processes N` (started by it).
+    #[command(hide = true)]
+    ConnectionsWorker {
+        #[arg(long)]
+        plan: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        source: std::net::IpAddr,
+        #[arg(long)]
+        offset: usize,
     },
 }
 
@@ -636,6 +659,149 @@ async fn connections(
     Ok(())
 }
 
+/// `connections` over several client processes (and source addresses) and several nodes.
+#[allow(clippy::too_many_arguments)]
+async fn connections_spread(
+    cli: &Cli,
+    t: &Tokens,
+    count: usize,
+    dialogs: usize,
+    hold: u64,
+    processes: usize,
+    targets: &[String],
+    server_pids: &[u32],
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let targets: Vec<String> = if targets.is_empty() {
+        vec![cli.target.clone()]
+    } else {
+        targets.to_vec()
+    };
+    let c = client();
+    let ids = setup(&c, &targets[0], t, dialogs).await?;
+    let mut pairs = Vec::new();
+    for id in &ids {
+        pairs.push(json!([id, dialog_token(&c, &targets[0], t, id).await?]));
+    }
+    let plan_path = std::env::temp_dir().join(format!(
+        "dialog-events-load-plan-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(
+        &plan_path,
+        json!({"targets": targets, "dialogs": pairs}).to_string(),
+    )?;
+    let rss0: Vec<Option<u64>> = server_pids.iter().map(|p| rss_kib(*p)).collect();
+    let started = Instant::now();
+    let per = count.div_ceil(processes);
+    let mut children = Vec::new();
+    for i in 0..processes {
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(["--target", &targets[0]]);
+        match &cli.keys_file {
+            Some(f) => cmd.arg("--keys-file").arg(f),
+            None => cmd.arg("--data-dir").arg(&cli.data_dir),
+        };
+        cmd.arg("connections-worker")
+            .arg("--plan")
+            .arg(&plan_path)
+            .args([
+                "--count",
+                &per.min(count - (i * per).min(count)).to_string(),
+            ])
+            .args(["--source", &format!("127.0.0.{}", i + 2)])
+            .args(["--offset", &(i * per).to_string()])
+            .stdout(std::process::Stdio::piped());
+        children.push(cmd.spawn()?);
+    }
+    // Each worker prints "opened N" once its sockets are subscribed.
+    let mut opened = 0usize;
+    for child in &mut children {
+        let out = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line)?;
+        opened += line
+            .trim()
+            .strip_prefix("opened ")
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let rss1: Vec<Option<u64>> = server_pids.iter().map(|p| rss_kib(*p)).collect();
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_file(&plan_path);
+    let grown: Option<u64> = rss0
+        .iter()
+        .zip(&rss1)
+        .map(|(a, b)| Some(b.as_ref()?.saturating_sub(*a.as_ref()?)))
+        .sum();
+    let per_conn = grown.map(|g| g as f64 * 1024.0 / opened.max(1) as f64);
+    let figures = json!({
+        "connections": opened,
+        "connect_per_second": opened as f64 / connect_secs,
+        "server_rss_kib_before": rss0,
+        "server_rss_kib_after": rss1,
+        "server_bytes_per_connection": per_conn,
+        "server_gib_for_1m_connections": per_conn.map(|b| b * 1e6 / (1u64 << 30) as f64),
+    });
+    save(
+        "connections",
+        json!({"targets": targets, "count": count, "dialogs": dialogs, "hold": hold, "processes": processes}),
+        figures,
+        &[],
+        "connections",
+    )?;
+    Ok(())
+}
+
+/// A client process of `connections_spread`: opens its share from `source`, says how many, holds.
+async fn connections_worker(
+    plan: &std::path::Path,
+    count: usize,
+    source: std::net::IpAddr,
+    offset: usize,
+) -> anyhow::Result<()> {
+    let plan: Value = serde_json::from_str(&std::fs::read_to_string(plan)?)?;
+    let targets: Vec<String> = plan["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    let dialogs: Vec<(String, String)> = plan["dialogs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_str()?.to_owned())))
+        .collect();
+    if targets.is_empty() || dialogs.is_empty() {
+        bail!("empty plan");
+    }
+    let c = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .connector(awc::Connector::new().limit(0).local_address(source))
+        .finish();
+    let mut sockets = Vec::with_capacity(count);
+    for batch in (offset..offset + count).collect::<Vec<_>>().chunks(200) {
+        let opened = futures::future::join_all(batch.iter().map(|i| {
+            let (id, token) = &dialogs[i % dialogs.len()];
+            subscribe(&c, &targets[i % targets.len()], id, token)
+        }))
+        .await;
+        for s in opened {
+            sockets.push(s?);
+        }
+    }
+    println!("opened {}", sockets.len());
+    // Held until the parent has measured and kills this process (bounded regardless).
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    Ok(())
+}
+
 /// What the built-in receiver saw: (subscription index, webhook-id) → first 2xx time, and counts.
 #[derive(Default)]
 struct Received {
@@ -865,7 +1031,34 @@ fn main() -> anyhow::Result<()> {
                 count,
                 dialogs,
                 hold,
+                processes,
+                targets,
+                server_pids,
+            } if *processes > 1 || targets.len() > 1 => {
+                connections_spread(
+                    &cli,
+                    &t,
+                    *count,
+                    *dialogs,
+                    *hold,
+                    *processes,
+                    targets,
+                    server_pids,
+                )
+                .await
+            }
+            Scenario::Connections {
+                count,
+                dialogs,
+                hold,
+                ..
             } => connections(&cli, &t, *count, *dialogs, *hold).await,
+            Scenario::ConnectionsWorker {
+                plan,
+                count,
+                source,
+                offset,
+            } => connections_worker(plan, *count, *source, *offset).await,
             Scenario::Webhooks {
                 subscriptions,
                 events,
