@@ -23,7 +23,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long a negative check ("nothing arrives") waits: many poll intervals, still bounded.
 const QUIET: Duration = Duration::from_millis(300);
 /// Deadline for things that should happen within a few poll intervals.
-const SOON: Duration = Duration::from_secs(5);
+const SOON: Duration = Duration::from_secs(20);
 
 /// `[webhooks]` for loopback receivers, with `extra` keys of that table.
 fn hooks(extra: &str) -> String {
