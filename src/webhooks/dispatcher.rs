@@ -36,6 +36,19 @@ struct LaneKey {
     stream: String,
 }
 
+impl LaneKey {
+    /// The lane of `event` for `subscription`: its dialog, or the event itself when it has none.
+    fn of(subscription: Uuid, event: &CloudEvent) -> Self {
+        LaneKey {
+            subscription,
+            stream: event
+                .resourceinstance
+                .clone()
+                .unwrap_or_else(|| event.id.clone()),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Delivery {
     subscription: Uuid,
@@ -51,6 +64,29 @@ struct Delivery {
     attempts: u32,
     last_status: Option<u16>,
     last_error: Option<String>,
+}
+
+impl Delivery {
+    /// A first attempt at `event` for `subscription`; `body` when it is already encoded.
+    fn of(
+        subscription: Uuid,
+        event: Arc<CloudEvent>,
+        position: LogPosition,
+        body: Option<Rc<Vec<u8>>>,
+    ) -> Self {
+        let body =
+            body.unwrap_or_else(|| Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default()));
+        Delivery {
+            subscription,
+            id: event.id.clone(),
+            body,
+            event: Some(event),
+            position: Some(position),
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -689,22 +725,12 @@ impl Dispatcher {
             for p in inherited {
                 act.inherited.insert((p.subscription, p.position));
                 let event = Arc::new(p.event);
-                let key = LaneKey {
-                    subscription: p.subscription,
-                    stream: event
-                        .resourceinstance
-                        .clone()
-                        .unwrap_or_else(|| event.id.clone()),
-                };
+                let key = LaneKey::of(p.subscription, &event);
                 let delivery = Delivery {
-                    subscription: p.subscription,
-                    id: event.id.clone(),
-                    body: Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default()),
-                    event: Some(event),
-                    position: Some(p.position),
                     attempts: p.attempts,
                     last_status: p.last_status,
                     last_error: p.last_error,
+                    ..Delivery::of(p.subscription, event, p.position, None)
                 };
                 let wait = p.due_at.and_then(|due| (due - Utc::now()).to_std().ok());
                 act.enqueue_after(key, delivery, wait, ctx);
@@ -731,23 +757,8 @@ impl Dispatcher {
                             Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default())
                         })
                         .clone();
-                    let key = LaneKey {
-                        subscription: sub.id,
-                        stream: event
-                            .resourceinstance
-                            .clone()
-                            .unwrap_or_else(|| event.id.clone()),
-                    };
-                    let delivery = Delivery {
-                        subscription: sub.id,
-                        id: event.id.clone(),
-                        body,
-                        event: Some(event.clone()),
-                        position: Some(entry.position),
-                        attempts: 0,
-                        last_status: None,
-                        last_error: None,
-                    };
+                    let key = LaneKey::of(sub.id, &event);
+                    let delivery = Delivery::of(sub.id, event.clone(), entry.position, Some(body));
                     fresh.extend(Self::pending_of(&delivery));
                     act.enqueue(key, delivery, ctx);
                 }
@@ -936,23 +947,9 @@ impl Handler<Redeliver> for Dispatcher {
         let n = msg.events.len();
         let mut records = Vec::with_capacity(n);
         for event in msg.events {
-            let key = LaneKey {
-                subscription: msg.subscription,
-                stream: event
-                    .resourceinstance
-                    .clone()
-                    .unwrap_or_else(|| event.id.clone()),
-            };
-            let delivery = Delivery {
-                subscription: msg.subscription,
-                id: event.id.clone(),
-                body: Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default()),
-                event: Some(event),
-                position: Some(0),
-                attempts: 0,
-                last_status: None,
-                last_error: None,
-            };
+            let key = LaneKey::of(msg.subscription, &event);
+            // Replays and redrives are not tied to a log position.
+            let delivery = Delivery::of(msg.subscription, event, 0, None);
             records.extend(Self::pending_of(&delivery));
             self.enqueue(key, delivery, ctx);
         }
