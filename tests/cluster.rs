@@ -112,10 +112,7 @@ async fn resume_works_on_a_different_node_than_the_one_the_client_left() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let id = a.create_dialog(&dialog_body()).await;
     let token = dialog_token(a, &id).await;
-    let mut client = WsClient::connect(a, "graphql-transport-ws", None).await;
-    client.init(Some(&token)).await;
-    client.subscribe("s", &id, None).await;
-    wait_subscriptions(a, 1).await;
+    let mut client = WsClient::subscribed(a, &token, "s", &id, None, 1).await;
     assert_eq!(add_activity(a, &id).await, 201);
     let last = client.event().await["sequence"].as_i64().expect("seq");
     drop(client);
@@ -139,10 +136,7 @@ async fn a_redis_outage_refuses_writes_with_503_keeps_streams_open_and_loses_no_
     let (a, b) = (&nodes[0], &nodes[1]);
     let id = a.create_dialog(&dialog_body()).await;
     let token = dialog_token(a, &id).await;
-    let mut client = WsClient::connect(b, "graphql-transport-ws", None).await;
-    client.init(Some(&token)).await;
-    client.subscribe("s", &id, None).await;
-    wait_subscriptions(b, 1).await;
+    let mut client = WsClient::subscribed(b, &token, "s", &id, None, 1).await;
     assert_eq!(add_activity(a, &id).await, 201);
     assert_eq!(sequences(&mut client, 1).await, vec![3]);
 
@@ -218,10 +212,7 @@ async fn changes_committed_while_the_bus_was_down_are_repaired_from_the_log() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let id = a.create_dialog(&dialog_body()).await;
     let token = dialog_token(a, &id).await;
-    let mut client = WsClient::connect(b, "graphql-transport-ws", None).await;
-    client.init(Some(&token)).await;
-    client.subscribe("s", &id, None).await;
-    wait_subscriptions(b, 1).await;
+    let mut client = WsClient::subscribed(b, &token, "s", &id, None, 1).await;
     // A restart drops every pub/sub subscription: changes committed before node B has
     // resubscribed are never published to it, and must come from the log.
     shared.redis.restart();

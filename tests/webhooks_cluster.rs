@@ -86,10 +86,6 @@ async fn leader(shared: &Shared) -> Option<String> {
         .expect("get")
 }
 
-fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
-    config_with(dir, r#"["100ms", "200ms", "400ms"]"#)
-}
-
 fn config_with(dir: &std::path::Path, retry_schedule: &str) -> std::path::PathBuf {
     let path = dir.join("node.toml");
     let toml = format!(
@@ -124,42 +120,51 @@ async fn post(
     (status, body)
 }
 
-#[actix_web::test]
-async fn killing_the_dispatching_node_mid_burst_loses_no_event_and_a_subscription_made_on_one_node_sees_writes_on_another()
- {
-    let shared = Shared::new();
-    let dir = tempfile::tempdir().expect("dir");
-    let config = config_file(dir.path());
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    let mut a = NodeProcess::start(&shared, "node-a", &config, &da);
-    let mut b = NodeProcess::start(&shared, "node-b", &config, &db);
-    let keys = shared_keys(&shared).await;
-    let owner = dev_token(
-        &keys.dev_issuer,
-        &format!("{SO} {SUB} {PUB}"),
-        Some(&Party::organization(ORG_A).expect("org")),
-        Duration::from_secs(3600),
-    );
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish();
-    let rx = Receiver::start().await;
+/// Two node processes on one Redis, a token of ORG_A, a receiver with a validated subscription
+/// made through node A, and which node holds the dispatcher lease.
+struct TwoNodes {
+    /// Keeps the Redis server alive as long as the nodes.
+    _shared: Shared,
+    _dir: tempfile::TempDir,
+    a: NodeProcess,
+    b: NodeProcess,
+    owner: String,
+    client: awc::Client,
+    rx: Receiver,
+    holder: String,
+}
 
-    // Subscribe through node A.
-    let (status, sub) = post(
-        &client,
-        format!("{}/events/api/v1/subscriptions", a.base),
-        &owner,
-        "application/json",
-        json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-    )
-    .await;
-    assert_eq!(status, 201, "{sub}");
-    rx.wait_for("validation", Duration::from_secs(10), |r| !r.is_empty())
+impl TwoNodes {
+    async fn start(retry_schedule: &str) -> TwoNodes {
+        let shared = Shared::new();
+        let dir = tempfile::tempdir().expect("dir");
+        let config = config_with(dir.path(), retry_schedule);
+        let a = NodeProcess::start(&shared, "node-a", &config, &dir.path().join("a"));
+        let b = NodeProcess::start(&shared, "node-b", &config, &dir.path().join("b"));
+        let keys = shared_keys(&shared).await;
+        let owner = dev_token(
+            &keys.dev_issuer,
+            &format!("{SO} {SUB} {PUB}"),
+            Some(&Party::organization(ORG_A).expect("org")),
+            Duration::from_secs(3600),
+        );
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish();
+        let rx = Receiver::start().await;
+        let (status, sub) = post(
+            &client,
+            format!("{}/events/api/v1/subscriptions", a.base),
+            &owner,
+            "application/json",
+            json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
+        )
         .await;
-    let holder = {
+        assert_eq!(status, 201, "{sub}");
+        rx.wait_for("validation", Duration::from_secs(10), |r| !r.is_empty())
+            .await;
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let holder = loop {
             if let Some(h) = leader(&shared).await {
                 break h;
             }
@@ -168,14 +173,42 @@ async fn killing_the_dispatching_node_mid_burst_loses_no_event_and_a_subscriptio
                 "no node took the dispatcher lease"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        TwoNodes {
+            _shared: shared,
+            _dir: dir,
+            a,
+            b,
+            owner,
+            client,
+            rx,
+            holder,
         }
-    };
+    }
+
+    /// The node that does not dispatch (to write through, never interrupted by the kill) and the
+    /// dispatching node (to kill).
+    fn split(&mut self) -> (String, &mut NodeProcess) {
+        if self.holder == "node-a" {
+            (self.b.base.clone(), &mut self.a)
+        } else {
+            (self.a.base.clone(), &mut self.b)
+        }
+    }
+}
+
+#[actix_web::test]
+async fn killing_the_dispatching_node_mid_burst_loses_no_event_and_a_subscription_made_on_one_node_sees_writes_on_another()
+ {
+    let mut t = TwoNodes::start(r#"["100ms", "200ms", "400ms"]"#).await;
+    let (owner, client, rx, holder) = (
+        t.owner.clone(),
+        t.client.clone(),
+        t.rx.clone(),
+        t.holder.clone(),
+    );
     // Writes go through the node that does not dispatch, so the kill never interrupts them.
-    let (writer, victim) = if holder == "node-a" {
-        (b.base.clone(), &mut a)
-    } else {
-        (a.base.clone(), &mut b)
-    };
+    let (writer, victim) = t.split();
 
     // A first event written through the other node arrives within a second.
     let wrote = Instant::now();
@@ -247,45 +280,10 @@ async fn killing_the_dispatching_node_mid_burst_loses_no_event_and_a_subscriptio
 
 #[actix_web::test]
 async fn a_delivery_waiting_for_its_retry_survives_the_death_of_the_dispatching_node() {
-    let shared = Shared::new();
-    let dir = tempfile::tempdir().expect("dir");
     // Long enough that the retry is still pending when the node dies.
-    let config = config_with(dir.path(), r#"["3s", "3s", "3s"]"#);
-    let mut a = NodeProcess::start(&shared, "node-a", &config, &dir.path().join("a"));
-    let mut b = NodeProcess::start(&shared, "node-b", &config, &dir.path().join("b"));
-    let keys = shared_keys(&shared).await;
-    let owner = dev_token(
-        &keys.dev_issuer,
-        &format!("{SO} {SUB} {PUB}"),
-        Some(&Party::organization(ORG_A).expect("org")),
-        Duration::from_secs(3600),
-    );
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish();
-    let rx = Receiver::start().await;
-    let (status, sub) = post(
-        &client,
-        format!("{}/events/api/v1/subscriptions", a.base),
-        &owner,
-        "application/json",
-        json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-    )
-    .await;
-    assert_eq!(status, 201, "{sub}");
-    rx.wait_for("validation", Duration::from_secs(10), |r| !r.is_empty())
-        .await;
-    let holder = loop {
-        if let Some(h) = leader(&shared).await {
-            break h;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let (writer, victim) = if holder == "node-a" {
-        (b.base.clone(), &mut a)
-    } else {
-        (a.base.clone(), &mut b)
-    };
+    let mut t = TwoNodes::start(r#"["3s", "3s", "3s"]"#).await;
+    let (owner, client, rx) = (t.owner.clone(), t.client.clone(), t.rx.clone());
+    let (writer, victim) = t.split();
     // Events of the "stuck" instance fail; the others flow.
     rx.answer_for_dialog("stuck", Some(500));
     let event = |n: usize, instance: &str| {

@@ -126,6 +126,23 @@ impl WsClient {
         assert_eq!(ack["type"], "connection_ack", "{ack}");
     }
 
+    /// A graphql-transport-ws client on `node`, initialized with `token`, subscribed to `dialog`
+    /// as operation `op`; returns once the node has attached `subscriptions` subscriptions in all.
+    pub async fn subscribed(
+        node: &TestNode,
+        token: &str,
+        op: &str,
+        dialog: &str,
+        after: Option<u64>,
+        subscriptions: i64,
+    ) -> WsClient {
+        let mut client = WsClient::connect(node, "graphql-transport-ws", None).await;
+        client.init(Some(token)).await;
+        client.subscribe(op, dialog, after).await;
+        wait_subscriptions(node, subscriptions).await;
+        client
+    }
+
     /// Starts `dialogEvents` for `dialog` with operation `id`.
     pub async fn subscribe(&mut self, id: &str, dialog: &str, after: Option<u64>) {
         let kind = if self.protocol == "graphql-ws" {
