@@ -193,3 +193,97 @@ async fn after_a_cursor_only_newer_events_come() {
     assert_eq!(page.len(), 1);
     assert_eq!(page[0]["resourceinstance"], second.as_str());
 }
+
+/// A CloudEvent for OTHER_RESOURCE (owned by ORG_B) with a chosen id and source.
+fn foreign_event(id: &str, source: &str) -> serde_json::Value {
+    json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": "other.thing.happened",
+        "resource": OTHER_RESOURCE,
+    })
+}
+
+#[actix_web::test]
+async fn another_owner_publishing_an_event_id_of_ours_does_not_move_our_poll_cursor() {
+    let node = start("").await;
+    let first = node.create_dialog(&dialog_body()).await;
+    let cursor = node.dialog_events(&first).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for _ in 0..8 {
+        node.create_dialog(&dialog_body()).await;
+    }
+    // ORG_B publishes, in its own resource, an event whose id is ORG_A's cursor.
+    let r = publish(
+        &node,
+        &node.tokens.owner_b,
+        &foreign_event(&cursor, "https://b.example/x"),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let page = node
+        .get(
+            &format!("/events/api/v1/events?resource={RESOURCE}&after={cursor}"),
+            &node.tokens.owner_a,
+        )
+        .await;
+    assert_eq!(page.status.as_u16(), 200, "{}", page.body);
+    let events = page.body.as_array().expect("array");
+    assert_eq!(events.len(), 8, "every waiting event after the cursor");
+    assert!(events.iter().all(|e| e["resource"] == RESOURCE));
+    let last = events.last().expect("last")["id"].as_str().expect("id");
+    assert!(
+        page.header("next")
+            .expect("next")
+            .contains(&format!("after={last}"))
+    );
+    // And an id that exists only in another resource's log is no position in this one.
+    let r = publish(
+        &node,
+        &node.tokens.owner_b,
+        &foreign_event("only-in-b", "https://b.example/x"),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200);
+    node.get(
+        &format!("/events/api/v1/events?resource={RESOURCE}&after=only-in-b"),
+        &node.tokens.owner_a,
+    )
+    .await
+    .assert_problem(400, Some("after"));
+}
+
+#[actix_web::test]
+async fn another_owner_cannot_suppress_our_published_event_by_publishing_its_id_and_source_first() {
+    let node = start("").await;
+    let ours = custom_event("invoice-1001");
+    // ORG_B publishes the same id and source first, into its own resource.
+    let squat = foreign_event("invoice-1001", ours["source"].as_str().expect("source"));
+    let r = publish(&node, &node.tokens.owner_b, &squat).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let r = publish(&node, &node.tokens.owner_a, &ours).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let events = node.poll_all(&node.tokens.owner_a, "").await;
+    assert_eq!(events.len(), 1, "ORG_A's event is stored: {events:?}");
+    assert_eq!(events[0]["id"], "invoice-1001");
+    assert_eq!(events[0]["resource"], RESOURCE);
+}
+
+#[actix_web::test]
+async fn dedupe_keys_cannot_collide_through_separators_in_id_or_source() {
+    let node = start("").await;
+    // With a naive "{id}|{source}" key these two would be the same.
+    let mut a = custom_event("x|https://a.example");
+    a["source"] = json!("https://a.example/y");
+    let mut b = custom_event("x");
+    b["source"] = json!("https://a.example|https://a.example/y");
+    for e in [&a, &b] {
+        let r = publish(&node, &node.tokens.owner_a, e).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    }
+    let events = node.poll_all(&node.tokens.owner_a, "").await;
+    assert_eq!(events.len(), 2, "{events:?}");
+}

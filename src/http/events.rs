@@ -1,5 +1,5 @@
-//! Event API (SPEC 5): the poll endpoint over the global log and service-owner publishing of
-//! custom CloudEvents with `(id, source)` dedupe.
+//! Event API (SPEC 5): the poll endpoint over each resource's log and service-owner publishing of
+//! custom CloudEvents with `(resource, source, id)` dedupe.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -57,9 +57,11 @@ async fn poll(
     } else {
         state
             .store
-            .log_position(after_param)
+            .log_position(resource_param, after_param)
             .await?
-            .ok_or_else(|| ApiError::bad("after", "no retained event has this id"))?
+            .ok_or_else(|| {
+                ApiError::bad("after", "no retained event of this resource has this id")
+            })?
     };
     // Held-back events whose time has come are released before the read, so the answer is exact.
     state.store.release_due(Utc::now()).await?;

@@ -48,9 +48,11 @@ struct Inner {
     dialogs: BTreeMap<Uuid, Slot>,
     log: BTreeMap<LogPosition, StoredEntry>,
     next_position: LogPosition,
-    by_id: HashMap<String, LogPosition>,
+    /// (resource, event id) → position in that resource's log.
+    by_id: HashMap<(String, String), LogPosition>,
     by_resource: HashMap<String, BTreeSet<LogPosition>>,
-    external_ids: HashSet<(String, String)>,
+    /// Published events seen, as (resource, source, id).
+    external_ids: HashSet<(String, String, String)>,
     /// Held-back events in release order per dialog; `held_until` keeps a dialog's later events
     /// behind its earlier held ones.
     held: Vec<Held>,
@@ -70,8 +72,10 @@ impl Inner {
         self.next_position += 1;
         let position = self.next_position;
         let resource = event.resource.clone().unwrap_or_default();
-        // An id may repeat across sources; a cursor names the latest, so paging always advances.
-        self.by_id.insert(event.id.clone(), position);
+        // Within one resource an id may repeat across sources; a cursor names the latest, so paging
+        // always advances.
+        self.by_id
+            .insert((resource.clone(), event.id.clone()), position);
         self.by_resource
             .entry(resource.clone())
             .or_default()
@@ -258,8 +262,13 @@ impl Store for MemoryStore {
         Ok(newer.into_iter().skip(skip).collect())
     }
 
-    async fn log_position(&self, event_id: &str) -> Result<Option<LogPosition>, StoreError> {
-        Ok(self.lock().by_id.get(event_id).copied())
+    async fn log_position(
+        &self,
+        resource: &str,
+        event_id: &str,
+    ) -> Result<Option<LogPosition>, StoreError> {
+        let key = (resource.to_owned(), event_id.to_owned());
+        Ok(self.lock().by_id.get(&key).copied())
     }
 
     async fn read_log(
@@ -287,9 +296,10 @@ impl Store for MemoryStore {
 
     async fn append_external(&self, event: CloudEvent) -> Result<bool, StoreError> {
         let mut inner = self.lock();
+        let resource = event.resource.clone().unwrap_or_default();
         if !inner
             .external_ids
-            .insert((event.id.clone(), event.source.clone()))
+            .insert((resource, event.source.clone(), event.id.clone()))
         {
             return Ok(false);
         }
@@ -330,8 +340,9 @@ impl Store for MemoryStore {
             .collect();
         for p in &old {
             if let Some(e) = inner.log.remove(p) {
-                if inner.by_id.get(&e.event.id) == Some(p) {
-                    inner.by_id.remove(&e.event.id);
+                let key = (e.resource.clone(), e.event.id.clone());
+                if inner.by_id.get(&key) == Some(p) {
+                    inner.by_id.remove(&key);
                 }
                 if let Some(set) = inner.by_resource.get_mut(&e.resource) {
                     set.remove(p);

@@ -155,8 +155,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Arc<Change>>, StoreError>;
 
-    /// Global log position of an event id, if retained.
-    async fn log_position(&self, event_id: &str) -> Result<Option<LogPosition>, StoreError>;
+    /// Position of the event `event_id` in `resource`'s log, if retained there. Another resource's
+    /// event with the same id is not a position in this log, so no tenant can move another's cursor.
+    async fn log_position(
+        &self,
+        resource: &str,
+        event_id: &str,
+    ) -> Result<Option<LogPosition>, StoreError>;
 
     /// Up to `limit` events of `resource` after `after` for which `filter` holds, oldest first.
     async fn read_log(
@@ -167,7 +172,8 @@ pub trait Store: Send + Sync + 'static {
         filter: EventFilter<'_>,
     ) -> Result<Vec<LogEntry>, StoreError>;
 
-    /// Appends a published (non-dialog) event; false when `(id, source)` was seen before.
+    /// Appends a published (non-dialog) event; false when its `(resource, source, id)` was seen
+    /// before. Events of different resources never deduplicate against each other.
     async fn append_external(&self, event: CloudEvent) -> Result<bool, StoreError>;
 
     /// Moves held-back events whose time has come into the global log; returns how many.

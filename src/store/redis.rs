@@ -6,9 +6,12 @@
 //! - `{p}:d:{id}` hash `state` (dialog JSON; empty after purge) and `seq`
 //! - `{p}:dlog:{id}` list of event JSON, `{p}:dch:{id}` list of change JSON (newest 1000 each)
 //! - `{p}:idx`, `{p}:idx:r:{resource}`, `{p}:idx:p:{party}` sorted sets of dialog ids (lexical)
-//! - `{p}:log:{resource}` stream of published events (field `e`); `{p}:ev:{event id}` its stream id
-//! - `{p}:ext:{id}|{source}` dedupe marker of published custom events
-//! - `{p}:held` sorted set of held-back events by release time, `{p}:heldc` its counter,
+//! - `{p}:log:{resource}` stream of published events (field `e`); `{p}:ev:{T(resource, event id)}`
+//!   an event's stream id in its resource's log
+//! - `{p}:ext:{T(resource, source, id)}` dedupe marker of published custom events
+//!   (`T` writes each part as `{byte length}:{part}`, so no id or source can make two tuples meet)
+//! - `{p}:held` sorted set of held-back events by release time (member: counter, then the log and
+//!   event-position keys and the event JSON, length-prefixed), `{p}:heldc` its counter,
 //!   `{p}:hu:{id}` a dialog's current hold-until time
 //! - `{p}:res` hash of resources, `{p}:dlg` set of delegations, `{p}:keys` the generated keys
 //! - `{p}:glog` stream of every published event (the webhook dispatcher's feed)
@@ -80,12 +83,13 @@ if ARGV[5] == '1' and n > 0 then
     redis.call('SET', KEYS[10], hold, 'PX', hold - now + 60000)
     for i = 1, n do
       local c = redis.call('INCR', KEYS[9])
-      redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '|' .. ARGV[11] .. '|' .. ARGV[14 + 2 * i] .. '|' .. ARGV[14 + 2 * i - 1])
+      local ev = ARGV[14 + 2 * i]
+      redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '|' .. #KEYS[7] .. '|' .. KEYS[7] .. #ev .. '|' .. ev .. ARGV[14 + 2 * i - 1])
     end
   else
     for i = 1, n do
       local sid = redis.call('XADD', KEYS[7], '*', 'e', ARGV[14 + 2 * i - 1])
-      redis.call('SET', ARGV[13] .. ':ev:' .. ARGV[14 + 2 * i], sid, 'PX', ARGV[9])
+      redis.call('SET', ARGV[14 + 2 * i], sid, 'PX', ARGV[9])
       redis.call('XADD', ARGV[13] .. ':glog', '*', 'e', ARGV[14 + 2 * i - 1])
     end
   end
@@ -96,16 +100,18 @@ return 'OK'
 const RELEASE_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function field(m, at)
+  local bar = string.find(m, '|', at, true)
+  local len = tonumber(string.sub(m, at, bar - 1))
+  return string.sub(m, bar + 1, bar + len), bar + len + 1
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
 for _, m in ipairs(due) do
-  local a = string.find(m, '|', 1, true)
-  local b = string.find(m, '|', a + 1, true)
-  local c = string.find(m, '|', b + 1, true)
-  local resource = string.sub(m, a + 1, b - 1)
-  local id = string.sub(m, b + 1, c - 1)
-  local json = string.sub(m, c + 1)
-  local sid = redis.call('XADD', ARGV[1] .. ':log:' .. resource, '*', 'e', json)
-  redis.call('SET', ARGV[1] .. ':ev:' .. id, sid, 'PX', ARGV[2])
+  local log, at = field(m, 22)
+  local ev, rest = field(m, at)
+  local json = string.sub(m, rest)
+  local sid = redis.call('XADD', log, '*', 'e', json)
+  redis.call('SET', ev, sid, 'PX', ARGV[2])
   redis.call('XADD', ARGV[1] .. ':glog', '*', 'e', json)
   redis.call('ZREM', KEYS[1], m)
 end
@@ -153,6 +159,18 @@ fn position_of(stream_id: &str) -> Option<LogPosition> {
     Some((ms.parse::<u64>().ok()? << 20) | seq.parse::<u64>().ok()?)
 }
 
+/// A key part made of several strings that no choice of strings can make ambiguous: each part is
+/// written as `{byte length}:{part}`.
+fn tuple(parts: &[&str]) -> String {
+    let mut out = String::new();
+    for p in parts {
+        out.push_str(&p.len().to_string());
+        out.push(':');
+        out.push_str(p);
+    }
+    out
+}
+
 fn stream_id_of(position: LogPosition) -> String {
     format!("{}-{}", position >> 20, position & 0xF_FFFF)
 }
@@ -185,6 +203,11 @@ impl RedisStore {
 
     fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.prefix)
+    }
+
+    /// Where an event's position in its resource's log is kept.
+    fn event_key(&self, resource: &str, event_id: &str) -> String {
+        self.key(&format!("ev:{}", tuple(&[resource, event_id])))
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
@@ -325,7 +348,7 @@ impl Store for RedisStore {
             .arg(commit.events.len());
         for e in &commit.events {
             inv.arg(serde_json::to_string(e.as_ref()).map_err(unavailable)?)
-                .arg(&e.id);
+                .arg(self.event_key(&resource, &e.id));
         }
         let result: String = self
             .with(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -452,8 +475,12 @@ impl Store for RedisStore {
         }
     }
 
-    async fn log_position(&self, event_id: &str) -> Result<Option<LogPosition>, StoreError> {
-        let key = self.key(&format!("ev:{event_id}"));
+    async fn log_position(
+        &self,
+        resource: &str,
+        event_id: &str,
+    ) -> Result<Option<LogPosition>, StoreError> {
+        let key = self.event_key(resource, event_id);
         let sid: Option<String> = self.with(|mut c| async move { c.get(&key).await }).await?;
         Ok(sid.as_deref().and_then(position_of))
     }
@@ -514,9 +541,10 @@ impl Store for RedisStore {
         let resource = event.resource.clone().unwrap_or_default();
         let json = serde_json::to_string(&event).map_err(unavailable)?;
         let mut inv = self.publish.prepare_invoke();
-        inv.key(self.key(&format!("ext:{}|{}", event.id, event.source)))
+        let marker = tuple(&[&resource, &event.source, &event.id]);
+        inv.key(self.key(&format!("ext:{marker}")))
             .key(self.key(&format!("log:{resource}")))
-            .key(self.key(&format!("ev:{}", event.id)))
+            .key(self.event_key(&resource, &event.id))
             .key(self.key("glog"))
             .arg(json)
             .arg(self.retention_ms());
@@ -872,5 +900,12 @@ mod tests {
         let c = position_of("1700000000001-0").expect("id");
         assert!(a < b && b < c);
         assert_eq!(stream_id_of(b), "1700000000000-7");
+    }
+
+    #[test]
+    fn tuple_keys_are_unambiguous_whatever_the_parts_contain() {
+        assert_ne!(tuple(&["a|b", "c"]), tuple(&["a", "b|c"]));
+        assert_ne!(tuple(&["a:1", "b"]), tuple(&["a", "1:b"]));
+        assert_eq!(tuple(&["urn:x", "id"]), "5:urn:x2:id");
     }
 }
