@@ -3,7 +3,7 @@
 //! slip a private address in after validation.
 
 use std::error::Error as StdError;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use futures::future::LocalBoxFuture;
 
@@ -26,7 +26,7 @@ pub fn check_url(url: &str, allow_http: bool, allow_private: bool) -> Result<(),
         && let Some(ip) = literal_ip(host)
         && !is_public(ip)
     {
-        return Err("points to a loopback, private, link-local or multicast address".into());
+        return Err("points to an address that is not globally routable".into());
     }
     Ok(())
 }
@@ -51,34 +51,68 @@ pub fn forbidden_literal(url: &str, allow_private: bool) -> bool {
         .is_some_and(|ip| !is_public(ip))
 }
 
-/// Addresses a webhook may be delivered to when private networks are not allowed.
+/// Whether `ip` is globally routable: the only addresses a webhook may be delivered to when private
+/// networks are not allowed. Every range of IANA's IPv4 and IPv6 special-purpose registries that is
+/// not globally reachable is refused, and so are the forms that carry an IPv4 address inside IPv6
+/// (mapped, compatible, NAT64, 6to4, Teredo), so a private IPv4 cannot be reached through them.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_unspecified()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1])) // shared address space (CGNAT)
-                || (o[0] == 198 && (18..20).contains(&o[1]))) // benchmarking
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80) // link-local
-        }
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
     }
+}
+
+/// IPv4 ranges that are not globally routable (IANA IPv4 special-purpose registry, multicast,
+/// reserved), as (network, prefix length).
+const NOT_GLOBAL_V4: &[([u8; 4], u8)] = &[
+    ([0, 0, 0, 0], 8),       // "this network"
+    ([10, 0, 0, 0], 8),      // private
+    ([100, 64, 0, 0], 10),   // shared address space (CGNAT)
+    ([127, 0, 0, 0], 8),     // loopback
+    ([169, 254, 0, 0], 16),  // link-local (cloud metadata services)
+    ([172, 16, 0, 0], 12),   // private
+    ([192, 0, 0, 0], 24),    // IETF protocol assignments
+    ([192, 0, 2, 0], 24),    // documentation (TEST-NET-1)
+    ([192, 88, 99, 0], 24),  // 6to4 relay anycast (deprecated)
+    ([192, 168, 0, 0], 16),  // private
+    ([198, 18, 0, 0], 15),   // benchmarking
+    ([198, 51, 100, 0], 24), // documentation (TEST-NET-2)
+    ([203, 0, 113, 0], 24),  // documentation (TEST-NET-3)
+    ([224, 0, 0, 0], 4),     // multicast
+    ([240, 0, 0, 0], 4),     // reserved, and the limited broadcast 255.255.255.255
+];
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let addr = u32::from(ip);
+    !NOT_GLOBAL_V4.iter().any(|(net, len)| {
+        let mask = u32::MAX << (32 - u32::from(*len));
+        addr & mask == u32::from_be_bytes(*net)
+    })
+}
+
+/// IPv6 ranges inside global unicast (2000::/3) that are not globally routable, as (network,
+/// prefix length). Everything outside 2000::/3 is refused as a whole: loopback, unspecified,
+/// IPv4-compatible (::/96), NAT64 (64:ff9b::/96, 64:ff9b:1::/48), discard (100::/64), SRv6
+/// (5f00::/16), unique local, site-local (fec0::/10), link-local and multicast. IPv4-mapped
+/// addresses (::ffff:0:0/96) are judged by their IPv4 address.
+const NOT_GLOBAL_V6: &[(u128, u8)] = &[
+    (0x2001_0000 << 96, 23), // IETF protocol assignments (Teredo, benchmarking, ORCHID)
+    (0x2001_0db8 << 96, 32), // documentation
+    (0x2002 << 112, 16),     // 6to4: carries an IPv4 address
+    (0x3fff << 112, 20),     // documentation
+];
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let addr = u128::from(ip);
+    let global_unicast = addr >> 125 == 0b001;
+    global_unicast
+        && !NOT_GLOBAL_V6.iter().any(|(net, len)| {
+            let mask = u128::MAX << (128 - u32::from(*len));
+            addr & mask == *net
+        })
 }
 
 /// The HTTP client's resolver: resolves as usual, then keeps only allowed addresses.
@@ -125,10 +159,47 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            // Ranges a first version missed: reserved, IETF assignments, site-local, IPv4
+            // embedded in IPv6 (compatible, NAT64 reaching the metadata service, 6to4).
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.88.99.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.18.0.1",
+            "fec0::1",
+            "::a00:1",
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::808:808",
+            "64:ff9b:1::1",
+            "2002:a9fe:a9fe::1",
+            "2002:808:808::1",
+            "2001::1",
+            "2001:db8::1",
+            "3fff::1",
+            "100::1",
+            "5f00::1",
+            "ff02::1",
+            "::",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
         ] {
             assert!(!is_public(ip.parse().expect("ip")), "{ip}");
         }
-        for ip in ["8.8.8.8", "2001:4860:4860::8888", "151.101.1.1"] {
+        for ip in [
+            "8.8.8.8",
+            "2001:4860:4860::8888",
+            "151.101.1.1",
+            "1.1.1.1",
+            "192.0.3.1",
+            "223.255.255.255",
+            "2a00:1450:4001::1",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(is_public(ip.parse().expect("ip")), "{ip}");
         }
     }
@@ -144,6 +215,20 @@ mod tests {
         assert!(check_url("https://127.0.0.1/hook", false, false).is_err());
         assert!(check_url("https://[::1]/hook", false, false).is_err());
         assert!(check_url("https://127.0.0.1/hook", false, true).is_ok());
+        for refused in [
+            "https://240.0.0.1/hook",
+            "https://192.0.0.170/hook",
+            "https://[fec0::1]/hook",
+            "https://[::a9fe:a9fe]/hook",
+            "https://[64:ff9b::a9fe:a9fe]/hook",
+            "https://[2002:a9fe:a9fe::1]/hook",
+        ] {
+            assert_eq!(
+                check_url(refused, false, false),
+                Err("points to an address that is not globally routable".into()),
+                "{refused}"
+            );
+        }
         assert!(check_url("ftp://example.org", true, true).is_err());
         assert!(check_url("not a url", true, true).is_err());
     }
