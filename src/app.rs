@@ -156,13 +156,22 @@ impl App {
         arbiters.push(dispatcher_arbiter);
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let realtime = web::Data::new(crate::realtime::RealtimeState {
-            schema: Arc::new(crate::realtime::schema::schema()),
+            schema: Arc::new(if settings.introspection() {
+                crate::realtime::schema::schema()
+            } else {
+                crate::realtime::schema::schema().disable_introspection()
+            }),
             registry: registry.clone(),
             store: store.clone(),
             dialog_tokens: dialog_tokens.clone(),
             verifier: verifier.clone(),
             metrics: metrics.clone(),
             settings: settings.realtime.clone(),
+            graphql: settings.graphql.clone(),
+            parties: crate::realtime::limits::PartyConnections::new(
+                settings.realtime.max_connections_per_party,
+            ),
+            max_body: settings.http.max_body,
             shutdown: shutdown_rx,
         });
         let workers = if settings.http.workers == 0 {
@@ -191,6 +200,7 @@ impl App {
                 .configure(crate::realtime::routes)
                 .wrap(crate::http::method_not_allowed())
                 .wrap(middleware::from_fn(crate::http::count_requests))
+                .wrap(middleware::from_fn(crate::http::body_deadline))
                 .configure(crate::http::configure)
         })
         .workers(workers)

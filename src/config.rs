@@ -29,6 +29,7 @@ pub struct Settings {
     pub dialogs: DialogSettings,
     pub events: EventSettings,
     pub realtime: RealtimeSettings,
+    pub graphql: GraphqlSettings,
     pub webhooks: WebhookSettings,
     pub shutdown: ShutdownSettings,
     pub resources: Vec<ResourceEntry>,
@@ -41,6 +42,9 @@ pub struct HttpSettings {
     pub bind: SocketAddr,
     pub max_body: usize,
     pub workers: usize,
+    /// Longest time to receive a whole request body (408 after it).
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -138,6 +142,31 @@ pub struct RealtimeSettings {
     #[serde(deserialize_with = "duration")]
     pub init_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// Operations one connection may run at once; more get an `error` (the socket stays).
+    pub max_subscriptions_per_connection: usize,
+    /// Longest operation id in bytes; longer closes the socket with 4400.
+    pub max_operation_id_bytes: usize,
+    /// Realtime connections (WebSocket and SSE) one authenticated party may hold on this node.
+    pub max_connections_per_party: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlSettings {
+    /// Operations in one batched `POST /graphql`; more are refused with 400.
+    pub max_batch: usize,
+    /// Introspection; unset = on exactly when the development issuer is enabled.
+    #[serde(default)]
+    pub introspection: Option<bool>,
+}
+
+impl Settings {
+    /// Whether GraphQL introspection is served.
+    pub fn introspection(&self) -> bool {
+        self.graphql
+            .introspection
+            .unwrap_or(self.auth.dev_issuer.enabled)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -252,6 +281,30 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.http.max_body == 0 {
             bail!("invalid configuration: http.max_body must be greater than 0");
+        }
+        if self.http.body_timeout.is_zero() {
+            bail!("invalid configuration: http.body_timeout must be greater than 0");
+        }
+        if self.graphql.max_batch == 0 {
+            bail!("invalid configuration: graphql.max_batch must be greater than 0");
+        }
+        for (key, value) in [
+            (
+                "realtime.max_subscriptions_per_connection",
+                self.realtime.max_subscriptions_per_connection,
+            ),
+            (
+                "realtime.max_operation_id_bytes",
+                self.realtime.max_operation_id_bytes,
+            ),
+            (
+                "realtime.max_connections_per_party",
+                self.realtime.max_connections_per_party,
+            ),
+        ] {
+            if value == 0 {
+                bail!("invalid configuration: {key} must be greater than 0");
+            }
         }
         if self.realtime.ping_interval.is_zero() {
             bail!("invalid configuration: realtime.ping_interval must be greater than 0");

@@ -1263,3 +1263,32 @@ async fn aliases_fragments_typename_and_skipped_fields_shape_the_payload() {
     );
     assert!(msg["payload"]["data"].get("dialogEvents").is_none());
 }
+
+#[actix_web::test]
+async fn an_invalid_operation_gets_the_graphql_errors_array_once_over_websocket_and_sse() {
+    let node = start("").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    let invalid = "subscription { noSuchField }";
+    let mut ws = WsClient::connect(&node, TWS, None).await;
+    ws.init(Some(&token)).await;
+    ws.send(json!({"id": "bad", "type": "subscribe", "payload": {"query": invalid}}))
+        .await;
+    let err = ws.next_json().await;
+    assert_eq!(err["type"], "error", "{err}");
+    let errors = err["payload"].as_array().expect("payload is an array");
+    assert!(!errors.is_empty(), "{err}");
+    assert!(
+        errors.iter().all(|e| e["message"].is_string()),
+        "each element is one GraphQL error, not a nested array: {err}"
+    );
+
+    let (status, mut sse) = SseClient::open(&node, Some(&token), invalid, json!({})).await;
+    assert_eq!(status, 200);
+    let first = sse.next().await.expect("an event");
+    assert_eq!(first.event, "next");
+    let data: Value = serde_json::from_str(&first.data).expect("json");
+    let errors = data["errors"].as_array().expect("errors array");
+    assert!(!errors.is_empty(), "{data}");
+    assert!(errors.iter().all(|e| e["message"].is_string()), "{data}");
+}

@@ -48,6 +48,81 @@ pub fn method_not_allowed<B: MessageBody + 'static>() -> ErrorHandlers<B> {
     })
 }
 
+/// Bounds the time to receive a whole request body (`http.body_timeout`) on every route: the
+/// payload is read through a deadline, and a request whose body did not arrive in time is answered
+/// 408 and its connection closed, so a slow or stalled sender cannot hold a connection slot.
+/// WebSocket upgrades are left alone: their "body" is the socket's message stream.
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Poll;
+
+    use actix_web::HttpMessage;
+    use futures::{FutureExt, StreamExt};
+
+    let headers = req.headers();
+    let has_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    let upgrade = headers.contains_key(actix_web::http::header::UPGRADE);
+    let timeout = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.settings.http.body_timeout);
+    let Some(timeout) = timeout.filter(|_| has_body && !upgrade) else {
+        return next.call(req).await.map(|r| r.map_into_left_body());
+    };
+    let expired = Arc::new(AtomicBool::new(false));
+    let flag = expired.clone();
+    let mut inner = req.take_payload();
+    let mut deadline = Box::pin(tokio::time::sleep(timeout));
+    let mut done = false;
+    let guarded = futures::stream::poll_fn(move |cx| {
+        if done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = inner.poll_next_unpin(cx) {
+            done = item.is_none();
+            return Poll::Ready(item);
+        }
+        if deadline.poll_unpin(cx).is_ready() {
+            flag.store(true, Ordering::Relaxed);
+            done = true;
+            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body did not arrive within http.body_timeout",
+                ),
+            ))));
+        }
+        Poll::Pending
+    });
+    req.set_payload(actix_web::dev::Payload::Stream {
+        payload: Box::pin(guarded),
+    });
+    let res = next.call(req).await?;
+    if !expired.load(Ordering::Relaxed) {
+        return Ok(res.map_into_left_body());
+    }
+    let (req, _) = res.into_parts();
+    let mut resp = problem::problem(
+        StatusCode::REQUEST_TIMEOUT,
+        "Request Timeout",
+        &format!(
+            "the request body did not arrive within {}",
+            humantime::format_duration(timeout)
+        ),
+        None,
+    );
+    resp.head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    Ok(ServiceResponse::new(req, resp).map_into_right_body())
+}
+
 /// Counts requests by method, route pattern (not raw path: bounded label values) and status.
 pub async fn count_requests(
     req: ServiceRequest,

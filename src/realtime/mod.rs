@@ -2,6 +2,7 @@
 //! `graphql-transport-ws` and legacy `graphql-ws` over WebSocket, and SSE. Subscriptions attach to
 //! the dialog's actor through the registry; each transport only frames what the actor queues.
 
+pub mod limits;
 pub mod operation;
 pub mod schema;
 pub mod sse;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::auth::{DialogTokens, TokenVerifier};
-use crate::config::RealtimeSettings;
+use crate::config::{GraphqlSettings, RealtimeSettings};
 use crate::dialogs::{ConnectionBudget, DialogRegistry};
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -27,6 +28,11 @@ pub struct RealtimeState {
     pub verifier: Arc<TokenVerifier>,
     pub metrics: Metrics,
     pub settings: RealtimeSettings,
+    pub graphql: GraphqlSettings,
+    /// Realtime connections per authenticated party on this node.
+    pub parties: Arc<limits::PartyConnections>,
+    /// Largest accepted request body (`http.max_body`).
+    pub max_body: usize,
     /// Flips to true when the node starts draining: connections close with 1012, streams complete.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -79,18 +85,116 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/graphiql", web::get().to(graphiql));
 }
 
-/// `POST /graphql` (and `GET` with query parameters): queries, with the caller from its bearer token.
+/// A batch's answer stops growing past this many bytes: the remaining operations are answered
+/// with an error instead of being run, so one request's work stays bounded.
+const MAX_BATCH_RESPONSE_BYTES: usize = 4 << 20;
+
+fn graphql_error(status: actix_web::http::StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({"errors": [{"message": message}]}))
+}
+
+/// `POST /graphql` (a request, or a batch of at most `graphql.max_batch`) and `GET` with query
+/// parameters: queries, with the caller from its bearer token.
 async fn query(
     req: HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     state: web::Data<RealtimeState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    use actix_web::http::StatusCode;
+    use futures::StreamExt;
+    use juniper::http::{GraphQLBatchRequest, GraphQLRequest};
+
+    let batch: GraphQLBatchRequest = if req.method() == actix_web::http::Method::GET {
+        match web::Query::<GraphQLRequest>::from_query(req.query_string()) {
+            Ok(q) => GraphQLBatchRequest::Single(q.into_inner()),
+            Err(e) => return Ok(graphql_error(StatusCode::BAD_REQUEST, &e.to_string())),
+        }
+    } else {
+        let content_type = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk?;
+            if body.len() + chunk.len() > state.max_body {
+                return Ok(graphql_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body is larger than {} bytes", state.max_body),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        match content_type.as_str() {
+            "application/json" => match serde_json::from_slice(&body) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Ok(graphql_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("malformed request: {e}"),
+                    ));
+                }
+            },
+            "application/graphql" => GraphQLBatchRequest::Single(GraphQLRequest::new(
+                String::from_utf8_lossy(&body).into_owned(),
+                None,
+                None,
+            )),
+            _ => {
+                return Ok(graphql_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "expected Content-Type application/json or application/graphql",
+                ));
+            }
+        }
+    };
     let mut ctx = state.context(None, None);
     if let Some(token) = bearer(&req) {
         ctx.principal = state.verifier.verify(token).await.ok();
         ctx.dialog_token = Some(token.to_owned());
     }
-    juniper_actix::graphql_handler(&state.schema, &ctx, req, payload).await
+    let requests = match batch {
+        GraphQLBatchRequest::Single(request) => {
+            let response = request.execute(&state.schema, &ctx).await;
+            let status = if response.is_ok() {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return Ok(HttpResponse::build(status).json(response));
+        }
+        GraphQLBatchRequest::Batch(requests) => requests,
+    };
+    if requests.len() > state.graphql.max_batch {
+        return Ok(graphql_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "a batch may hold at most {} operations (graphql.max_batch), got {}",
+                state.graphql.max_batch,
+                requests.len()
+            ),
+        ));
+    }
+    // One after another (not all at once), so a batch never holds more than one execution's state.
+    let mut out = String::from("[");
+    for request in &requests {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        if out.len() > MAX_BATCH_RESPONSE_BYTES {
+            out.push_str(r#"{"errors":[{"message":"not run: the batch's answer is too large"}]}"#);
+        } else {
+            let answer = request.execute(&state.schema, &ctx).await;
+            out.push_str(&serde_json::to_string(&answer)?);
+        }
+    }
+    out.push(']');
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(out))
 }
 
 async fn graphiql() -> Result<HttpResponse, actix_web::Error> {

@@ -42,7 +42,9 @@ pub fn spawn(
         let (value, errors) = match resolved {
             Ok(v) => v,
             Err(e) => {
-                let _ = out.send((id, OpEvent::Error(json!([e]).to_string()))).await;
+                // A `GraphQLError` serializes as the GraphQL errors array itself.
+                let errors = serde_json::to_string(&e).unwrap_or_else(|_| "[]".into());
+                let _ = out.send((id, OpEvent::Error(errors))).await;
                 return;
             }
         };

@@ -51,6 +51,21 @@ pub async fn stream(
     };
     let token = super::bearer(&req).map(str::to_owned);
     let state = state.into_inner();
+    // A stream with a valid dialog token holds its party's connection slot until it ends; an
+    // invalid token gets its UNAUTHORIZED error from the operation.
+    let claims = token.as_deref().and_then(|t| state.dialog_tokens.verify(t));
+    let slot = match claims {
+        Some(c) => match state.parties.acquire(&c.c) {
+            Some(slot) => Some(slot),
+            None => {
+                return graphql_error(
+                    actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections for this party (realtime.max_connections_per_party)",
+                );
+            }
+        },
+        None => None,
+    };
     let budget = ConnectionBudget::new(
         state.settings.client_queue_bytes,
         Some(state.metrics.buffered_bytes.clone()),
@@ -89,6 +104,7 @@ pub async fn stream(
         op.abort();
         let _ = body_tx.send(sse_event("complete", "")).await;
         gauge.dec();
+        drop(slot);
     });
     let body = futures::stream::poll_fn(move |cx| {
         body_rx

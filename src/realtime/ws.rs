@@ -97,6 +97,8 @@ struct Connection {
     /// `complete`/`stop` or when the connection ends.
     ops: HashMap<String, actix_web::rt::task::JoinHandle<()>>,
     out: operation::OpSender,
+    /// The party's connection slot, taken when `connection_init` is accepted; freed on drop.
+    slot: Option<super::limits::PartySlot>,
 }
 
 impl Connection {
@@ -121,6 +123,7 @@ impl Connection {
                 budget,
                 ops: HashMap::new(),
                 out,
+                slot: None,
             },
             results,
         )
@@ -302,17 +305,27 @@ impl Connection {
         if let Some(token) = payload.and_then(token_in_payload) {
             self.token = Some(token);
         }
-        let valid = self
+        let claims = self
             .token
             .as_deref()
-            .is_some_and(|t| self.state.dialog_tokens.verify(t).is_some());
-        if !valid {
+            .and_then(|t| self.state.dialog_tokens.verify(t));
+        let Some(claims) = claims else {
             if self.protocol == Protocol::Legacy {
                 let _ = self
                     .send(json!({"type": "connection_error", "payload": {"message": "Forbidden"}}))
                     .await;
             }
             return Step::Close(4403, "Forbidden".into());
+        };
+        match self.state.parties.acquire(&claims.c) {
+            Some(slot) => self.slot = Some(slot),
+            None => {
+                return Step::Close(
+                    4429,
+                    "Too many connections for this party (realtime.max_connections_per_party)"
+                        .into(),
+                );
+            }
         }
         self.acked = true;
         if let Step::Close(c, t) = self.reply(json!({"type": "connection_ack"})).await {
@@ -334,8 +347,25 @@ impl Connection {
         if id.is_empty() {
             return Step::Close(4400, "Invalid message received".into());
         }
+        if id.len() > self.state.settings.max_operation_id_bytes {
+            return Step::Close(
+                4400,
+                format!(
+                    "Operation id longer than {} bytes",
+                    self.state.settings.max_operation_id_bytes
+                ),
+            );
+        }
         if self.ops.contains_key(id) {
             return Step::Close(4409, format!("Subscriber for {id} already exists"));
+        }
+        let max = self.state.settings.max_subscriptions_per_connection;
+        if self.ops.len() >= max {
+            let message = format!(
+                "too many subscriptions on this connection (at most {max}, realtime.max_subscriptions_per_connection)"
+            );
+            let error = json!({"id": id, "type": "error", "payload": [{"message": message}]});
+            return self.reply(error).await;
         }
         let Ok(request) = serde_json::from_value::<GraphQLRequest>(payload.clone()) else {
             return Step::Close(4400, "Invalid message received".into());
