@@ -120,24 +120,9 @@ impl App {
         });
         let registry = DialogRegistry::new(deps, arbiters.iter().map(|a| a.handle()).collect());
 
-        let mut tasks = Vec::new();
-        let router = registry.clone();
-        tasks.push(actix_web::rt::spawn(async move {
-            while let Some(event) = envelopes.recv().await {
-                router.on_bus(event);
-            }
-        }));
-        tasks.push(actix_web::rt::spawn(maintain_log(
-            store.clone(),
-            settings.events.retention,
-        )));
-        tasks.push(actix_web::rt::spawn(heartbeat(
-            store.clone(),
-            metrics.clone(),
-            node_id.clone(),
-            format!("http://{addr}"),
-        )));
-
+        crate::webhooks::dispatcher::start_position(store.as_ref())
+            .await
+            .context("failed to read or save the webhook dispatcher's position")?;
         // The dispatcher has a thread of its own: its HTTP client must not share the dialog actors'.
         let dispatcher_arbiter = Arbiter::new();
         let dispatcher = {
@@ -152,6 +137,27 @@ impl App {
                 crate::webhooks::Dispatcher::new(store, hooks, base, m, node)
             })
         };
+        let mut tasks = Vec::new();
+        let router = registry.clone();
+        let wake = dispatcher.clone();
+        tasks.push(actix_web::rt::spawn(async move {
+            while let Some(event) = envelopes.recv().await {
+                router.on_bus(event);
+                // A committed change may hold events for webhooks: look now, not at the next poll.
+                wake.do_send(crate::webhooks::dispatcher::Wake);
+            }
+        }));
+        tasks.push(actix_web::rt::spawn(maintain_log(
+            store.clone(),
+            settings.events.retention,
+        )));
+        tasks.push(actix_web::rt::spawn(heartbeat(
+            store.clone(),
+            metrics.clone(),
+            node_id.clone(),
+            format!("http://{addr}"),
+        )));
+
         let mut arbiters = arbiters;
         arbiters.push(dispatcher_arbiter);
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -204,6 +210,11 @@ impl App {
                 .configure(crate::http::configure)
         })
         .workers(workers)
+        // No lingering on a connection whose request body was not read to its end: a WebSocket's
+        // "body" never ends, so lingering would hold every closed socket open until a timer (0.5-1
+        // s) after its close frame. Ordinary requests never need it: `body_deadline` reads what a
+        // handler left unread before answering.
+        .client_disconnect_timeout(Duration::ZERO)
         .shutdown_timeout(shutdown)
         // Signals are handled in `run`, which first tells realtime connections to close (1012).
         .disable_signals()

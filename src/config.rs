@@ -187,6 +187,8 @@ pub struct WebhookSettings {
     pub circuit_cooldown: Duration,
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
+    /// Most events one replay redelivers: the newest that match in its window.
+    pub replay_max: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -325,6 +327,9 @@ impl Settings {
         }
         if self.webhooks.circuit_failures == 0 {
             bail!("invalid configuration: webhooks.circuit_failures must be greater than 0");
+        }
+        if self.webhooks.replay_max == 0 {
+            bail!("invalid configuration: webhooks.replay_max must be greater than 0");
         }
         if self.dialogs.max_page_size == 0 {
             bail!("invalid configuration: dialogs.max_page_size must be greater than 0");

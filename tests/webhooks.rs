@@ -1541,3 +1541,121 @@ async fn re_posting_during_a_validation_retry_wait_sends_the_validation_promptly
         "the re-sent validation came {took:?} after the re-POST"
     );
 }
+
+#[actix_web::test]
+async fn replay_redelivers_the_newest_matching_events_of_its_window_up_to_replay_max() {
+    let node = start(&hooks("replay_max = 3")).await;
+    let rx = Receiver::start().await;
+    let sub = id_of(
+        &subscribe_validated(
+            &node,
+            &node.tokens.owner_a,
+            &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
+        )
+        .await,
+    );
+    let from = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let mut all = Vec::new();
+    for _ in 0..6 {
+        let d = node.create_dialog(&dialog_body()).await;
+        all.extend(ids(&node.dialog_events(&d).await));
+    }
+    assert_eq!(all.len(), 6);
+    rx.wait_for("the originals", SOON, |r| has_all(r, &all))
+        .await;
+    let originals = rx.events().len();
+    let to = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let r = node
+        .post(
+            &format!("{}/replay", sub_path(&sub)),
+            &node.tokens.owner_a,
+            &json!({"from": from.to_rfc3339(), "to": to.to_rfc3339()}),
+        )
+        .await;
+    assert!(r.status.is_success(), "replay: {} {}", r.status, r.body);
+    assert_eq!(r.body["replayed"], 3);
+    rx.wait_for("the replayed events", SOON, |r| {
+        r.len() >= 1 + originals + 3
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    let events = rx.events();
+    let replayed = received_ids(&events[originals..]);
+    assert_eq!(replayed, all[3..], "the newest three, oldest first");
+}
+
+#[actix_web::test]
+async fn a_re_post_never_returns_the_secret_and_a_rotated_secret_signs_beside_the_old_one() {
+    let node = start(&hooks("")).await;
+    let rx = Receiver::start().await;
+    let body = json!({"endPoint": rx.url, "resourceFilter": RESOURCE});
+    let created = subscribe_validated(&node, &node.tokens.owner_a, &body).await;
+    let old = created["secret"]
+        .as_str()
+        .expect("secret at creation")
+        .to_owned();
+    let sub = id_of(&created);
+    let again = node.post(SUBS, &node.tokens.owner_a, &body).await;
+    assert_eq!(again.status.as_u16(), 200, "{}", again.body);
+    assert_eq!(again.body["id"], sub.as_str());
+    assert!(again.body.get("secret").is_none(), "{}", again.body);
+    assert!(!String::from_utf8_lossy(&again.raw).contains("whsec_"));
+
+    // Only the owner may rotate.
+    let rotate = format!("{}/secret/rotate", sub_path(&sub));
+    node.post(&rotate, &node.tokens.org_c, &json!({}))
+        .await
+        .assert_problem(404, None);
+    let r = node.post(&rotate, &node.tokens.owner_a, &json!({})).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let new = r.body["secret"].as_str().expect("new secret").to_owned();
+    assert!(new.starts_with("whsec_") && new != old);
+    let got = node.get(&sub_path(&sub), &node.tokens.owner_a).await;
+    assert!(!String::from_utf8_lossy(&got.raw).contains("whsec_"));
+
+    let d = node.create_dialog(&dialog_body()).await;
+    let polled = node.dialog_events(&d).await;
+    assert_eq!(polled.len(), 1);
+    rx.wait_for("the event", SOON, |r| has_all(r, &ids(&polled)))
+        .await;
+    let got = of_dialog(&rx, &d);
+    assert_eq!(got.len(), 1);
+    let req = &got[0];
+    let ts = req.header("webhook-timestamp");
+    let signatures: Vec<&str> = req.header("webhook-signature").split(' ').collect();
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    for secret in [&new, &old] {
+        let want = expected_signature(secret, req.header("webhook-id"), ts, &req.body);
+        assert!(signatures.contains(&want.as_str()), "{signatures:?}");
+    }
+}
+
+#[actix_web::test]
+async fn events_committed_right_after_start_reach_a_subscription_made_before_them() {
+    // A long poll interval: the dispatcher's first look comes after the writes.
+    let node = start(
+        "[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = \"2s\"",
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let r = node
+        .post(
+            SUBS,
+            &node.tokens.owner_a,
+            &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let sub = id_of(&r.body);
+    eventually(SOON, "validated", || async {
+        node.get(&sub_path(&sub), &node.tokens.owner_a).await.body["validated"] == true
+    })
+    .await;
+    let d = node.create_dialog(&dialog_body()).await;
+    add_activity(&node, &d, "Information").await;
+    let expected = ids(&node.dialog_events(&d).await);
+    assert_eq!(expected.len(), 3);
+    rx.wait_for("every event", SOON, |r| has_all(r, &expected))
+        .await;
+    assert_eq!(received_ids(&of_dialog(&rx, &d)), expected, "in order");
+}

@@ -28,6 +28,12 @@ pub struct Subscription {
     pub validated: bool,
     /// `whsec_` + base64 of the HMAC key.
     pub secret: String,
+    /// The secret before the last rotation: deliveries are signed with it too until
+    /// `previous_secret_until`, so a receiver can switch keys without losing any delivery.
+    #[serde(default)]
+    pub previous_secret: Option<String>,
+    #[serde(default)]
+    pub previous_secret_until: Option<DateTime<Utc>>,
     #[serde(default)]
     pub disabled: bool,
     #[serde(default)]
@@ -51,6 +57,16 @@ impl Subscription {
             && exact(&self.subject_filter, event.subject.as_deref())
             && exact(&self.source_filter, Some(event.source.as_str()))
             && type_ok
+    }
+
+    /// The secrets deliveries are signed with at `now`: the current one, then the previous one
+    /// while it is still honoured.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> impl Iterator<Item = &str> {
+        let previous = self
+            .previous_secret
+            .as_deref()
+            .filter(|_| self.previous_secret_until.is_some_and(|until| until > now));
+        std::iter::once(self.secret.as_str()).chain(previous)
     }
 
     /// Same consumer, endpoint and filters: a re-POST of this subscription.
@@ -156,10 +172,24 @@ mod tests {
             created_by: "c".into(),
             created: Utc::now(),
             validated: true,
-            secret: String::new(),
+            secret: "new".into(),
+            previous_secret: None,
+            previous_secret_until: None,
             disabled: false,
             disabled_reason: None,
         }
+    }
+
+    #[test]
+    fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends() {
+        let now = Utc::now();
+        let mut s = sub(None, None);
+        assert_eq!(s.signing_secrets(now).collect::<Vec<_>>(), ["new"]);
+        s.previous_secret = Some("old".into());
+        s.previous_secret_until = Some(now + chrono::Duration::hours(24));
+        assert_eq!(s.signing_secrets(now).collect::<Vec<_>>(), ["new", "old"]);
+        let later = now + chrono::Duration::hours(25);
+        assert_eq!(s.signing_secrets(later).collect::<Vec<_>>(), ["new"]);
     }
 
     #[test]

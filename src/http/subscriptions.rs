@@ -16,8 +16,11 @@ use crate::webhooks::{guard, signing};
 
 const JSON: &[&str] = &["application/json"];
 
-/// Events scanned from the global log per replay request.
-const REPLAY_SCAN: usize = 100_000;
+/// Events read from the global log per page while a replay looks for its window.
+const REPLAY_PAGE: usize = 5_000;
+
+/// How long the secret before a rotation keeps signing deliveries beside the new one.
+const PREVIOUS_SECRET_GRACE: chrono::Duration = chrono::Duration::hours(24);
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -36,6 +39,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/events/api/v1/subscriptions/{id}/replay").route(web::post().to(replay)),
+    )
+    .service(
+        web::resource("/events/api/v1/subscriptions/{id}/secret/rotate")
+            .route(web::post().to(rotate_secret)),
     )
     .service(web::resource("/admin/v1/dead-letters").route(web::get().to(dead_letters)))
     .service(web::resource("/admin/v1/dead-letters/redrive").route(web::post().to(redrive)));
@@ -145,21 +152,24 @@ async fn create(
         created: Utc::now(),
         validated: false,
         secret: signing::new_secret(),
+        previous_secret: None,
+        previous_secret_until: None,
         disabled: false,
         disabled_reason: None,
     };
-    // Re-POSTing an identical subscription returns the existing one and re-sends validation.
+    // Re-POSTing an identical subscription returns the existing one (never its secret, which is
+    // shown only at creation) and re-sends validation.
     let existing = state
         .store
         .subscriptions()
         .await?
         .into_iter()
         .find(|s| s.same_as(&candidate));
-    let (subscription, status) = match existing {
-        Some(s) => (s, actix_web::http::StatusCode::OK),
+    let (subscription, status, created) = match existing {
+        Some(s) => (s, actix_web::http::StatusCode::OK, false),
         None => {
             state.store.put_subscription(&candidate).await?;
-            (candidate, actix_web::http::StatusCode::CREATED)
+            (candidate, actix_web::http::StatusCode::CREATED, true)
         }
     };
     // A new subscription is validated; a re-POST re-sends the validation (a validated one keeps
@@ -170,7 +180,25 @@ async fn create(
             "Location",
             format!("/events/api/v1/subscriptions/{}", subscription.id),
         ))
-        .json(view(&subscription, true)))
+        .json(view(&subscription, created)))
+}
+
+/// `POST …/{id}/secret/rotate`: a new secret, shown once; the old one keeps signing beside it
+/// (a second `v1,` signature) for 24 hours.
+async fn rotate_secret(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let mut s = own(&state, &caller, &path).await?;
+    let now = Utc::now();
+    s.previous_secret = Some(std::mem::replace(&mut s.secret, signing::new_secret()));
+    s.previous_secret_until = Some(now + PREVIOUS_SECRET_GRACE);
+    state.store.put_subscription(&s).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "secret": s.secret,
+        "previousSecretExpires": s.previous_secret_until,
+    })))
 }
 
 /// The caller's own subscription `id` (404 for others', as if it did not exist).
@@ -246,22 +274,36 @@ async fn replay(
     let policy = state.store.policy().await?;
     let party =
         crate::domain::Party::parse(&s.consumer).map_err(|e| ApiError::Internal(e.into()))?;
-    let events: Vec<_> = state
-        .store
-        .read_global(0, REPLAY_SCAN)
-        .await?
-        .into_iter()
-        .map(|e| e.event)
-        .filter(|e| {
-            let at = DateTime::parse_from_rfc3339(&e.time).map(|t| t.with_timezone(&Utc));
-            at.is_ok_and(|t| t >= range.from && t <= range.to)
-                && s.matches(e)
-                && e.resource
-                    .as_deref()
-                    .and_then(|r| ResourceUrn::parse(r).ok())
-                    .is_some_and(|r| policy.may_receive(&party, &r, e.subject.as_deref()))
-        })
-        .collect();
+    let wanted = |e: &crate::domain::CloudEvent| {
+        let at = DateTime::parse_from_rfc3339(&e.time).map(|t| t.with_timezone(&Utc));
+        at.is_ok_and(|t| t >= range.from && t <= range.to)
+            && s.matches(e)
+            && e.resource
+                .as_deref()
+                .and_then(|r| ResourceUrn::parse(r).ok())
+                .is_some_and(|r| policy.may_receive(&party, &r, e.subject.as_deref()))
+    };
+    // The whole retained log is read page by page; of the matching events the newest
+    // `webhooks.replay_max` are kept (oldest first), so a long window never loses its recent end.
+    let max = state.settings.webhooks.replay_max;
+    let mut events = std::collections::VecDeque::new();
+    let mut after = 0;
+    loop {
+        let page = state.store.read_global(after, REPLAY_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        let full = page.len() == REPLAY_PAGE;
+        for entry in page.into_iter().filter(|e| wanted(&e.event)) {
+            if events.len() == max {
+                events.pop_front();
+            }
+            events.push_back(entry.event);
+        }
+        if !full {
+            break;
+        }
+    }
+    let events: Vec<_> = events.into();
     let n = state
         .dispatcher
         .send(Redeliver {

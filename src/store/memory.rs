@@ -525,6 +525,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn init_cursor(
+        &self,
+        name: &str,
+        position: LogPosition,
+    ) -> Result<LogPosition, StoreError> {
+        Ok(*self
+            .lock()
+            .cursors
+            .entry(name.to_owned())
+            .or_insert(position))
+    }
+
     async fn heartbeat(&self, node: &NodeInfo, ttl: std::time::Duration) -> Result<(), StoreError> {
         self.lock().node = Some((node.clone(), std::time::Instant::now() + ttl));
         Ok(())

@@ -254,6 +254,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError>;
 
+    /// Saves `position` as cursor `name` unless one is saved already; returns the saved cursor.
+    async fn init_cursor(
+        &self,
+        name: &str,
+        position: LogPosition,
+    ) -> Result<LogPosition, StoreError>;
+
     /// Announces `node` as alive for `ttl`.
     async fn heartbeat(&self, node: &NodeInfo, ttl: std::time::Duration) -> Result<(), StoreError>;
 

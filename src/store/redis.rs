@@ -863,6 +863,19 @@ impl Store for RedisStore {
             .await
     }
 
+    async fn init_cursor(
+        &self,
+        name: &str,
+        position: LogPosition,
+    ) -> Result<LogPosition, StoreError> {
+        let key = self.key(&format!("cursor:{name}"));
+        self.with(|mut c| async move {
+            let _: bool = c.set_nx(&key, position).await?;
+            c.get(&key).await
+        })
+        .await
+    }
+
     async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
         let key = self.key(&format!("node:{}", node.id));
         let json = serde_json::to_string(node).map_err(unavailable)?;

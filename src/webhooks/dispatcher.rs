@@ -94,6 +94,8 @@ struct Lane {
     queue: VecDeque<Delivery>,
     /// An attempt is in flight or a retry is scheduled: the head must finish first.
     busy: bool,
+    /// The lane is in its endpoint's `waiting` queue (kept so that queue needs no search).
+    waiting: bool,
     /// Bumped when the lane is reset (a re-sent validation): results and retry timers of an
     /// earlier generation are ignored.
     generation: u64,
@@ -138,6 +140,8 @@ pub struct Dispatcher {
     client: Option<awc::Client>,
     cursor: LogPosition,
     polling: bool,
+    /// A wake-up came while a poll was running: poll again when it ends.
+    woken: bool,
     /// Deliveries a previous dispatcher left unfinished (subscription, position), loaded when this
     /// node took over: log events already among them are not queued twice.
     inherited: std::collections::HashSet<(Uuid, LogPosition)>,
@@ -169,6 +173,7 @@ impl Dispatcher {
             client: None,
             cursor: 0,
             polling: false,
+            woken: false,
             subs: HashMap::new(),
             inherited: Default::default(),
             lanes: HashMap::new(),
@@ -253,7 +258,10 @@ impl Dispatcher {
             let limit = self.settings.max_in_flight_per_endpoint;
             let e = self.endpoints.entry(k.clone()).or_default();
             if e.in_flight >= limit {
-                if !e.waiting.contains(&key) {
+                if let Some(lane) = self.lanes.get_mut(&key)
+                    && !lane.waiting
+                {
+                    lane.waiting = true;
                     e.waiting.push_back(key);
                 }
                 return;
@@ -641,11 +649,11 @@ impl Dispatcher {
             .get_mut(k)
             .and_then(|e| e.waiting.pop_front())
         {
-            if self
-                .lanes
-                .get(&lane)
-                .is_some_and(|l| !l.busy && !l.queue.is_empty())
-            {
+            let Some(l) = self.lanes.get_mut(&lane) else {
+                continue;
+            };
+            l.waiting = false;
+            if !l.busy && !l.queue.is_empty() {
                 self.pump(lane, ctx);
                 return;
             }
@@ -682,10 +690,9 @@ impl Dispatcher {
             let (cursor, inherited) = if was_leader {
                 (cursor, Vec::new())
             } else {
-                let saved = match store.cursor(LEASE).await? {
-                    Some(saved) => saved,
-                    None => store.global_head().await?,
-                };
+                // Saved before the node served (`start_position`), so nothing committed since
+                // then is skipped.
+                let saved = store.init_cursor(LEASE, 0).await?;
                 (saved, store.pending().await?)
             };
             let events = store.read_global(cursor, READ_BATCH).await?;
@@ -716,6 +723,9 @@ impl Dispatcher {
             act.cursor = polled.cursor;
             let Some(policy) = polled.policy else {
                 act.polling = false;
+                if std::mem::take(&mut act.woken) {
+                    act.poll(ctx);
+                }
                 return;
             };
             act.subs = polled.subs.iter().map(|s| (s.id, s.clone())).collect();
@@ -773,12 +783,20 @@ impl Dispatcher {
                 if let Err(e) = saved {
                     tracing::warn!(error = %e, "saving the dispatcher's pending deliveries failed");
                 }
-                if more {
+                if more || std::mem::take(&mut act.woken) {
                     act.poll(ctx);
                 }
             }));
         }));
     }
+}
+
+/// Saves where the dispatcher of a new store starts reading (the log's head: events from before
+/// are not delivered), unless a position is saved already. Called before the node serves, so every
+/// event committed after a subscription was created lies beyond it.
+pub async fn start_position(store: &dyn Store) -> Result<LogPosition, crate::store::StoreError> {
+    let head = store.global_head().await?;
+    store.init_cursor(LEASE, head).await
 }
 
 /// What one poll of the store brought.
@@ -825,8 +843,14 @@ fn endpoint_key(url: &str) -> String {
 
 /// One HTTP attempt.
 async fn send(client: &awc::Client, sub: &Subscription, d: &Delivery) -> Outcome {
-    let timestamp = Utc::now().timestamp();
-    let signature = signing::sign(&sub.secret, &d.id, timestamp, &d.body);
+    let now = Utc::now();
+    let timestamp = now.timestamp();
+    // Standard Webhooks: several signatures are separated by spaces; the receiver accepts any.
+    let signature = sub
+        .signing_secrets(now)
+        .map(|secret| signing::sign(secret, &d.id, timestamp, &d.body))
+        .collect::<Vec<_>>()
+        .join(" ");
     let request = client
         .post(&sub.end_point)
         .insert_header((
@@ -885,7 +909,16 @@ impl Handler<Wake> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
-        self.poll(ctx);
+        // A node standing by learns of its turn from its periodic poll; waking it would only
+        // ask for the lease again and again.
+        if !self.leader {
+            return;
+        }
+        if self.polling {
+            self.woken = true;
+        } else {
+            self.poll(ctx);
+        }
     }
 }
 
