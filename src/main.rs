@@ -1,4 +1,5 @@
-//! The `dialog-events` binary: `serve` starts a node, `token` mints a development-issuer token.
+//! The `dialog-events` binary: `serve` starts a node, `token` mints a development-issuer token
+//! (with the cluster's keys from Redis when `redis.url` is set).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -93,7 +94,22 @@ fn token(
         (None, Some(org)) => Some(Party::organization(&org).context("--org must be 9 digits")?),
         (None, None) => None,
     };
-    let keys = KeyStore::load_or_create(&settings.data_dir)?;
+    let keys = match &settings.redis.url {
+        None => KeyStore::load_or_create(&settings.data_dir)?,
+        // The nodes of a cluster sign and verify with the keys kept in Redis: use those.
+        Some(url) => actix_web::rt::System::new().block_on(async {
+            let store = dialog_events::store::RedisStore::new(
+                url,
+                &settings.redis.prefix,
+                settings.events.retention,
+            )?;
+            let json = store
+                .shared_keys(KeyStore::generate().to_json())
+                .await
+                .with_context(|| format!("failed to read the cluster's keys from {url}"))?;
+            KeyStore::from_json(&json).context("failed to read the cluster's keys from Redis")
+        })?,
+    };
     println!(
         "{}",
         dev_token(

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "common/redis.rs"]
+mod redis_server;
+
 const BIN: &str = env!("CARGO_BIN_EXE_dialog-events");
 const RESOURCE: &str = "urn:altinn:resource:cli-service";
 const ORG: &str = "991825827";
@@ -568,4 +571,31 @@ fn sigterm_makes_serve_exit_promptly_and_cleanly() {
         "graceful shutdown exits 0, got {status:?}; stderr: {}",
         server.stderr()
     );
+}
+
+#[test]
+fn in_redis_mode_a_cli_token_uses_the_cluster_keys_and_is_accepted_by_the_node() {
+    let redis = redis_server::RedisServer::start();
+    let env = [
+        ("DIALOG_EVENTS__REDIS__URL", redis.url.as_str()),
+        ("DIALOG_EVENTS__REDIS__PREFIX", "cli"),
+    ];
+    let node_dir = tempdir();
+    let server = Server::start(node_dir.path(), None, &env);
+    // Another data_dir: the token's key must come from Redis, not from any file.
+    let cli_dir = tempdir();
+    let mut cmd = command(cli_dir.path());
+    cmd.args(["token", "--scope", SO, "--org", ORG]);
+    cmd.envs(env);
+    let out = run(cmd);
+    assert!(out.status.success(), "token failed: {}", out.stderr);
+    let token = out.stdout.trim().to_owned();
+    let (status, body) = http(
+        server.port,
+        "GET",
+        "/api/v1/serviceowner/dialogs",
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
 }

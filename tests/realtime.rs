@@ -1292,3 +1292,25 @@ async fn an_invalid_operation_gets_the_graphql_errors_array_once_over_websocket_
     assert!(!errors.is_empty(), "{data}");
     assert!(errors.iter().all(|e| e["message"].is_string()), "{data}");
 }
+
+#[actix_web::test]
+async fn a_fragmented_message_over_max_frame_bytes_is_closed_with_1009_too() {
+    let node = start("[realtime]\nmax_frame_bytes = 1024").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    let mut ws = WsClient::connect(&node, TWS, None).await;
+    ws.init(Some(&token)).await;
+    // Three fragments of 600 bytes: each under the limit, together over it.
+    let text = json!({"type": "ping", "payload": {"pad": "x".repeat(1700)}}).to_string();
+    let bytes = text.as_bytes();
+    let (a, rest) = bytes.split_at(600);
+    let (b, c) = rest.split_at(600);
+    use actix_ws::{Item, Message};
+    ws.send_raw(Message::Continuation(Item::FirstText(a.to_vec().into())))
+        .await;
+    ws.send_raw(Message::Continuation(Item::Continue(b.to_vec().into())))
+        .await;
+    ws.send_raw(Message::Continuation(Item::Last(c.to_vec().into())))
+        .await;
+    assert_eq!(ws.close_code().await, Some(1009));
+}

@@ -128,11 +128,12 @@ impl KeyStore {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("failed to create data_dir {}", data_dir.display()))?;
         let keys = Self::generate();
-        // Write to a temporary file and rename so a concurrent reader never sees half a file.
+        // Write to a temporary file and rename so a concurrent reader never sees half a file. The
+        // file is created owner-only, so the private keys are never readable by others, not even
+        // for a moment.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, keys.to_json())
+        write_private(&tmp, keys.to_json().as_bytes())
             .with_context(|| format!("failed to write {}", tmp.display()))?;
-        restrict_permissions(&tmp);
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("failed to write {}", path.display()))?;
         Ok(keys)
@@ -161,16 +162,17 @@ impl KeyStore {
     }
 }
 
-#[cfg(unix)]
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    // Private keys: owner only. A failure leaves the default mode, which is logged by nobody on purpose:
-    // the file still works, and the data dir's own permissions are the operator's choice.
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+/// Creates `path` (which must not exist) with mode 0600 on Unix and writes `bytes` to it.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
-
-#[cfg(not(unix))]
-fn restrict_permissions(_path: &Path) {}
 
 #[cfg(test)]
 mod tests {
@@ -202,6 +204,19 @@ mod tests {
         );
         assert!(key.verify_jwt(&forged).is_none());
         assert!(SigningKey::generate().verify_jwt(&token).is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_key_file_is_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        KeyStore::load_or_create(dir.path()).expect("create");
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -51,13 +51,19 @@ pub fn method_not_allowed<B: MessageBody + 'static>() -> ErrorHandlers<B> {
 /// Bounds the time to receive a whole request body (`http.body_timeout`) on every route: the
 /// payload is read through a deadline, and a request whose body did not arrive in time is answered
 /// 408 and its connection closed, so a slow or stalled sender cannot hold a connection slot.
-/// WebSocket upgrades are left alone: their "body" is the socket's message stream.
+///
+/// A body the handler left unread (an early 401, 413 or 415) is read to its end here, within the
+/// same deadline and at most `http.max_body` more bytes, before the answer goes out: the connection
+/// then stays usable, and the server never needs to linger on a half-read connection (which is
+/// what lets a WebSocket close at once, see `App::build`). A body beyond that is not waited for:
+/// the answer says `Connection: close`. WebSocket upgrades are left alone: their "body" is the
+/// socket's message stream.
 pub async fn body_deadline(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
     use std::task::Poll;
 
     use actix_web::HttpMessage;
@@ -70,28 +76,29 @@ pub async fn body_deadline(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0");
     let upgrade = headers.contains_key(actix_web::http::header::UPGRADE);
-    let timeout = req
+    let limits = req
         .app_data::<web::Data<AppState>>()
-        .map(|s| s.settings.http.body_timeout);
-    let Some(timeout) = timeout.filter(|_| has_body && !upgrade) else {
+        .map(|s| (s.settings.http.body_timeout, s.settings.http.max_body));
+    let Some((timeout, max_body)) = limits.filter(|_| has_body && !upgrade) else {
         return next.call(req).await.map(|r| r.map_into_left_body());
     };
-    let expired = Arc::new(AtomicBool::new(false));
-    let flag = expired.clone();
-    let mut inner = req.take_payload();
-    let mut deadline = Box::pin(tokio::time::sleep(timeout));
-    let mut done = false;
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Shared by the handler's view of the payload and the drain below; one worker thread.
+    let inner = Rc::new(RefCell::new(req.take_payload()));
+    let finished = Rc::new(Cell::new(false));
+    let expired = Rc::new(Cell::new(false));
+    let (source, done, late) = (inner.clone(), finished.clone(), expired.clone());
+    let mut sleep = Box::pin(tokio::time::sleep_until(deadline));
     let guarded = futures::stream::poll_fn(move |cx| {
-        if done {
+        if done.get() || late.get() {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(item) = inner.poll_next_unpin(cx) {
-            done = item.is_none();
+        if let Poll::Ready(item) = source.borrow_mut().poll_next_unpin(cx) {
+            done.set(!matches!(item, Some(Ok(_))));
             return Poll::Ready(item);
         }
-        if deadline.poll_unpin(cx).is_ready() {
-            flag.store(true, Ordering::Relaxed);
-            done = true;
+        if sleep.poll_unpin(cx).is_ready() {
+            late.set(true);
             return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
                 std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -104,8 +111,34 @@ pub async fn body_deadline(
     req.set_payload(actix_web::dev::Payload::Stream {
         payload: Box::pin(guarded),
     });
-    let res = next.call(req).await?;
-    if !expired.load(Ordering::Relaxed) {
+    let mut res = next.call(req).await?;
+    if !finished.get() && !expired.get() {
+        let drain = async {
+            let mut discarded = 0usize;
+            loop {
+                let chunk = futures::future::poll_fn(|cx| inner.borrow_mut().poll_next_unpin(cx));
+                match chunk.await {
+                    None => return true,
+                    Some(Ok(bytes)) => {
+                        discarded += bytes.len();
+                        if discarded > max_body {
+                            return false;
+                        }
+                    }
+                    Some(Err(_)) => return false,
+                }
+            }
+        };
+        let drained = tokio::time::timeout_at(deadline, drain)
+            .await
+            .unwrap_or(false);
+        if !drained {
+            res.response_mut()
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+        }
+    }
+    if !expired.get() {
         return Ok(res.map_into_left_body());
     }
     let (req, _) = res.into_parts();

@@ -181,6 +181,10 @@ impl Connection {
                     let step = match msg {
                         None => return None,
                         Some(Err(ProtocolError::Overflow)) => Step::Close(1009, "Message too big".into()),
+                        // A fragmented message whose fragments add up to more than the limit.
+                        Some(Err(ProtocolError::Io(e))) if is_continuation_overflow(&e) => {
+                            Step::Close(1009, "Message too big".into())
+                        }
                         Some(Err(e)) => Step::Close(4400, format!("Invalid message received: {e}")),
                         Some(Ok(AggregatedMessage::Text(text))) => self.on_text(&text).await,
                         Some(Ok(AggregatedMessage::Binary(_))) => Step::Close(4400, "Invalid message received".into()),
@@ -383,6 +387,13 @@ impl Connection {
         self.ops.insert(id.to_owned(), task);
         Step::Continue
     }
+}
+
+/// actix-ws reports a fragmented message over `max_continuation_size` only as an I/O error with
+/// this text.
+fn is_continuation_overflow(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Other
+        && e.to_string().contains("Exceeded maximum continuation size")
 }
 
 /// The dialog token of a `connection_init` payload: `{"Authorization": "Bearer …"}` (any case), or
