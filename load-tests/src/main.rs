@@ -42,6 +42,9 @@ struct Cli {
     /// PID of the node, to report its CPU time and memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Also write the result JSON to this file (the bench script reads it).
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -108,6 +111,14 @@ enum Scenario {
         /// PIDs of those nodes, comma-separated, to sum their memory.
         #[arg(long, value_delimiter = ',')]
         server_pids: Vec<u32>,
+    },
+    /// N subscribers over D dialogs close their sockets at once: how long the server takes to
+    /// answer each close frame, and to close the TCP connection after it.
+    Closes {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 10)]
+        dialogs: usize,
     },
     /// One client process of `connections --processes N` (started by it).
     #[command(hide = true)]
@@ -307,11 +318,92 @@ fn save(
     let path = dir.join(format!("{stem}.json"));
     let doc = json!({"scenario": scenario, "machine": machine(), "parameters": params, "figures": figures});
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    if let Some(out) = OUT.get() {
+        std::fs::write(out, serde_json::to_string_pretty(&doc)?)?;
+    }
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(path)
 }
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+
+/// `--out`, set once in `main`.
+static OUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+async fn closes(cli: &Cli, t: &Tokens, count: usize, dialogs: usize) -> anyhow::Result<()> {
+    let c = client();
+    let ids = setup(&c, &cli.target, t, dialogs).await?;
+    let mut dialog_tokens = Vec::new();
+    for id in &ids {
+        dialog_tokens.push(dialog_token(&c, &cli.target, t, id).await?);
+    }
+    let mut sockets = Vec::with_capacity(count);
+    for batch in (0..count).collect::<Vec<_>>().chunks(100) {
+        let opened = futures::future::join_all(batch.iter().map(|i| {
+            let d = i % ids.len();
+            subscribe(&c, &cli.target, &ids[d], &dialog_tokens[d])
+        }))
+        .await;
+        for s in opened {
+            sockets.push(s?);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = cli.server_pid.map(|p| p.to_string());
+    let server_cpu0 = pid.as_deref().and_then(cpu_seconds);
+    let started = Instant::now();
+    // Every socket sends its close frame at once, then times the server's close frame and the
+    // end of the TCP stream (each bounded by 10 s).
+    let timings = futures::future::join_all(sockets.into_iter().map(|mut socket| async move {
+        let sent = Instant::now();
+        socket
+            .send(ws::Message::Close(Some(ws::CloseCode::Normal.into())))
+            .await
+            .ok()?;
+        let mut close_frame = None;
+        let deadline = sent + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline.into(), socket.next()).await {
+                Ok(Some(Ok(ws::Frame::Close(_)))) => {
+                    close_frame = Some(sent.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) | Ok(None) => {
+                    return Some((close_frame, sent.elapsed().as_secs_f64() * 1000.0));
+                }
+                Err(_) => return Some((close_frame, f64::INFINITY)),
+            }
+        }
+    }))
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    let (mut frame_ms, mut eof_ms, mut failed) = (Vec::new(), Vec::new(), 0usize);
+    for t in &timings {
+        match t {
+            Some((Some(f), e)) if e.is_finite() => {
+                frame_ms.push(*f);
+                eof_ms.push(*e);
+            }
+            _ => failed += 1,
+        }
+    }
+    let figures = json!({
+        "closed": frame_ms.len(),
+        "failed": failed,
+        "close_frame_ms": percentiles(frame_ms),
+        "tcp_close_ms": percentiles(eof_ms),
+        "seconds": secs,
+        "server_cpu_seconds": pid.as_deref().and_then(cpu_seconds).zip(server_cpu0).map(|(a, b)| a - b),
+    });
+    save(
+        "closes",
+        json!({"target": cli.target, "count": count, "dialogs": dialogs}),
+        figures,
+        &[],
+        "ms",
+    )?;
+    Ok(())
+}
 
 /// Opens a graphql-transport-ws subscription to `dialog`, authorized by a fresh dialog token.
 async fn subscribe(
@@ -537,7 +629,10 @@ async fn fanout(
     };
     let (results, ()) = futures::future::join(futures::future::join_all(readers), writer).await;
     let secs = started.elapsed().as_secs_f64();
-    // Commit times from the poll API (server wall clock, same machine).
+    // Commit times from the poll API (server wall clock, same machine), on a fresh client: the
+    // run's pool may hold connections the node closed meanwhile. A page is asked again on a
+    // transport error.
+    let c = client();
     let mut commit: HashMap<(String, i64), chrono::DateTime<chrono::Utc>> = HashMap::new();
     let mut after = "0".to_owned();
     loop {
@@ -545,7 +640,18 @@ async fn fanout(
             "{}/events/api/v1/events?resource={RESOURCE}&after={after}&size=1000",
             cli.target
         );
-        let (_, page) = request(&c, "GET", &url, &t.owner, None).await?;
+        let mut attempt = 0;
+        let page = loop {
+            match request(&c, "GET", &url, &t.owner, None).await {
+                Ok((_, page)) => break page,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    eprintln!("reading commit times: {e}; asking again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let Some(events) = page.as_array().filter(|a| !a.is_empty()) else {
             break;
         };
@@ -1001,6 +1107,9 @@ async fn webhooks(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(out) = &cli.out {
+        let _ = OUT.set(out.clone());
+    }
     let t = tokens(&cli)?;
     actix_web::rt::System::new().block_on(async {
         match &cli.scenario {
@@ -1053,6 +1162,7 @@ fn main() -> anyhow::Result<()> {
                 hold,
                 ..
             } => connections(&cli, &t, *count, *dialogs, *hold).await,
+            Scenario::Closes { count, dialogs } => closes(&cli, &t, *count, *dialogs).await,
             Scenario::ConnectionsWorker {
                 plan,
                 count,
