@@ -1580,8 +1580,9 @@ async fn replay_redelivers_the_newest_matching_events_of_its_window_up_to_replay
     .await;
     tokio::time::sleep(QUIET).await;
     let events = rx.events();
-    let replayed = received_ids(&events[originals..]);
-    assert_eq!(replayed, all[3..], "the newest three, oldest first");
+    // Each dialog is its own lane, so arrival order across dialogs is free.
+    let replayed = sorted(received_ids(&events[originals..]));
+    assert_eq!(replayed, sorted(all[3..].to_vec()), "the newest three");
 }
 
 #[actix_web::test]

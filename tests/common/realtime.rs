@@ -76,7 +76,10 @@ impl WsClient {
                         return Incoming::Json(v);
                     }
                     if matches!(v["type"].as_str(), Some("ping")) {
-                        self.send(json!({"type": "pong"})).await;
+                        // After our close frame the server may already have closed the socket:
+                        // a keep-alive still in flight is answered only if it can be.
+                        let pong = json!({"type": "pong"}).to_string();
+                        let _ = self.framed.send(ws::Message::Text(pong.into())).await;
                         continue;
                     }
                     if matches!(v["type"].as_str(), Some("pong" | "ka")) {
