@@ -327,6 +327,29 @@ fn save(
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
 
+/// Opens `count` subscriptions spread over `ids` (subscriber i on dialog i mod n), `batch` at a time.
+async fn open_subscribers(
+    c: &awc::Client,
+    target: &str,
+    ids: &[String],
+    dialog_tokens: &[String],
+    count: usize,
+    batch: usize,
+) -> anyhow::Result<Vec<Socket>> {
+    let mut sockets = Vec::with_capacity(count);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(batch) {
+        let opened = futures::future::join_all(chunk.iter().map(|i| {
+            let d = i % ids.len();
+            subscribe(c, target, &ids[d], &dialog_tokens[d])
+        }))
+        .await;
+        for s in opened {
+            sockets.push(s?);
+        }
+    }
+    Ok(sockets)
+}
+
 /// `--out`, set once in `main`.
 static OUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
@@ -337,17 +360,7 @@ async fn closes(cli: &Cli, t: &Tokens, count: usize, dialogs: usize) -> anyhow::
     for id in &ids {
         dialog_tokens.push(dialog_token(&c, &cli.target, t, id).await?);
     }
-    let mut sockets = Vec::with_capacity(count);
-    for batch in (0..count).collect::<Vec<_>>().chunks(100) {
-        let opened = futures::future::join_all(batch.iter().map(|i| {
-            let d = i % ids.len();
-            subscribe(&c, &cli.target, &ids[d], &dialog_tokens[d])
-        }))
-        .await;
-        for s in opened {
-            sockets.push(s?);
-        }
-    }
+    let sockets = open_subscribers(&c, &cli.target, &ids, &dialog_tokens, count, 100).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = cli.server_pid.map(|p| p.to_string());
     let server_cpu0 = pid.as_deref().and_then(cpu_seconds);
@@ -729,17 +742,7 @@ async fn connections(
     }
     let rss0 = cli.server_pid.and_then(rss_kib);
     let started = Instant::now();
-    let mut sockets = Vec::with_capacity(count);
-    for batch in (0..count).collect::<Vec<_>>().chunks(200) {
-        let opened = futures::future::join_all(batch.iter().map(|i| {
-            let d = i % ids.len();
-            subscribe(&c, &cli.target, &ids[d], &dialog_tokens[d])
-        }))
-        .await;
-        for s in opened {
-            sockets.push(s?);
-        }
-    }
+    let sockets = open_subscribers(&c, &cli.target, &ids, &dialog_tokens, count, 200).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(hold)).await;
     let rss1 = cli.server_pid.and_then(rss_kib);
