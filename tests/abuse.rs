@@ -250,14 +250,3 @@ async fn connections_over_the_per_party_cap_are_refused_with_4429_and_429() {
     }
     drop(second);
 }
-
-async fn post_activity(node: &TestNode, id: &str) {
-    let r = node
-        .post(
-            &format!("/api/v1/serviceowner/dialogs/{id}/activities"),
-            &node.tokens.owner_a,
-            &json!({"type": "Information"}),
-        )
-        .await;
-    assert_eq!(r.status.as_u16(), 201, "activity: {}", r.body);
-}

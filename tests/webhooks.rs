@@ -1639,18 +1639,11 @@ async fn events_committed_right_after_start_reach_a_subscription_made_before_the
     )
     .await;
     let rx = Receiver::start().await;
-    let r = node
-        .post(
-            SUBS,
-            &node.tokens.owner_a,
-            &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-        )
-        .await;
-    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
-    let sub = id_of(&r.body);
-    eventually(SOON, "validated", || async {
-        node.get(&sub_path(&sub), &node.tokens.owner_a).await.body["validated"] == true
-    })
+    subscribe_validated(
+        &node,
+        &node.tokens.owner_a,
+        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
+    )
     .await;
     let d = node.create_dialog(&dialog_body()).await;
     add_activity(&node, &d, "Information").await;

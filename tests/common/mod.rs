@@ -389,6 +389,18 @@ impl TestNode {
     }
 }
 
+/// Adds an `Information` activity to dialog `id` as ORG_A (one change, two events).
+pub async fn post_activity(node: &TestNode, id: &str) {
+    let r = node
+        .post(
+            &format!("/api/v1/serviceowner/dialogs/{id}/activities"),
+            &node.tokens.owner_a,
+            &json!({"type": "Information"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "activity: {}", r.body);
+}
+
 /// Event types of a list of events.
 pub fn types(events: &[Value]) -> Vec<String> {
     events
