@@ -14,10 +14,11 @@ use tokio::task::JoinHandle;
 use crate::auth::{DialogTokens, KeyStore, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::Settings;
+use crate::config::StoreKind;
 use crate::dialogs::{DialogDeps, DialogRegistry};
 use crate::domain::Party;
 use crate::http::AppState;
-use crate::store::{MemoryStore, NodeInfo, RedisStore, Store};
+use crate::store::{EmbeddedStore, MemoryStore, NodeInfo, RedisStore, Store};
 use crate::telemetry::Metrics;
 
 /// How often held-back events are checked for release.
@@ -36,6 +37,37 @@ pub struct App {
     arbiters: Vec<Arbiter>,
     /// Background loops (envelope routing, log maintenance); aborted when the server has stopped.
     tasks: Vec<JoinHandle<()>>,
+    /// The exclusive lock on `data_dir` (embedded and memory modes), held while the node lives.
+    _data_lock: Option<std::fs::File>,
+}
+
+/// File in `data_dir` whose exclusive lock says a node uses the directory; the OS releases it
+/// when the process ends, however it ends.
+const LOCK_FILE: &str = "LOCK";
+
+/// Takes the exclusive lock of `data_dir`, or says which directory another process holds.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("failed to create data_dir {}", data_dir.display()))?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "data_dir {} is in use by another dialog-events process (it holds {}); \
+             stop that node or give this one another data_dir",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("failed to lock {}", path.display()))
+        }
+    }
 }
 
 impl App {
@@ -60,19 +92,26 @@ impl App {
         };
         let metrics = Metrics::new(&node_id);
         let (sink, mut envelopes) = tokio::sync::mpsc::unbounded_channel();
+        let mut data_lock = None;
         let (store, bus, keys): (Arc<dyn Store>, Arc<dyn Bus>, KeyStore) = match &settings.redis.url
         {
             None => {
-                let policy = crate::auth::Policy::new(
-                    settings.resources.clone(),
-                    settings.delegations.clone(),
-                );
+                data_lock = Some(lock_data_dir(&settings.data_dir)?);
                 let keys = KeyStore::load_or_create(&settings.data_dir)?;
-                (
-                    Arc::new(MemoryStore::new(policy)),
-                    Arc::new(MemoryBus::new(sink)),
-                    keys,
-                )
+                let store: Arc<dyn Store> = match settings.store.kind {
+                    StoreKind::Embedded => Arc::new(EmbeddedStore::open(
+                        &settings.data_dir,
+                        settings.store.sync,
+                        settings.store.sync_interval,
+                        &settings.resources,
+                        &settings.delegations,
+                    )?),
+                    StoreKind::Memory => Arc::new(MemoryStore::new(crate::auth::Policy::new(
+                        settings.resources.clone(),
+                        settings.delegations.clone(),
+                    ))),
+                };
+                (store, Arc::new(MemoryBus::new(sink)), keys)
             }
             Some(url) => {
                 let redis =
@@ -229,6 +268,7 @@ impl App {
             keys,
             arbiters,
             tasks,
+            _data_lock: data_lock,
         })
     }
 

@@ -25,6 +25,7 @@ pub struct Settings {
     pub node: NodeSettings,
     pub log: LogSettings,
     pub redis: RedisSettings,
+    pub store: StoreSettings,
     pub auth: AuthSettings,
     pub dialogs: DialogSettings,
     pub events: EventSettings,
@@ -79,6 +80,33 @@ pub struct RedisSettings {
     #[serde(default)]
     pub url: Option<String>,
     pub prefix: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Durable, in a redb file under `data_dir`.
+    Embedded,
+    /// In memory only: lost on exit.
+    Memory,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// A write is answered after it is fsynced (many writes share one fsync).
+    Always,
+    /// fsync at most every `store.sync_interval`; a crash loses at most that much.
+    Interval,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub kind: StoreKind,
+    pub sync: SyncMode,
+    #[serde(deserialize_with = "duration")]
+    pub sync_interval: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -286,6 +314,9 @@ impl Settings {
         }
         if self.http.body_timeout.is_zero() {
             bail!("invalid configuration: http.body_timeout must be greater than 0");
+        }
+        if self.store.sync_interval.is_zero() {
+            bail!("invalid configuration: store.sync_interval must be greater than 0");
         }
         if self.graphql.max_batch == 0 {
             bail!("invalid configuration: graphql.max_batch must be greater than 0");

@@ -1,6 +1,8 @@
 //! The `Store` seam: dialogs, each dialog's own event log, the global event log (poll API), held-back
-//! events and the resource registry. `memory` is the embedded default; a Redis backend plugs in here.
+//! events and the resource registry. `embedded` (a redb file under `data_dir`) is the durable
+//! default of a single node, `memory` keeps everything in memory, `redis` is shared by a cluster.
 
+pub mod embedded;
 pub mod memory;
 pub mod redis;
 
@@ -19,9 +21,10 @@ use crate::domain::{
 };
 
 pub use self::redis::RedisStore;
+pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The dialog's sequence moved since it was read: another writer committed first. Reload and retry.
     #[error("concurrent change")]

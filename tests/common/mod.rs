@@ -109,9 +109,14 @@ pub struct Tokens {
 }
 
 /// Which backend the suite runs against: `DIALOG_EVENTS_TEST_BACKEND=redis` runs every node on a
-/// `redis-server` of its test; anything else (the default) runs the embedded in-memory mode.
+/// `redis-server` of its test, `memory` on the in-memory store; anything else (the default) runs
+/// the embedded durable store in the node's own data_dir.
 pub fn redis_backend() -> bool {
     std::env::var("DIALOG_EVENTS_TEST_BACKEND").is_ok_and(|v| v == "redis")
+}
+
+fn memory_backend() -> bool {
+    std::env::var("DIALOG_EVENTS_TEST_BACKEND").is_ok_and(|v| v == "memory")
 }
 
 /// A Redis server and key prefix shared by the nodes of one test.
@@ -166,6 +171,7 @@ pub async fn start_on(extra: &str, shared: Option<Shared>) -> TestNode {
     let data_dir = format!("data_dir = {:?}", dir.path().display().to_string());
     let redis = match &shared {
         Some(s) => format!("[redis]\nurl = {:?}\nprefix = {:?}", s.redis.url, s.prefix),
+        None if memory_backend() => "[store]\nkind = \"memory\"".to_owned(),
         None => String::new(),
     };
     let settings = Settings::from_toml_layers(&[&data_dir, &base_config(), &redis, extra])

@@ -1,0 +1,1203 @@
+//! The embedded, durable `Store`: one redb database file under `data_dir`, the default of a single
+//! node. It keeps everything the Redis store keeps. Reads run on the caller's thread (MVCC
+//! snapshots); every write goes to one writer thread, which applies whatever is waiting in one
+//! transaction and answers all of them after one commit (group commit), fsynced before the answer
+//! with `store.sync = "always"`.
+//!
+//! Tables (composite keys are big-endian bytes, strings length-prefixed, so keys sort as wanted):
+//! `dialogs` id → {sequence, state}; `dlog` (id, seq) → event; `dch` (id, last) → change;
+//! `glog` position → {resource, appended, event}; `by_resource` (resource, position);
+//! `ev_index` (resource, event id) → position; `ext` (resource, source, id) → appended;
+//! `held` (release ms, n) → events; `held_until` id → ms; `meta`, `cursors`; `registry`;
+//! `subs`, `deliveries` (sub, n), `dead`, `pending`.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{
+    Change, Commit, DialogQuery, EventFilter, LogEntry, LogPosition, NodeInfo, Store, StoreError,
+};
+use crate::auth::Policy;
+use crate::config::{DelegationEntry, ResourceEntry, SyncMode};
+use crate::domain::{
+    CloudEvent, DeadLetter, DeliveryRecord, Dialog, PendingDelivery, ResourceUrn, Subscription,
+};
+
+/// Version of the on-disk format, kept in `meta`. A binary opens its own version and refuses a
+/// newer one; an older one would be migrated here.
+pub const FORMAT_VERSION: u64 = 1;
+/// File name of the database inside `data_dir`.
+pub const FILE_NAME: &str = "store.redb";
+/// Events and changes kept per dialog in its own logs (as the other stores).
+const DIALOG_LOG_KEEP: u64 = 1000;
+/// Most writes applied in one transaction: bounds one commit's latency under a flood.
+const MAX_BATCH: usize = 2048;
+
+type Bytes = &'static [u8];
+const DIALOGS: TableDefinition<u128, Bytes> = TableDefinition::new("dialogs");
+const DLOG: TableDefinition<Bytes, Bytes> = TableDefinition::new("dlog");
+const DCH: TableDefinition<Bytes, Bytes> = TableDefinition::new("dch");
+const GLOG: TableDefinition<u64, Bytes> = TableDefinition::new("glog");
+const BY_RESOURCE: TableDefinition<Bytes, ()> = TableDefinition::new("by_resource");
+const EV_INDEX: TableDefinition<Bytes, u64> = TableDefinition::new("ev_index");
+const EXT: TableDefinition<Bytes, i64> = TableDefinition::new("ext");
+const HELD: TableDefinition<Bytes, Bytes> = TableDefinition::new("held");
+const HELD_UNTIL: TableDefinition<u128, i64> = TableDefinition::new("held_until");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+const REGISTRY: TableDefinition<&str, Bytes> = TableDefinition::new("registry");
+const SUBS: TableDefinition<u128, Bytes> = TableDefinition::new("subs");
+const DELIVERIES: TableDefinition<Bytes, Bytes> = TableDefinition::new("deliveries");
+const DEAD: TableDefinition<u128, Bytes> = TableDefinition::new("dead");
+const PENDING: TableDefinition<&str, Bytes> = TableDefinition::new("pending");
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(unavailable)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(unavailable)
+}
+
+/// (id, n) as 24 sortable bytes.
+fn id_key(id: Uuid, n: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(id.as_bytes());
+    k[16..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Strings, each as a 4-byte length and its bytes: no choice of strings makes two keys meet.
+fn str_key(parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum::<usize>() + 8);
+    for p in parts {
+        k.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+/// A string part followed by a number, sorting by the number within the string.
+fn str_num_key(s: &str, n: u64) -> Vec<u8> {
+    let mut k = str_key(&[s]);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn held_key(release_ms: i64, n: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    // Release times are after 1970: the sign bit is clear, so big-endian bytes sort by time.
+    k[..8].copy_from_slice(&(release_ms.max(0) as u64).to_be_bytes());
+    k[8..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredDialog {
+    sequence: u64,
+    /// `None` once purged: the id stays taken and its sequence keeps counting.
+    dialog: Option<Dialog>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEntry {
+    resource: String,
+    appended_ms: i64,
+    event: CloudEvent,
+}
+
+/// A write for the writer thread: applies itself to the batch's transaction and says how to answer
+/// once the batch is committed (or not).
+type Job = Box<dyn FnOnce(&WriteTransaction) -> Applied + Send>;
+
+struct Applied {
+    /// The job failed in a way that may have left half its writes: the whole batch is dropped.
+    fatal: bool,
+    answer: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    /// To the writer thread; dropping the store closes it, and the thread then ends (after a
+    /// last fsync in `interval` mode).
+    jobs: Mutex<mpsc::Sender<Job>>,
+    /// The registry and delegations, as last committed (every change goes through this store).
+    policy: Mutex<Arc<Policy>>,
+    /// The single node of the embedded mode, with its heartbeat expiry.
+    node: Mutex<Option<(NodeInfo, Instant)>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database in `data_dir`, checks its format version, and adds the
+    /// configured registry entries to the stored ones.
+    pub fn open(
+        data_dir: &Path,
+        sync: SyncMode,
+        sync_interval: Duration,
+        resources: &[ResourceEntry],
+        delegations: &[DelegationEntry],
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("failed to create data_dir {}", data_dir.display()))?;
+        let path = data_dir.join(FILE_NAME);
+        let db = Database::create(&path)
+            .with_context(|| format!("failed to open the store {}", path.display()))?;
+        let db = Arc::new(db);
+        let txn = db.begin_write()?;
+        let (version, policy) = {
+            let mut meta = txn.open_table(META)?;
+            let saved = meta.get("version")?.map(|v| v.value());
+            let version = match saved {
+                Some(v) => v,
+                None => {
+                    meta.insert("version", FORMAT_VERSION)?;
+                    FORMAT_VERSION
+                }
+            };
+            for t in ["next_position", "held_counter", "delivery_counter"] {
+                let missing = meta.get(t)?.is_none();
+                if missing {
+                    meta.insert(t, 0)?;
+                }
+            }
+            // Create every table, so readers never meet a missing one.
+            txn.open_table(DIALOGS)?;
+            txn.open_table(DLOG)?;
+            txn.open_table(DCH)?;
+            txn.open_table(GLOG)?;
+            txn.open_table(BY_RESOURCE)?;
+            txn.open_table(EV_INDEX)?;
+            txn.open_table(EXT)?;
+            txn.open_table(HELD)?;
+            txn.open_table(HELD_UNTIL)?;
+            txn.open_table(CURSORS)?;
+            txn.open_table(SUBS)?;
+            txn.open_table(DELIVERIES)?;
+            txn.open_table(DEAD)?;
+            txn.open_table(PENDING)?;
+            let mut registry = txn.open_table(REGISTRY)?;
+            let mut stored_resources: Vec<ResourceEntry> = match registry.get("resources")? {
+                Some(v) => serde_json::from_slice(v.value())?,
+                None => Vec::new(),
+            };
+            let mut stored_delegations: Vec<DelegationEntry> = match registry.get("delegations")? {
+                Some(v) => serde_json::from_slice(v.value())?,
+                None => Vec::new(),
+            };
+            for r in resources {
+                stored_resources.retain(|s| s.id != r.id);
+                stored_resources.push(r.clone());
+            }
+            for d in delegations {
+                if !stored_delegations.contains(d) {
+                    stored_delegations.push(d.clone());
+                }
+            }
+            registry.insert(
+                "resources",
+                serde_json::to_vec(&stored_resources)?.as_slice(),
+            )?;
+            registry.insert(
+                "delegations",
+                serde_json::to_vec(&stored_delegations)?.as_slice(),
+            )?;
+            (version, Policy::new(stored_resources, stored_delegations))
+        };
+        if version > FORMAT_VERSION {
+            anyhow::bail!(
+                "the store {} has format version {version}, newer than this binary's {FORMAT_VERSION}: \
+                 run a newer dialog-events, or restore a backup made by this version",
+                path.display()
+            );
+        }
+        txn.commit()?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer(writer_db, rx, sync, sync_interval))
+            .context("failed to start the store's writer thread")?;
+        Ok(EmbeddedStore {
+            db,
+            jobs: Mutex::new(tx),
+            policy: Mutex::new(Arc::new(policy)),
+            node: Mutex::new(None),
+        })
+    }
+
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        f(&txn)
+    }
+
+    /// Runs `f` in the writer thread's next transaction; answers after it is committed.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |txn| {
+            let out = f(txn);
+            Applied {
+                fatal: matches!(out, Err(StoreError::Unavailable(_))),
+                answer: Box::new(move |committed| {
+                    let _ = tx.send(committed.and(out));
+                }),
+            }
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| unavailable("the store's writer has stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("the store's writer has stopped"))?
+    }
+
+    fn set_policy(&self, policy: Policy) {
+        *self.policy.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+
+    fn current_policy(&self) -> Arc<Policy> {
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stores a new registry, then makes it current.
+    async fn save_policy(&self, policy: Policy) -> Result<(), StoreError> {
+        let resources = to_json(&policy.resources().cloned().collect::<Vec<_>>())?;
+        let delegations = to_json(&policy.delegations().to_vec())?;
+        self.write(move |txn| {
+            let mut t = txn.open_table(REGISTRY).map_err(unavailable)?;
+            t.insert("resources", resources.as_slice())
+                .map_err(unavailable)?;
+            t.insert("delegations", delegations.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await?;
+        self.set_policy(policy);
+        Ok(())
+    }
+}
+
+/// The writer thread: takes every waiting job, applies them in one transaction, commits once and
+/// answers them all. With `interval`, commits are not fsynced; an fsync follows at most
+/// `sync_interval` later.
+fn writer(db: Arc<Database>, jobs: mpsc::Receiver<Job>, sync: SyncMode, interval: Duration) {
+    let mut dirty = false;
+    let mut last_sync = Instant::now();
+    loop {
+        let first = match sync {
+            SyncMode::Always => match jobs.recv() {
+                Ok(j) => Some(j),
+                Err(_) => return,
+            },
+            SyncMode::Interval => {
+                let wait = interval.saturating_sub(last_sync.elapsed());
+                match jobs.recv_timeout(wait) {
+                    Ok(j) => Some(j),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        if dirty {
+                            flush(&db);
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        if sync == SyncMode::Interval && (first.is_none() || last_sync.elapsed() >= interval) {
+            if dirty {
+                flush(&db);
+                dirty = false;
+            }
+            last_sync = Instant::now();
+        }
+        let Some(first) = first else { continue };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut txn = match db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                // Dropping the jobs answers each caller "unavailable"; nothing was written.
+                tracing::error!(error = %e, "the store cannot start a write");
+                drop(batch);
+                continue;
+            }
+        };
+        if sync == SyncMode::Interval
+            && let Err(e) = txn.set_durability(Durability::None)
+        {
+            tracing::warn!(error = %e, "the store cannot defer its fsync");
+        }
+        let mut fatal = false;
+        let mut answers = Vec::with_capacity(batch.len());
+        for job in batch {
+            let applied = job(&txn);
+            fatal |= applied.fatal;
+            answers.push(applied.answer);
+        }
+        let committed = if fatal {
+            drop(txn);
+            Err(unavailable(
+                "a write of this batch failed; nothing of it was kept",
+            ))
+        } else {
+            txn.commit().map_err(unavailable)
+        };
+        if committed.is_ok() && sync == SyncMode::Interval {
+            dirty = true;
+        }
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "the store could not commit a batch");
+        }
+        for answer in answers {
+            answer(committed.clone());
+        }
+    }
+}
+
+/// Makes every earlier `Durability::None` commit durable.
+fn flush(db: &Database) {
+    // An empty transaction with the default (immediate) durability fsyncs the file.
+    let result = match db.begin_write() {
+        Ok(txn) => txn.commit().map_err(unavailable),
+        Err(e) => Err(unavailable(e)),
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the store could not fsync");
+    }
+}
+
+/// Appends `event` to the global log and its resource's log, inside `txn`.
+fn append(txn: &WriteTransaction, event: &CloudEvent, now_ms: i64) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let position = meta
+        .get("next_position")
+        .map_err(unavailable)?
+        .map(|v| v.value())
+        .unwrap_or(0)
+        + 1;
+    meta.insert("next_position", position)
+        .map_err(unavailable)?;
+    let resource = event.resource.clone().unwrap_or_default();
+    let entry = to_json(&StoredEntry {
+        resource: resource.clone(),
+        appended_ms: now_ms,
+        event: event.clone(),
+    })?;
+    txn.open_table(GLOG)
+        .map_err(unavailable)?
+        .insert(position, entry.as_slice())
+        .map_err(unavailable)?;
+    txn.open_table(BY_RESOURCE)
+        .map_err(unavailable)?
+        .insert(str_num_key(&resource, position).as_slice(), ())
+        .map_err(unavailable)?;
+    // Within one resource an id may repeat across sources; a cursor names the latest, so paging
+    // always advances.
+    txn.open_table(EV_INDEX)
+        .map_err(unavailable)?
+        .insert(str_key(&[&resource, &event.id]).as_slice(), position)
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn apply_commit(
+    txn: &WriteTransaction,
+    commit: &Commit,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let key = commit.dialog_id.as_u128();
+    let mut dialogs = txn.open_table(DIALOGS).map_err(unavailable)?;
+    let current: Option<StoredDialog> = match dialogs.get(key).map_err(unavailable)? {
+        Some(v) => Some(from_json(v.value())?),
+        None => None,
+    };
+    match (commit.create, &current) {
+        (true, Some(_)) => return Err(StoreError::AlreadyExists),
+        (false, None) => return Err(StoreError::Conflict),
+        (false, Some(s)) if s.sequence != commit.expected_sequence || s.dialog.is_none() => {
+            return Err(StoreError::Conflict);
+        }
+        _ => {}
+    }
+    // Checked: from here on every failure is a storage failure, which drops the whole batch.
+    let new_sequence = commit.expected_sequence + commit.events.len() as u64;
+    let stored = to_json(&StoredDialog {
+        sequence: new_sequence,
+        dialog: commit.state.clone(),
+    })?;
+    dialogs
+        .insert(key, stored.as_slice())
+        .map_err(unavailable)?;
+    drop(dialogs);
+    let mut dlog = txn.open_table(DLOG).map_err(unavailable)?;
+    for e in &commit.events {
+        let seq = e.dialogsequence.unwrap_or(0);
+        dlog.insert(
+            id_key(commit.dialog_id, seq).as_slice(),
+            to_json(e.as_ref())?.as_slice(),
+        )
+        .map_err(unavailable)?;
+    }
+    let keep_from = new_sequence.saturating_sub(DIALOG_LOG_KEEP) + 1;
+    if keep_from > 1 {
+        let (lo, hi) = (
+            id_key(commit.dialog_id, 0),
+            id_key(commit.dialog_id, keep_from),
+        );
+        dlog.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
+            .map_err(unavailable)?;
+    }
+    drop(dlog);
+    if let Some(change) = Change::of(
+        &commit.events,
+        commit.state.as_ref().map(|d| d.revision),
+        now,
+    ) {
+        let mut dch = txn.open_table(DCH).map_err(unavailable)?;
+        dch.insert(
+            id_key(commit.dialog_id, change.last).as_slice(),
+            to_json(&change)?.as_slice(),
+        )
+        .map_err(unavailable)?;
+        if keep_from > 1 {
+            let (lo, hi) = (
+                id_key(commit.dialog_id, 0),
+                id_key(commit.dialog_id, keep_from),
+            );
+            dch.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
+                .map_err(unavailable)?;
+        }
+    }
+    if !commit.publish || commit.events.is_empty() {
+        return Ok(());
+    }
+    let now_ms = now.timestamp_millis();
+    let mut held_until = txn.open_table(HELD_UNTIL).map_err(unavailable)?;
+    let pending = held_until
+        .get(key)
+        .map_err(unavailable)?
+        .map(|v| v.value())
+        .filter(|t| *t > now_ms);
+    let requested = commit
+        .hold_until
+        .map(|t| t.timestamp_millis())
+        .filter(|t| *t > now_ms);
+    let hold = match (requested, pending) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    match hold {
+        Some(release_ms) => {
+            held_until.insert(key, release_ms).map_err(unavailable)?;
+            drop(held_until);
+            let mut meta = txn.open_table(META).map_err(unavailable)?;
+            let n = meta
+                .get("held_counter")
+                .map_err(unavailable)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            meta.insert("held_counter", n).map_err(unavailable)?;
+            drop(meta);
+            let events: Vec<&CloudEvent> = commit.events.iter().map(|e| e.as_ref()).collect();
+            txn.open_table(HELD)
+                .map_err(unavailable)?
+                .insert(
+                    held_key(release_ms, n).as_slice(),
+                    to_json(&events)?.as_slice(),
+                )
+                .map_err(unavailable)?;
+        }
+        None => {
+            drop(held_until);
+            for e in &commit.events {
+                append(txn, e, now_ms)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dialog_of(bytes: &[u8]) -> Result<StoredDialog, StoreError> {
+    from_json(bytes)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|_| Ok(()))
+    }
+
+    async fn load_dialog(&self, id: Uuid) -> Result<Option<Dialog>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DIALOGS).map_err(unavailable)?;
+            match t.get(id.as_u128()).map_err(unavailable)? {
+                Some(v) => Ok(dialog_of(v.value())?.dialog),
+                None => Ok(None),
+            }
+        })
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        self.write(move |txn| apply_commit(txn, &commit, Utc::now()))
+            .await
+    }
+
+    async fn list_dialogs(&self, query: &DialogQuery) -> Result<Vec<Dialog>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DIALOGS).map_err(unavailable)?;
+            let start = match query.after {
+                Some(after) => std::ops::Bound::Excluded(after.as_u128()),
+                None => std::ops::Bound::Unbounded,
+            };
+            let mut out = Vec::new();
+            for row in t
+                .range::<u128>((start, std::ops::Bound::Unbounded))
+                .map_err(unavailable)?
+            {
+                let (_, v) = row.map_err(unavailable)?;
+                let Some(d) = dialog_of(v.value())?.dialog else {
+                    continue;
+                };
+                let keep = (query.include_deleted || !d.is_deleted())
+                    && query
+                        .resources
+                        .as_ref()
+                        .is_none_or(|r| r.contains(&d.service_resource))
+                    && query.parties.as_ref().is_none_or(|p| p.contains(&d.party));
+                if keep {
+                    out.push(d);
+                    if out.len() == query.limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn dialog_events(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<CloudEvent>>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DLOG).map_err(unavailable)?;
+            let (lo, hi) = (id_key(id, after.saturating_add(1)), id_key(id, u64::MAX));
+            let mut out = Vec::new();
+            for row in t
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(unavailable)?
+            {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(Arc::new(from_json(v.value())?));
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn dialog_changes(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Change>>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DCH).map_err(unavailable)?;
+            let (lo, hi) = (id_key(id, after.saturating_add(1)), id_key(id, u64::MAX));
+            // The newest `limit`, oldest first: read backwards, then turn around.
+            let mut out = Vec::new();
+            for row in t
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(unavailable)?
+                .rev()
+            {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(Arc::new(from_json(v.value())?));
+                if out.len() == limit {
+                    break;
+                }
+            }
+            out.reverse();
+            Ok(out)
+        })
+    }
+
+    async fn log_position(
+        &self,
+        resource: &str,
+        event_id: &str,
+    ) -> Result<Option<LogPosition>, StoreError> {
+        let key = str_key(&[resource, event_id]);
+        self.read(|txn| {
+            let t = txn.open_table(EV_INDEX).map_err(unavailable)?;
+            Ok(t.get(key.as_slice())
+                .map_err(unavailable)?
+                .map(|v| v.value()))
+        })
+    }
+
+    async fn read_log(
+        &self,
+        resource: &str,
+        after: LogPosition,
+        limit: usize,
+        filter: EventFilter<'_>,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.read(|txn| {
+            let index = txn.open_table(BY_RESOURCE).map_err(unavailable)?;
+            let log = txn.open_table(GLOG).map_err(unavailable)?;
+            let (lo, hi) = (
+                str_num_key(resource, after.saturating_add(1)),
+                str_num_key(resource, u64::MAX),
+            );
+            let mut out = Vec::new();
+            for row in index
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(unavailable)?
+            {
+                let (k, _) = row.map_err(unavailable)?;
+                let k = k.value();
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&k[k.len() - 8..]);
+                let position = u64::from_be_bytes(n);
+                let Some(v) = log.get(position).map_err(unavailable)? else {
+                    continue;
+                };
+                let entry: StoredEntry = from_json(v.value())?;
+                if filter(&entry.event) {
+                    out.push(LogEntry {
+                        position,
+                        event: Arc::new(entry.event),
+                    });
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn append_external(&self, event: CloudEvent) -> Result<bool, StoreError> {
+        self.write(move |txn| {
+            let resource = event.resource.clone().unwrap_or_default();
+            let marker = str_key(&[&resource, &event.source, &event.id]);
+            let now_ms = Utc::now().timestamp_millis();
+            {
+                let mut ext = txn.open_table(EXT).map_err(unavailable)?;
+                if ext.get(marker.as_slice()).map_err(unavailable)?.is_some() {
+                    return Ok(false);
+                }
+                ext.insert(marker.as_slice(), now_ms).map_err(unavailable)?;
+            }
+            append(txn, &event, now_ms)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn release_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let now_ms = now.timestamp_millis();
+        let due_key = held_key(now_ms, u64::MAX);
+        // Most calls find nothing due: look before asking for a write.
+        let any = self.read(|txn| {
+            let t = txn.open_table(HELD).map_err(unavailable)?;
+            Ok(t.range(..=due_key.as_slice())
+                .map_err(unavailable)?
+                .next()
+                .is_some())
+        })?;
+        if !any {
+            return Ok(0);
+        }
+        self.write(move |txn| {
+            let mut due = Vec::new();
+            {
+                let mut held = txn.open_table(HELD).map_err(unavailable)?;
+                for row in held
+                    .extract_from_if(..=due_key.as_slice(), |_, _| true)
+                    .map_err(unavailable)?
+                {
+                    let (_, v) = row.map_err(unavailable)?;
+                    due.push(from_json::<Vec<CloudEvent>>(v.value())?);
+                }
+            }
+            txn.open_table(HELD_UNTIL)
+                .map_err(unavailable)?
+                .retain(|_, t| t > now_ms)
+                .map_err(unavailable)?;
+            let mut released = 0;
+            // Keys sort by release time, then commit order: one dialog's batches keep their order.
+            for events in due {
+                for e in &events {
+                    append(txn, e, now_ms)?;
+                    released += 1;
+                }
+            }
+            Ok(released)
+        })
+        .await
+    }
+
+    async fn prune_log(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        let before_ms = before.timestamp_millis();
+        let is_old = |v: &[u8]| -> Result<bool, StoreError> {
+            Ok(from_json::<StoredEntry>(v)?.appended_ms < before_ms)
+        };
+        let any = self.read(|txn| {
+            let t = txn.open_table(GLOG).map_err(unavailable)?;
+            match t.first().map_err(unavailable)? {
+                Some((_, v)) => is_old(v.value()),
+                None => Ok(false),
+            }
+        })?;
+        if !any {
+            return Ok(0);
+        }
+        self.write(move |txn| {
+            let mut old = Vec::new();
+            {
+                let log = txn.open_table(GLOG).map_err(unavailable)?;
+                for row in log.iter().map_err(unavailable)? {
+                    let (k, v) = row.map_err(unavailable)?;
+                    let entry: StoredEntry = from_json(v.value())?;
+                    if entry.appended_ms >= before_ms {
+                        break;
+                    }
+                    old.push((
+                        k.value(),
+                        entry.resource,
+                        entry.event.id,
+                        entry.event.source,
+                    ));
+                }
+            }
+            let mut log = txn.open_table(GLOG).map_err(unavailable)?;
+            let mut index = txn.open_table(BY_RESOURCE).map_err(unavailable)?;
+            let mut ids = txn.open_table(EV_INDEX).map_err(unavailable)?;
+            let mut ext = txn.open_table(EXT).map_err(unavailable)?;
+            for (position, resource, id, source) in &old {
+                log.remove(*position).map_err(unavailable)?;
+                index
+                    .remove(str_num_key(resource, *position).as_slice())
+                    .map_err(unavailable)?;
+                let id_key = str_key(&[resource, id]);
+                if ids
+                    .get(id_key.as_slice())
+                    .map_err(unavailable)?
+                    .map(|v| v.value())
+                    == Some(*position)
+                {
+                    ids.remove(id_key.as_slice()).map_err(unavailable)?;
+                }
+                ext.remove(str_key(&[resource, source, id]).as_slice())
+                    .map_err(unavailable)?;
+            }
+            Ok(old.len())
+        })
+        .await
+    }
+
+    async fn policy(&self) -> Result<Arc<Policy>, StoreError> {
+        Ok(self.current_policy())
+    }
+
+    async fn put_resource(&self, entry: ResourceEntry) -> Result<(), StoreError> {
+        let current = self.current_policy();
+        let mut resources: Vec<ResourceEntry> = current
+            .resources()
+            .filter(|r| r.id != entry.id)
+            .cloned()
+            .collect();
+        resources.push(entry);
+        self.save_policy(Policy::new(resources, current.delegations().to_vec()))
+            .await
+    }
+
+    async fn delete_resource(&self, id: &ResourceUrn) -> Result<bool, StoreError> {
+        let current = self.current_policy();
+        let resources: Vec<ResourceEntry> = current
+            .resources()
+            .filter(|r| &r.id != id)
+            .cloned()
+            .collect();
+        let removed = resources.len() != current.resources().count();
+        self.save_policy(Policy::new(resources, current.delegations().to_vec()))
+            .await?;
+        Ok(removed)
+    }
+
+    async fn add_delegation(&self, entry: DelegationEntry) -> Result<(), StoreError> {
+        let current = self.current_policy();
+        let mut delegations = current.delegations().to_vec();
+        if !delegations.contains(&entry) {
+            delegations.push(entry);
+        }
+        self.save_policy(Policy::new(
+            current.resources().cloned().collect(),
+            delegations,
+        ))
+        .await
+    }
+
+    async fn remove_delegation(&self, entry: &DelegationEntry) -> Result<bool, StoreError> {
+        let current = self.current_policy();
+        let mut delegations = current.delegations().to_vec();
+        let before = delegations.len();
+        delegations.retain(|d| d != entry);
+        let removed = delegations.len() != before;
+        self.save_policy(Policy::new(
+            current.resources().cloned().collect(),
+            delegations,
+        ))
+        .await?;
+        Ok(removed)
+    }
+
+    async fn read_global(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(GLOG).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.range(after.saturating_add(1)..).map_err(unavailable)? {
+                let (k, v) = row.map_err(unavailable)?;
+                let entry: StoredEntry = from_json(v.value())?;
+                out.push(LogEntry {
+                    position: k.value(),
+                    event: Arc::new(entry.event),
+                });
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn global_head(&self) -> Result<LogPosition, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(META).map_err(unavailable)?;
+            Ok(t.get("next_position")
+                .map_err(unavailable)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        })
+    }
+
+    async fn put_subscription(&self, subscription: &Subscription) -> Result<(), StoreError> {
+        let (key, json) = (subscription.id.as_u128(), to_json(subscription)?);
+        self.write(move |txn| {
+            txn.open_table(SUBS)
+                .map_err(unavailable)?
+                .insert(key, json.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(SUBS).map_err(unavailable)?;
+            t.get(id.as_u128())
+                .map_err(unavailable)?
+                .map(|v| from_json(v.value()))
+                .transpose()
+        })
+    }
+
+    async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.write(move |txn| {
+            let (lo, hi) = (id_key(id, 0), id_key(id, u64::MAX));
+            txn.open_table(DELIVERIES)
+                .map_err(unavailable)?
+                .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
+                .map_err(unavailable)?;
+            let removed = txn
+                .open_table(SUBS)
+                .map_err(unavailable)?
+                .remove(id.as_u128())
+                .map_err(unavailable)?
+                .is_some();
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(SUBS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(from_json(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn record_delivery(
+        &self,
+        subscription: Uuid,
+        record: DeliveryRecord,
+    ) -> Result<(), StoreError> {
+        let json = to_json(&record)?;
+        self.write(move |txn| {
+            let mut meta = txn.open_table(META).map_err(unavailable)?;
+            let n = meta
+                .get("delivery_counter")
+                .map_err(unavailable)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            meta.insert("delivery_counter", n).map_err(unavailable)?;
+            let mut t = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            t.insert(id_key(subscription, n).as_slice(), json.as_slice())
+                .map_err(unavailable)?;
+            // Keep the newest DELIVERIES_KEEP of this subscription.
+            let (lo, hi) = (id_key(subscription, 0), id_key(subscription, u64::MAX));
+            let keep = super::memory::DELIVERIES_KEEP;
+            let cut = t
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(unavailable)?
+                .rev()
+                .nth(keep)
+                .transpose()
+                .map_err(unavailable)?
+                .map(|(k, _)| k.value().to_vec());
+            if let Some(cut) = cut {
+                t.retain_in(lo.as_slice()..=cut.as_slice(), |_, _| false)
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deliveries(&self, subscription: Uuid) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            let (lo, hi) = (id_key(subscription, 0), id_key(subscription, u64::MAX));
+            let mut out = Vec::new();
+            for row in t
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(unavailable)?
+                .rev()
+            {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(from_json(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let (key, json) = (letter.id.as_u128(), to_json(letter)?);
+        self.write(move |txn| {
+            txn.open_table(DEAD)
+                .map_err(unavailable)?
+                .insert(key, json.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DEAD).map_err(unavailable)?;
+            let mut out: Vec<DeadLetter> = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(from_json(v.value())?);
+            }
+            out.sort_by_key(|l| l.dead_at);
+            Ok(out)
+        })
+    }
+
+    async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+        let ids = ids.to_vec();
+        self.write(move |txn| {
+            let mut t = txn.open_table(DEAD).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(v) = t.remove(id.as_u128()).map_err(unavailable)? {
+                    out.push(from_json(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            rows.push((
+                PendingDelivery::key(d.subscription, d.position, &d.event.id),
+                to_json(d)?,
+            ));
+        }
+        self.write(move |txn| {
+            let mut t = txn.open_table(PENDING).map_err(unavailable)?;
+            for (k, v) in &rows {
+                t.insert(k.as_str(), v.as_slice()).map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_pending(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.write(move |txn| {
+            txn.open_table(PENDING)
+                .map_err(unavailable)?
+                .remove(key.as_str())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(PENDING).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(from_json(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        // One node per data_dir (locked): it always holds every lease.
+        Ok(true)
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(CURSORS).map_err(unavailable)?;
+            Ok(t.get(name).map_err(unavailable)?.map(|v| v.value()))
+        })
+    }
+
+    async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            txn.open_table(CURSORS)
+                .map_err(unavailable)?
+                .insert(name.as_str(), position)
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn init_cursor(
+        &self,
+        name: &str,
+        position: LogPosition,
+    ) -> Result<LogPosition, StoreError> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            let mut t = txn.open_table(CURSORS).map_err(unavailable)?;
+            let saved = t
+                .get(name.as_str())
+                .map_err(unavailable)?
+                .map(|v| v.value());
+            match saved {
+                Some(p) => Ok(p),
+                None => {
+                    t.insert(name.as_str(), position).map_err(unavailable)?;
+                    Ok(position)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        *self.node.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((node.clone(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let node = self.node.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(node
+            .iter()
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(n, _)| n.clone())
+            .collect())
+    }
+}
+
+/// Entries in the global log: for tests and start-up checks.
+pub fn global_len(store: &EmbeddedStore) -> Result<u64, StoreError> {
+    store.read(|txn| {
+        txn.open_table(GLOG)
+            .map_err(unavailable)?
+            .len()
+            .map_err(unavailable)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composite_keys_sort_by_their_parts_and_never_collide() {
+        let id = Uuid::now_v7();
+        assert!(id_key(id, 2) < id_key(id, 10));
+        assert!(str_num_key("a", 9) < str_num_key("a", 10));
+        assert!(str_num_key("a", u64::MAX) < str_num_key("b", 0));
+        assert_ne!(str_key(&["a|b", "c"]), str_key(&["a", "b|c"]));
+        assert!(held_key(1_000, 5) < held_key(2_000, 1));
+    }
+}
