@@ -22,7 +22,7 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, WriteTransaction,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::{
@@ -107,18 +107,132 @@ fn held_key(release_ms: i64, n: u64) -> [u8; 16] {
     k
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredDialog {
-    sequence: u64,
-    /// `None` once purged: the id stays taken and its sequence keeps counting.
-    dialog: Option<Dialog>,
+/// A `dialogs` value: the sequence (8 bytes, big-endian), then the dialog's JSON (nothing once
+/// purged: the id stays taken and its sequence keeps counting). The sequence check of a commit
+/// reads 8 bytes, not the dialog.
+fn dialog_value(sequence: u64, state: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + state.len());
+    v.extend_from_slice(&sequence.to_be_bytes());
+    v.extend_from_slice(state);
+    v
 }
 
-#[derive(Serialize, Deserialize)]
+fn dialog_sequence(value: &[u8]) -> u64 {
+    let mut n = [0u8; 8];
+    let len = value.len().min(8);
+    n[..len].copy_from_slice(&value[..len]);
+    u64::from_be_bytes(n)
+}
+
+fn dialog_state(value: &[u8]) -> Result<Option<Dialog>, StoreError> {
+    let state = value.get(8..).unwrap_or_default();
+    if state.is_empty() {
+        return Ok(None);
+    }
+    from_json(state).map(Some)
+}
+
+/// A `glog` entry: when it was appended (ms, 8 bytes), its resource (length-prefixed), then the
+/// event's JSON.
 struct StoredEntry {
-    resource: String,
     appended_ms: i64,
-    event: CloudEvent,
+    resource: String,
+    event_json_at: usize,
+}
+
+fn entry_value(appended_ms: i64, resource: &str, event_json: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 + resource.len() + event_json.len());
+    v.extend_from_slice(&appended_ms.to_be_bytes());
+    v.extend_from_slice(&str_key(&[resource]));
+    v.extend_from_slice(event_json);
+    v
+}
+
+fn entry_of(value: &[u8]) -> Result<StoredEntry, StoreError> {
+    let corrupt = || unavailable("a log entry of the store is malformed");
+    let ms: [u8; 8] = value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(corrupt)?;
+    let len: [u8; 4] = value
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(corrupt)?;
+    let len = u32::from_be_bytes(len) as usize;
+    let resource = value.get(12..12 + len).ok_or_else(corrupt)?;
+    Ok(StoredEntry {
+        appended_ms: i64::from_be_bytes(ms),
+        resource: String::from_utf8_lossy(resource).into_owned(),
+        event_json_at: 12 + len,
+    })
+}
+
+fn event_of(value: &[u8]) -> Result<(StoredEntry, CloudEvent), StoreError> {
+    let entry = entry_of(value)?;
+    let event = from_json(&value[entry.event_json_at..])?;
+    Ok((entry, event))
+}
+
+/// An event ready for the writer: its JSON made by the caller, off the writer thread.
+struct PreparedEvent {
+    sequence: u64,
+    id: String,
+    resource: String,
+    json: Vec<u8>,
+}
+
+impl PreparedEvent {
+    fn of(event: &CloudEvent) -> Result<Self, StoreError> {
+        Ok(PreparedEvent {
+            sequence: event.dialogsequence.unwrap_or(0),
+            id: event.id.clone(),
+            resource: event.resource.clone().unwrap_or_default(),
+            json: to_json(event)?,
+        })
+    }
+}
+
+/// A dialog commit with everything serialized, so the writer thread only checks and copies.
+struct PreparedCommit {
+    id: Uuid,
+    create: bool,
+    expected_sequence: u64,
+    /// The dialog's JSON after the change; empty after a purge.
+    state: Vec<u8>,
+    events: Vec<PreparedEvent>,
+    /// The change's last sequence and JSON.
+    change: Option<(u64, Vec<u8>)>,
+    publish: bool,
+    hold_until_ms: Option<i64>,
+}
+
+impl PreparedCommit {
+    fn of(commit: &Commit, now: DateTime<Utc>) -> Result<Self, StoreError> {
+        let change = Change::of(
+            &commit.events,
+            commit.state.as_ref().map(|d| d.revision),
+            now,
+        )
+        .map(|c| to_json(&c).map(|j| (c.last, j)))
+        .transpose()?;
+        Ok(PreparedCommit {
+            id: commit.dialog_id,
+            create: commit.create,
+            expected_sequence: commit.expected_sequence,
+            state: match &commit.state {
+                Some(d) => to_json(d)?,
+                None => Vec::new(),
+            },
+            events: commit
+                .events
+                .iter()
+                .map(|e| PreparedEvent::of(e))
+                .collect::<Result<_, _>>()?,
+            change,
+            publish: commit.publish,
+            hold_until_ms: commit.hold_until.map(|t| t.timestamp_millis()),
+        })
+    }
 }
 
 /// A write for the writer thread: applies itself to the batch's transaction and says how to answer
@@ -396,8 +510,14 @@ fn flush(db: &Database) {
     }
 }
 
-/// Appends `event` to the global log and its resource's log, inside `txn`.
-fn append(txn: &WriteTransaction, event: &CloudEvent, now_ms: i64) -> Result<(), StoreError> {
+/// Appends an event to the global log and its resource's log, inside `txn`.
+fn append(
+    txn: &WriteTransaction,
+    resource: &str,
+    id: &str,
+    json: &[u8],
+    now_ms: i64,
+) -> Result<(), StoreError> {
     let mut meta = txn.open_table(META).map_err(unavailable)?;
     let position = meta
         .get("next_position")
@@ -407,111 +527,76 @@ fn append(txn: &WriteTransaction, event: &CloudEvent, now_ms: i64) -> Result<(),
         + 1;
     meta.insert("next_position", position)
         .map_err(unavailable)?;
-    let resource = event.resource.clone().unwrap_or_default();
-    let entry = to_json(&StoredEntry {
-        resource: resource.clone(),
-        appended_ms: now_ms,
-        event: event.clone(),
-    })?;
     txn.open_table(GLOG)
         .map_err(unavailable)?
-        .insert(position, entry.as_slice())
+        .insert(position, entry_value(now_ms, resource, json).as_slice())
         .map_err(unavailable)?;
     txn.open_table(BY_RESOURCE)
         .map_err(unavailable)?
-        .insert(str_num_key(&resource, position).as_slice(), ())
+        .insert(str_num_key(resource, position).as_slice(), ())
         .map_err(unavailable)?;
     // Within one resource an id may repeat across sources; a cursor names the latest, so paging
     // always advances.
     txn.open_table(EV_INDEX)
         .map_err(unavailable)?
-        .insert(str_key(&[&resource, &event.id]).as_slice(), position)
+        .insert(str_key(&[resource, id]).as_slice(), position)
         .map_err(unavailable)?;
     Ok(())
 }
 
-fn apply_commit(
-    txn: &WriteTransaction,
-    commit: &Commit,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let key = commit.dialog_id.as_u128();
+fn apply_commit(txn: &WriteTransaction, c: &PreparedCommit, now_ms: i64) -> Result<(), StoreError> {
+    let key = c.id.as_u128();
     let mut dialogs = txn.open_table(DIALOGS).map_err(unavailable)?;
-    let current: Option<StoredDialog> = match dialogs.get(key).map_err(unavailable)? {
-        Some(v) => Some(from_json(v.value())?),
-        None => None,
-    };
-    match (commit.create, &current) {
+    let current = dialogs
+        .get(key)
+        .map_err(unavailable)?
+        .map(|v| (dialog_sequence(v.value()), v.value().len() > 8));
+    match (c.create, current) {
         (true, Some(_)) => return Err(StoreError::AlreadyExists),
         (false, None) => return Err(StoreError::Conflict),
-        (false, Some(s)) if s.sequence != commit.expected_sequence || s.dialog.is_none() => {
+        (false, Some((sequence, live))) if sequence != c.expected_sequence || !live => {
             return Err(StoreError::Conflict);
         }
         _ => {}
     }
     // Checked: from here on every failure is a storage failure, which drops the whole batch.
-    let new_sequence = commit.expected_sequence + commit.events.len() as u64;
-    let stored = to_json(&StoredDialog {
-        sequence: new_sequence,
-        dialog: commit.state.clone(),
-    })?;
+    let new_sequence = c.expected_sequence + c.events.len() as u64;
     dialogs
-        .insert(key, stored.as_slice())
+        .insert(key, dialog_value(new_sequence, &c.state).as_slice())
         .map_err(unavailable)?;
     drop(dialogs);
     let mut dlog = txn.open_table(DLOG).map_err(unavailable)?;
-    for e in &commit.events {
-        let seq = e.dialogsequence.unwrap_or(0);
-        dlog.insert(
-            id_key(commit.dialog_id, seq).as_slice(),
-            to_json(e.as_ref())?.as_slice(),
-        )
-        .map_err(unavailable)?;
+    for e in &c.events {
+        dlog.insert(id_key(c.id, e.sequence).as_slice(), e.json.as_slice())
+            .map_err(unavailable)?;
     }
     let keep_from = new_sequence.saturating_sub(DIALOG_LOG_KEEP) + 1;
     if keep_from > 1 {
-        let (lo, hi) = (
-            id_key(commit.dialog_id, 0),
-            id_key(commit.dialog_id, keep_from),
-        );
+        let (lo, hi) = (id_key(c.id, 0), id_key(c.id, keep_from));
         dlog.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
             .map_err(unavailable)?;
     }
     drop(dlog);
-    if let Some(change) = Change::of(
-        &commit.events,
-        commit.state.as_ref().map(|d| d.revision),
-        now,
-    ) {
+    if let Some((last, json)) = &c.change {
         let mut dch = txn.open_table(DCH).map_err(unavailable)?;
-        dch.insert(
-            id_key(commit.dialog_id, change.last).as_slice(),
-            to_json(&change)?.as_slice(),
-        )
-        .map_err(unavailable)?;
+        dch.insert(id_key(c.id, *last).as_slice(), json.as_slice())
+            .map_err(unavailable)?;
         if keep_from > 1 {
-            let (lo, hi) = (
-                id_key(commit.dialog_id, 0),
-                id_key(commit.dialog_id, keep_from),
-            );
+            let (lo, hi) = (id_key(c.id, 0), id_key(c.id, keep_from));
             dch.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
                 .map_err(unavailable)?;
         }
     }
-    if !commit.publish || commit.events.is_empty() {
+    if !c.publish || c.events.is_empty() {
         return Ok(());
     }
-    let now_ms = now.timestamp_millis();
     let mut held_until = txn.open_table(HELD_UNTIL).map_err(unavailable)?;
     let pending = held_until
         .get(key)
         .map_err(unavailable)?
         .map(|v| v.value())
         .filter(|t| *t > now_ms);
-    let requested = commit
-        .hold_until
-        .map(|t| t.timestamp_millis())
-        .filter(|t| *t > now_ms);
+    let requested = c.hold_until_ms.filter(|t| *t > now_ms);
     let hold = match (requested, pending) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
@@ -529,27 +614,28 @@ fn apply_commit(
                 + 1;
             meta.insert("held_counter", n).map_err(unavailable)?;
             drop(meta);
-            let events: Vec<&CloudEvent> = commit.events.iter().map(|e| e.as_ref()).collect();
+            // The held batch: its events as a JSON array.
+            let mut batch = b"[".to_vec();
+            for (i, e) in c.events.iter().enumerate() {
+                if i > 0 {
+                    batch.push(b',');
+                }
+                batch.extend_from_slice(&e.json);
+            }
+            batch.push(b']');
             txn.open_table(HELD)
                 .map_err(unavailable)?
-                .insert(
-                    held_key(release_ms, n).as_slice(),
-                    to_json(&events)?.as_slice(),
-                )
+                .insert(held_key(release_ms, n).as_slice(), batch.as_slice())
                 .map_err(unavailable)?;
         }
         None => {
             drop(held_until);
-            for e in &commit.events {
-                append(txn, e, now_ms)?;
+            for e in &c.events {
+                append(txn, &e.resource, &e.id, &e.json, now_ms)?;
             }
         }
     }
     Ok(())
-}
-
-fn dialog_of(bytes: &[u8]) -> Result<StoredDialog, StoreError> {
-    from_json(bytes)
 }
 
 #[async_trait]
@@ -562,14 +648,18 @@ impl Store for EmbeddedStore {
         self.read(|txn| {
             let t = txn.open_table(DIALOGS).map_err(unavailable)?;
             match t.get(id.as_u128()).map_err(unavailable)? {
-                Some(v) => Ok(dialog_of(v.value())?.dialog),
+                Some(v) => dialog_state(v.value()),
                 None => Ok(None),
             }
         })
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        self.write(move |txn| apply_commit(txn, &commit, Utc::now()))
+        let now = Utc::now();
+        let prepared = PreparedCommit::of(&commit, now)?;
+        drop(commit);
+        let now_ms = now.timestamp_millis();
+        self.write(move |txn| apply_commit(txn, &prepared, now_ms))
             .await
     }
 
@@ -586,7 +676,7 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?
             {
                 let (_, v) = row.map_err(unavailable)?;
-                let Some(d) = dialog_of(v.value())?.dialog else {
+                let Some(d) = dialog_state(v.value())? else {
                     continue;
                 };
                 let keep = (query.include_deleted || !d.is_deleted())
@@ -698,11 +788,11 @@ impl Store for EmbeddedStore {
                 let Some(v) = log.get(position).map_err(unavailable)? else {
                     continue;
                 };
-                let entry: StoredEntry = from_json(v.value())?;
-                if filter(&entry.event) {
+                let (_, event) = event_of(v.value())?;
+                if filter(&event) {
                     out.push(LogEntry {
                         position,
-                        event: Arc::new(entry.event),
+                        event: Arc::new(event),
                     });
                     if out.len() == limit {
                         break;
@@ -714,9 +804,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn append_external(&self, event: CloudEvent) -> Result<bool, StoreError> {
+        let prepared = PreparedEvent::of(&event)?;
+        let marker = str_key(&[&prepared.resource, &event.source, &event.id]);
+        drop(event);
         self.write(move |txn| {
-            let resource = event.resource.clone().unwrap_or_default();
-            let marker = str_key(&[&resource, &event.source, &event.id]);
             let now_ms = Utc::now().timestamp_millis();
             {
                 let mut ext = txn.open_table(EXT).map_err(unavailable)?;
@@ -725,7 +816,13 @@ impl Store for EmbeddedStore {
                 }
                 ext.insert(marker.as_slice(), now_ms).map_err(unavailable)?;
             }
-            append(txn, &event, now_ms)?;
+            append(
+                txn,
+                &prepared.resource,
+                &prepared.id,
+                &prepared.json,
+                now_ms,
+            )?;
             Ok(true)
         })
         .await
@@ -754,7 +851,7 @@ impl Store for EmbeddedStore {
                     .map_err(unavailable)?
                 {
                     let (_, v) = row.map_err(unavailable)?;
-                    due.push(from_json::<Vec<CloudEvent>>(v.value())?);
+                    due.push(from_json::<Vec<serde_json::Value>>(v.value())?);
                 }
             }
             txn.open_table(HELD_UNTIL)
@@ -765,7 +862,9 @@ impl Store for EmbeddedStore {
             // Keys sort by release time, then commit order: one dialog's batches keep their order.
             for events in due {
                 for e in &events {
-                    append(txn, e, now_ms)?;
+                    let resource = e["resource"].as_str().unwrap_or_default();
+                    let id = e["id"].as_str().unwrap_or_default();
+                    append(txn, resource, id, &to_json(e)?, now_ms)?;
                     released += 1;
                 }
             }
@@ -776,9 +875,8 @@ impl Store for EmbeddedStore {
 
     async fn prune_log(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         let before_ms = before.timestamp_millis();
-        let is_old = |v: &[u8]| -> Result<bool, StoreError> {
-            Ok(from_json::<StoredEntry>(v)?.appended_ms < before_ms)
-        };
+        let is_old =
+            |v: &[u8]| -> Result<bool, StoreError> { Ok(entry_of(v)?.appended_ms < before_ms) };
         let any = self.read(|txn| {
             let t = txn.open_table(GLOG).map_err(unavailable)?;
             match t.first().map_err(unavailable)? {
@@ -795,16 +893,11 @@ impl Store for EmbeddedStore {
                 let log = txn.open_table(GLOG).map_err(unavailable)?;
                 for row in log.iter().map_err(unavailable)? {
                     let (k, v) = row.map_err(unavailable)?;
-                    let entry: StoredEntry = from_json(v.value())?;
+                    let (entry, event) = event_of(v.value())?;
                     if entry.appended_ms >= before_ms {
                         break;
                     }
-                    old.push((
-                        k.value(),
-                        entry.resource,
-                        entry.event.id,
-                        entry.event.source,
-                    ));
+                    old.push((k.value(), entry.resource, event.id, event.source));
                 }
             }
             let mut log = txn.open_table(GLOG).map_err(unavailable)?;
@@ -899,10 +992,10 @@ impl Store for EmbeddedStore {
             let mut out = Vec::new();
             for row in t.range(after.saturating_add(1)..).map_err(unavailable)? {
                 let (k, v) = row.map_err(unavailable)?;
-                let entry: StoredEntry = from_json(v.value())?;
+                let (_, event) = event_of(v.value())?;
                 out.push(LogEntry {
                     position: k.value(),
-                    event: Arc::new(entry.event),
+                    event: Arc::new(event),
                 });
                 if out.len() == limit {
                     break;
