@@ -42,6 +42,11 @@ const REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest JWKS document accepted from a URL, in bytes.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
+/// Verified tokens remembered at once. A client sends the same bearer token with every request;
+/// a signature check (tens of µs) is the largest part of a small request's CPU. When full, the
+/// memory is emptied and refilled by the tokens in use.
+const VERIFIED_KEEP: usize = 10_000;
+
 pub struct TokenVerifier {
     issuers: HashMap<String, Issuer>,
     leeway: u64,
@@ -49,6 +54,11 @@ pub struct TokenVerifier {
     /// Fetched key sets of `File` and `Url` issuers, by issuer, with their fetch time. Written by
     /// `verify` after a fetch; the lock is never held across an await.
     cache: RwLock<HashMap<String, (Instant, JwkSet)>>,
+    /// Tokens verified lately, with the principal they carry and until when the answer holds:
+    /// their `exp`, and no longer than `jwks_cache_ttl` (so a key withdrawn from a JWKS stops
+    /// counting as soon as the key set is fetched again). Written by `verify`; never held across
+    /// an await.
+    verified: std::sync::Mutex<HashMap<String, (Principal, Instant)>>,
 }
 
 impl TokenVerifier {
@@ -91,10 +101,36 @@ impl TokenVerifier {
             leeway: settings.clock_leeway.as_secs(),
             cache_ttl: settings.jwks_cache_ttl,
             cache: RwLock::new(HashMap::new()),
+            verified: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = Instant::now();
+        if let Some((principal, until)) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            && *until > now
+        {
+            return Ok(principal.clone());
+        }
+        let (principal, exp) = self.verify_signed(token).await?;
+        let left = exp
+            .and_then(|exp| u64::try_from(exp - chrono::Utc::now().timestamp()).ok())
+            .map_or(Duration::ZERO, Duration::from_secs);
+        let until = now + left.min(self.cache_ttl);
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_KEEP {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), (principal.clone(), until));
+        Ok(principal)
+    }
+
+    /// Checks signature, issuer, audience and lifetime; returns the principal and the `exp` claim.
+    async fn verify_signed(&self, token: &str) -> Result<(Principal, Option<i64>), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if !matches!(
@@ -128,7 +164,8 @@ impl TokenVerifier {
         validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        Ok(Principal::from_claims(&data.claims))
+        let exp = data.claims.get("exp").and_then(Value::as_i64);
+        Ok((Principal::from_claims(&data.claims), exp))
     }
 
     async fn find_key(
