@@ -23,8 +23,11 @@ use crate::telemetry::Metrics;
 
 /// How often held-back events are checked for release.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(250);
-/// How often the global log is pruned to `events.retention`.
+/// How often the global log is pruned to `events.retention`: every minute, or four times per
+/// retention when that is shorter, so entries outlive their retention by at most a quarter of it.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest pruning interval, whatever the retention.
+const PRUNE_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
 pub struct App {
     server: Server,
@@ -381,7 +384,8 @@ async fn heartbeat(store: Arc<dyn Store>, metrics: Metrics, id: String, address:
 /// Releases held-back events when their `visibleFrom` arrives and prunes the log to the retention.
 async fn maintain_log(store: Arc<dyn Store>, retention: Duration) {
     let mut release = tokio::time::interval(RELEASE_INTERVAL);
-    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    let mut prune =
+        tokio::time::interval((retention / 4).clamp(PRUNE_INTERVAL_MIN, PRUNE_INTERVAL));
     loop {
         tokio::select! {
             _ = release.tick() => {

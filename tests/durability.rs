@@ -329,6 +329,10 @@ async fn acknowledged_writes_survive_kill_9_and_undelivered_events_are_delivered
         assert_eq!(n as usize, 1 + 2 * stored.len(), "dialog {d}");
     }
 
+    // A GUI that saw a dialog up to some sequence before the kill resumes on the restarted node
+    // with exactly the changes after it, then goes live.
+    resume_after_restart(&client, &node.base, &owner, &dialogs[0], &events).await;
+
     // The subscription survived, and every committed event reaches the endpoint once it
     // answers again, in dialog order.
     let (status, _) = call(
@@ -379,4 +383,128 @@ async fn acknowledged_writes_survive_kill_9_and_undelivered_events_are_delivered
         let prev = last.insert(d.clone(), seq).unwrap_or(0);
         assert!(seq > prev, "dialog {d}: {seq} after {prev}");
     }
+}
+
+/// Subscribes to `dialog` with `afterSequence` two changes back and checks the replay, then one
+/// live change.
+async fn resume_after_restart(
+    client: &awc::Client,
+    base: &str,
+    owner: &str,
+    dialog: &str,
+    events: &[Value],
+) {
+    use awc::ws;
+    use futures::{SinkExt, StreamExt};
+
+    // The dialog's changes: created (1), then one change of two events per activity.
+    let seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e["resourceinstance"] == dialog)
+        .filter_map(|e| e["dialogsequence"].as_u64())
+        .collect();
+    let last = *seqs.last().expect("the dialog has events");
+    assert!(last >= 5, "at least two activities on {dialog}");
+    let after = last - 4;
+    let (status, read) = call(
+        client,
+        "GET",
+        &format!("{base}/api/v1/serviceowner/dialogs/{dialog}"),
+        owner,
+        None,
+    )
+    .await
+    .expect("read");
+    assert_eq!(status, 200);
+    let token = read["dialogToken"]
+        .as_str()
+        .expect("dialog token")
+        .to_owned();
+    let (_, mut socket) = awc::Client::new()
+        .ws(format!("{}/graphql", base.replacen("http", "ws", 1)))
+        .protocols(["graphql-transport-ws"])
+        .connect()
+        .await
+        .expect("websocket");
+    let send = |v: Value| ws::Message::Text(v.to_string().into());
+    socket
+        .send(send(json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}})))
+        .await
+        .expect("init");
+    socket
+        .send(send(json!({"id": "1", "type": "subscribe", "payload": {
+            "query": "subscription ($id: UUID!, $after: Int) { dialogEvents(dialogId: $id, afterSequence: $after) { sequence resync } }",
+            "variables": {"id": dialog, "after": after}}})))
+        .await
+        .expect("subscribe");
+    let mut next = async || loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let ws::Frame::Text(t) = frame {
+            let v: Value = serde_json::from_slice(&t).expect("json");
+            if v["type"] == "next" {
+                return v["payload"]["data"]["dialogEvents"].clone();
+            }
+        }
+    };
+    let first = next().await;
+    let second = next().await;
+    assert_eq!(
+        first["sequence"],
+        last - 2,
+        "replay: the change after {after}"
+    );
+    assert_eq!(second["sequence"], last, "replay: the newest change");
+    assert_eq!(first["resync"], false);
+    let (status, _) = call(
+        client,
+        "POST",
+        &format!("{base}/api/v1/serviceowner/dialogs/{dialog}/activities"),
+        owner,
+        Some(&json!({"type": "Information"})),
+    )
+    .await
+    .expect("activity");
+    assert_eq!(status, 201);
+    assert_eq!(next().await["sequence"], last + 2, "then live");
+}
+
+#[actix_web::test]
+async fn under_retention_the_store_file_stops_growing() {
+    if common::redis_backend() {
+        return; // the file of the embedded store only
+    }
+    let node = common::start(
+        "[store]\nkind = \"embedded\"\nsync = \"interval\"\n[events]\nretention = \"1s\"",
+    )
+    .await;
+    let file = node.data_dir().join("store.redb");
+    let id = node.create_dialog(&dialog_body()).await;
+    let path = format!("/api/v1/serviceowner/dialogs/{id}");
+    let mut sizes = Vec::new();
+    // Updates keep the dialog's size; their events fill the dialog's log (kept: its newest 1000)
+    // and the poll log (kept: 1 s).
+    for _ in 0..6 {
+        for _ in 0..1000 {
+            let r = node.put(&path, &node.tokens.owner_a, &dialog_body()).await;
+            assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+        }
+        // Pruning runs every quarter of the retention.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        sizes.push(std::fs::metadata(&file).expect("store file").len());
+    }
+    // 6,000 updates written; once the logs reached their limits the file reuses its space.
+    assert!(
+        sizes[5] <= sizes[2],
+        "the store file kept growing under retention: {sizes:?}"
+    );
+    let polled = node.poll_all(&node.tokens.owner_a, "").await;
+    assert!(
+        polled.len() < 3000,
+        "the poll log was pruned to its retention: {} events left",
+        polled.len()
+    );
 }

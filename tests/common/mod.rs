@@ -289,6 +289,11 @@ impl TestNode {
         self.handle.stop().await;
     }
 
+    /// The node's data_dir (its embedded store and keys).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
