@@ -474,11 +474,10 @@ async fn resume_after_restart(
 
 #[actix_web::test]
 async fn under_retention_the_store_file_stops_growing() {
-    if common::redis_backend() {
-        return; // the file of the embedded store only
-    }
-    let node = common::start(
+    // Always the embedded store, whatever backend the suite runs on: its file is the subject.
+    let node = common::start_on(
         "[store]\nkind = \"embedded\"\nsync = \"interval\"\n[events]\nretention = \"1s\"",
+        None,
     )
     .await;
     let file = node.data_dir().join("store.redb");
