@@ -49,7 +49,7 @@ pub struct App {
 const LOCK_FILE: &str = "LOCK";
 
 /// Takes the exclusive lock of `data_dir`, or says which directory another process holds.
-fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("failed to create data_dir {}", data_dir.display()))?;
     let path = data_dir.join(LOCK_FILE);
@@ -96,19 +96,24 @@ impl App {
         let metrics = Metrics::new(&node_id);
         let (sink, mut envelopes) = tokio::sync::mpsc::unbounded_channel();
         let mut data_lock = None;
+        let mut embedded = None;
         let (store, bus, keys): (Arc<dyn Store>, Arc<dyn Bus>, KeyStore) = match &settings.redis.url
         {
             None => {
                 data_lock = Some(lock_data_dir(&settings.data_dir)?);
                 let keys = KeyStore::load_or_create(&settings.data_dir)?;
                 let store: Arc<dyn Store> = match settings.store.kind {
-                    StoreKind::Embedded => Arc::new(EmbeddedStore::open(
-                        &settings.data_dir,
-                        settings.store.sync,
-                        settings.store.sync_interval,
-                        &settings.resources,
-                        &settings.delegations,
-                    )?),
+                    StoreKind::Embedded => {
+                        let opened = Arc::new(EmbeddedStore::open(
+                            &settings.data_dir,
+                            settings.store.sync,
+                            settings.store.sync_interval,
+                            &settings.resources,
+                            &settings.delegations,
+                        )?);
+                        embedded = Some(opened.clone());
+                        opened
+                    }
                     StoreKind::Memory => Arc::new(MemoryStore::new(crate::auth::Policy::new(
                         settings.resources.clone(),
                         settings.delegations.clone(),
@@ -239,6 +244,7 @@ impl App {
             dialog_tokens,
             metrics,
             dispatcher,
+            embedded,
         });
         let data = state.clone();
         let server = actix_web::HttpServer::new(move || {

@@ -599,3 +599,84 @@ fn in_redis_mode_a_cli_token_uses_the_cluster_keys_and_is_accepted_by_the_node()
     );
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn backup_copies_a_running_and_a_stopped_store_and_a_node_starts_from_the_copy() {
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "registry.toml",
+        &format!(
+            "[[resources]]\nid = \"{RESOURCE}\"\nowner = \"urn:altinn:organization:identifier-no:{ORG}\"\n"
+        ),
+    );
+    let config_arg = config.to_str().expect("utf8 path").to_owned();
+    let server = Server::start(dir.path(), Some(&config), &[]);
+    let owner = mint(
+        dir.path(),
+        &["--config", &config_arg, "--scope", SO, "--org", ORG],
+    );
+    let dialog = json!({
+        "serviceResource": RESOURCE,
+        "party": format!("urn:altinn:person:identifier-no:{PERSON}"),
+        "status": "InProgress",
+        "content": {"title": [{"value": "Søknad", "languageCode": "nb"}]}
+    });
+    let (status, id) = http(
+        server.port,
+        "POST",
+        "/api/v1/serviceowner/dialogs",
+        Some(&owner),
+        Some(&dialog),
+    );
+    assert_eq!(status, 201, "{id}");
+    let id: String = serde_json::from_str(&id).expect("id");
+
+    // Hot: the running node takes the copy.
+    let hot = dir.path().join("hot.redb");
+    let mut cmd = command(dir.path());
+    let url = format!("http://127.0.0.1:{}", server.port);
+    cmd.args(["backup", "--config", &config_arg, "--url", &url, "--to"])
+        .arg(&hot);
+    let out = run(cmd);
+    assert!(out.status.success(), "hot backup: {}", out.stderr);
+    assert!(hot.metadata().expect("the copy").len() > 0);
+    // Refuses to overwrite.
+    let mut again = command(dir.path());
+    again
+        .args(["backup", "--config", &config_arg, "--url", &url, "--to"])
+        .arg(&hot);
+    assert!(
+        !run(again).status.success(),
+        "an existing file is not overwritten"
+    );
+    drop(server);
+
+    // Cold: the stopped node's file is read directly.
+    let cold = dir.path().join("cold.redb");
+    let mut cmd = command(dir.path());
+    cmd.args(["backup", "--config", &config_arg, "--to"])
+        .arg(&cold);
+    let out = run(cmd);
+    assert!(out.status.success(), "cold backup: {}", out.stderr);
+
+    // Restore: a new data_dir with the copy as its store (and the same keys) serves the dialog.
+    for copy in [&hot, &cold] {
+        let restored = tempdir();
+        std::fs::copy(copy, restored.path().join("store.redb")).expect("restore");
+        std::fs::copy(
+            dir.path().join("keys.json"),
+            restored.path().join("keys.json"),
+        )
+        .expect("keys");
+        let server = Server::start(restored.path(), Some(&config), &[]);
+        let (status, body) = http(
+            server.port,
+            "GET",
+            &format!("/api/v1/serviceowner/dialogs/{id}"),
+            Some(&owner),
+            None,
+        );
+        assert_eq!(status, 200, "{} restored: {body}", copy.display());
+    }
+}

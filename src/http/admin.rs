@@ -27,7 +27,44 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(list_delegations))
                 .route(web::post().to(add_delegation))
                 .route(web::delete().to(remove_delegation)),
-        );
+        )
+        .service(web::resource("/admin/v1/backup").route(web::post().to(backup)));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    /// A new file on the node's machine.
+    to: std::path::PathBuf,
+}
+
+/// `POST /admin/v1/backup {"to": FILE}`: a consistent copy of the embedded store, taken from one
+/// snapshot while the node keeps serving (what `dialog-events backup` asks a running node for).
+async fn backup(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let b: BackupBody = json_body(&req, body, state.settings.http.max_body, JSON).await?;
+    let Some(store) = state.embedded.clone() else {
+        return Err(ApiError::Conflict(
+            "this node does not run on the embedded store (store.kind = embedded, no redis.url)"
+                .into(),
+        ));
+    };
+    if !b.to.is_absolute() {
+        return Err(ApiError::bad("to", "must be an absolute path"));
+    }
+    if b.to.exists() {
+        return Err(ApiError::bad("to", "exists already; name a new file"));
+    }
+    let to = b.to.clone();
+    let bytes = web::block(move || store.backup(&to))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("backup task failed: {e}")))??;
+    Ok(HttpResponse::Ok().json(json!({ "path": b.to, "bytes": bytes })))
 }
 
 #[derive(Deserialize)]

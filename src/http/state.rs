@@ -22,4 +22,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The node's webhook dispatcher (validation handshakes, replays, redrives).
     pub dispatcher: actix::Addr<crate::webhooks::Dispatcher>,
+    /// The embedded store itself, when the node runs on it (hot backups).
+    pub embedded: Option<Arc<crate::store::EmbeddedStore>>,
 }
