@@ -466,6 +466,9 @@ fn writer(db: Arc<Database>, jobs: mpsc::Receiver<Job>, sync: SyncMode, interval
                 continue;
             }
         };
+        // Each commit also saves the allocator state, so a restart after a crash need not walk
+        // the whole file to rebuild it (seconds at a million events).
+        txn.set_quick_repair(true);
         if sync == SyncMode::Interval
             && let Err(e) = txn.set_durability(Durability::None)
         {
