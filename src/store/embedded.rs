@@ -641,6 +641,37 @@ fn apply_commit(txn: &WriteTransaction, c: &PreparedCommit, now_ms: i64) -> Resu
     Ok(())
 }
 
+/// The values under `(id, n)` keys with `n > after`, parsed, oldest first: at most `limit` of
+/// them, the oldest or (with `newest`) the newest.
+fn id_range<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    def: TableDefinition<Bytes, Bytes>,
+    id: Uuid,
+    after: u64,
+    limit: usize,
+    newest: bool,
+) -> Result<Vec<Arc<T>>, StoreError> {
+    let t = txn.open_table(def).map_err(unavailable)?;
+    let (lo, hi) = (id_key(id, after.saturating_add(1)), id_key(id, u64::MAX));
+    let rows = t
+        .range(lo.as_slice()..=hi.as_slice())
+        .map_err(unavailable)?;
+    let rows: Box<dyn Iterator<Item = _>> = if newest {
+        Box::new(rows.rev())
+    } else {
+        Box::new(rows)
+    };
+    let mut out = Vec::new();
+    for row in rows.take(limit) {
+        let (_, v) = row.map_err(unavailable)?;
+        out.push(Arc::new(from_json(v.value())?));
+    }
+    if newest {
+        out.reverse();
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -705,22 +736,7 @@ impl Store for EmbeddedStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<CloudEvent>>, StoreError> {
-        self.read(|txn| {
-            let t = txn.open_table(DLOG).map_err(unavailable)?;
-            let (lo, hi) = (id_key(id, after.saturating_add(1)), id_key(id, u64::MAX));
-            let mut out = Vec::new();
-            for row in t
-                .range(lo.as_slice()..=hi.as_slice())
-                .map_err(unavailable)?
-            {
-                let (_, v) = row.map_err(unavailable)?;
-                out.push(Arc::new(from_json(v.value())?));
-                if out.len() == limit {
-                    break;
-                }
-            }
-            Ok(out)
-        })
+        self.read(|txn| id_range(txn, DLOG, id, after, limit, false))
     }
 
     async fn dialog_changes(
@@ -729,25 +745,7 @@ impl Store for EmbeddedStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<Change>>, StoreError> {
-        self.read(|txn| {
-            let t = txn.open_table(DCH).map_err(unavailable)?;
-            let (lo, hi) = (id_key(id, after.saturating_add(1)), id_key(id, u64::MAX));
-            // The newest `limit`, oldest first: read backwards, then turn around.
-            let mut out = Vec::new();
-            for row in t
-                .range(lo.as_slice()..=hi.as_slice())
-                .map_err(unavailable)?
-                .rev()
-            {
-                let (_, v) = row.map_err(unavailable)?;
-                out.push(Arc::new(from_json(v.value())?));
-                if out.len() == limit {
-                    break;
-                }
-            }
-            out.reverse();
-            Ok(out)
-        })
+        self.read(|txn| id_range(txn, DCH, id, after, limit, true))
     }
 
     async fn log_position(
