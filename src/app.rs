@@ -16,9 +16,10 @@ use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::Settings;
 use crate::config::StoreKind;
 use crate::dialogs::{DialogDeps, DialogRegistry};
+use crate::domain::NodeInfo;
 use crate::domain::Party;
 use crate::http::AppState;
-use crate::store::{EmbeddedStore, MemoryStore, NodeInfo, RedisStore, Store};
+use crate::store::{EmbeddedStore, MemoryStore, RedisStore, Store};
 use crate::telemetry::Metrics;
 
 /// How often held-back events are checked for release.

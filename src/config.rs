@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer};
 
-use crate::domain::{Party, ResourceUrn};
+pub use crate::domain::{DelegationEntry, ResourceEntry};
 
 /// The defaults, built into the binary so a node runs with no files at all.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -224,23 +224,6 @@ pub struct WebhookSettings {
 pub struct ShutdownSettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
-}
-
-#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ResourceEntry {
-    pub id: ResourceUrn,
-    pub owner: Party,
-    #[serde(default)]
-    pub subscribers: Vec<Party>,
-}
-
-#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DelegationEntry {
-    pub from: Party,
-    pub to: Party,
-    pub resources: Vec<ResourceUrn>,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

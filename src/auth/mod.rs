@@ -3,13 +3,12 @@
 
 pub mod dialog_token;
 pub mod keys;
-pub mod policy;
 pub mod principal;
 pub mod verifier;
 
+pub use crate::domain::Policy;
 pub use dialog_token::{DialogTokenClaims, DialogTokens};
 pub use keys::{KeyStore, SigningKey};
-pub use policy::Policy;
 pub use principal::{Principal, Scope};
 pub use verifier::{AuthError, TokenVerifier};
 

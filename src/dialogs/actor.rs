@@ -12,8 +12,9 @@ use super::command::{Access, Command, CommandError, DialogCommand, Outcome};
 use super::registry::DialogRegistry;
 use super::subscribers::SubscriberQueue;
 use crate::bus::{Bus, Envelope};
+use crate::domain::Change;
 use crate::domain::{Dialog, Drafts};
-use crate::store::{Change, Commit, Store, StoreError};
+use crate::store::{Commit, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// How often one command retries after losing a commit race to another writer (other nodes).

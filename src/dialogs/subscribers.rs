@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
-use crate::store::Change;
+use crate::domain::Change;
 
 /// Bytes a queued change is charged: the size of an encoded `next` frame with every field selected
 /// and a long operation id, rounded up.

@@ -16,7 +16,8 @@ use crate::dialogs::{
     Access, Command, CommandError, ConnectionBudget, DialogRegistry, SubscriberQueue,
     SubscriptionGuard,
 };
-use crate::store::{Change, Store};
+use crate::domain::Change;
+use crate::store::Store;
 
 /// What resolvers of one request or connection share.
 #[derive(Clone)]

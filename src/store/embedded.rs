@@ -25,13 +25,11 @@ use redb::{
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{
-    Change, Commit, DialogQuery, EventFilter, LogEntry, LogPosition, NodeInfo, Store, StoreError,
-};
-use crate::auth::Policy;
-use crate::config::{DelegationEntry, ResourceEntry, SyncMode};
+use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, Store, StoreError};
+use crate::config::SyncMode;
 use crate::domain::{
-    CloudEvent, DeadLetter, DeliveryRecord, Dialog, PendingDelivery, ResourceUrn, Subscription,
+    Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
+    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription,
 };
 
 /// Version of the on-disk format, kept in `meta`. A binary opens its own version and refuses a

@@ -8,13 +8,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{
-    Change, Commit, DialogQuery, EventFilter, LogEntry, LogPosition, NodeInfo, Store, StoreError,
-};
-use crate::auth::Policy;
-use crate::config::{DelegationEntry, ResourceEntry};
+use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, Store, StoreError};
 use crate::domain::{
-    CloudEvent, DeadLetter, DeliveryRecord, Dialog, PendingDelivery, ResourceUrn, Subscription,
+    Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
+    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription,
 };
 
 /// Delivery attempts kept per subscription for `GET …/deliveries`.

@@ -10,14 +10,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Policy;
-use crate::config::{DelegationEntry, ResourceEntry};
 use crate::domain::{
-    CloudEvent, DeadLetter, DeliveryRecord, Dialog, Party, PendingDelivery, ResourceUrn,
-    Subscription,
+    Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo, Party,
+    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription,
 };
 
 pub use self::redis::RedisStore;
@@ -52,55 +49,6 @@ pub struct Commit {
     pub publish: bool,
     /// Hold the published events back until this time (the dialog's `visibleFrom`).
     pub hold_until: Option<DateTime<Utc>>,
-}
-
-/// One committed change in a dialog's own log: what realtime subscribers are told about.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Change {
-    /// `dialogsequence` of the change's first and last event.
-    pub first: u64,
-    pub last: u64,
-    /// Id of the change's last event.
-    pub event_id: String,
-    /// The change deleted (soft or hard) the dialog.
-    pub deleted: bool,
-    /// The dialog's revision after the change (`None` after a purge).
-    pub revision: Option<Uuid>,
-    /// Commit time, for the history TTL and fan-out latency.
-    pub at: DateTime<Utc>,
-}
-
-impl Change {
-    /// Describes a commit's events (`events` non-empty, in order).
-    pub fn of(
-        events: &[Arc<CloudEvent>],
-        revision: Option<Uuid>,
-        at: DateTime<Utc>,
-    ) -> Option<Change> {
-        let first = events.first()?.dialogsequence?;
-        let last_event = events.last()?;
-        Some(Change {
-            first,
-            last: last_event.dialogsequence?,
-            event_id: last_event.id.clone(),
-            deleted: last_event.kind == "dialogporten.dialog.deleted.v1",
-            revision,
-            at,
-        })
-    }
-}
-
-/// A node as it announces itself to the cluster (`GET /admin/v1/nodes`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeInfo {
-    pub id: String,
-    /// Base URL the node serves on.
-    pub address: String,
-    /// Open realtime connections.
-    pub connections: i64,
-    pub started: DateTime<Utc>,
-    pub seen: DateTime<Utc>,
 }
 
 /// Which dialogs a list call may return, before per-dialog authorization.

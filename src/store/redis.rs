@@ -29,13 +29,10 @@ use deadpool_redis::{Pool, Runtime};
 use redis::AsyncCommands;
 use uuid::Uuid;
 
-use super::{
-    Change, Commit, DialogQuery, EventFilter, LogEntry, LogPosition, NodeInfo, Store, StoreError,
-};
-use crate::auth::Policy;
-use crate::config::{DelegationEntry, ResourceEntry};
+use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, Store, StoreError};
 use crate::domain::{
-    CloudEvent, DeadLetter, DeliveryRecord, Dialog, PendingDelivery, ResourceUrn, Subscription,
+    Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
+    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription,
 };
 
 /// Events and changes kept per dialog in its own logs.

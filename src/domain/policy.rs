@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::{DelegationEntry, ResourceEntry};
-use crate::domain::{Party, ResourceUrn};
+use super::{DelegationEntry, Party, ResourceEntry, ResourceUrn};
 
 /// An immutable snapshot of the registry; replaced whole when an admin changes it.
 #[derive(Clone, Debug, Default)]
