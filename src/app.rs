@@ -19,7 +19,8 @@ use crate::dialogs::{DialogDeps, DialogRegistry};
 use crate::domain::NodeInfo;
 use crate::domain::Party;
 use crate::http::AppState;
-use crate::store::{EmbeddedStore, MemoryStore, RedisStore, Store};
+use crate::store::prelude::*;
+use crate::store::{EmbeddedStore, MemoryStore, RedisStore};
 use crate::telemetry::Metrics;
 
 /// How often held-back events are checked for release.

@@ -77,10 +77,9 @@ pub struct LogEntry {
 /// Filter over the global log of one resource.
 pub type EventFilter<'a> = &'a (dyn Fn(&CloudEvent) -> bool + Send + Sync);
 
+/// Dialogs and their own logs: what the dialog actors read and commit.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    async fn ping(&self) -> Result<(), StoreError>;
-
+pub trait DialogStore: Send + Sync + 'static {
     async fn load_dialog(&self, id: Uuid) -> Result<Option<Dialog>, StoreError>;
 
     /// Applies `commit` atomically or not at all.
@@ -105,7 +104,11 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<Change>>, StoreError>;
+}
 
+/// The published events: each resource's poll log, the global log the webhook dispatcher follows, events held back until `visibleFrom`, and publish dedupe.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
     /// Position of the event `event_id` in `resource`'s log, if retained there. Another resource's
     /// event with the same id is not a position in this log, so no tenant can move another's cursor.
     async fn log_position(
@@ -133,6 +136,20 @@ pub trait Store: Send + Sync + 'static {
     /// Drops global log entries older than `before`; returns how many.
     async fn prune_log(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
 
+    /// Every published event after `after` across resources, oldest first (the dispatcher's feed).
+    async fn read_global(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// The newest position of the global log (0 when empty).
+    async fn global_head(&self) -> Result<LogPosition, StoreError>;
+}
+
+/// The resource registry and delegations, which the authorization policy is built from.
+#[async_trait]
+pub trait RegistryStore: Send + Sync + 'static {
     /// The current resource registry and delegations.
     async fn policy(&self) -> Result<Arc<Policy>, StoreError>;
 
@@ -145,17 +162,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// False when no such delegation existed.
     async fn remove_delegation(&self, entry: &DelegationEntry) -> Result<bool, StoreError>;
+}
 
-    /// Every published event after `after` across resources, oldest first (the dispatcher's feed).
-    async fn read_global(
-        &self,
-        after: LogPosition,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError>;
-
-    /// The newest position of the global log (0 when empty).
-    async fn global_head(&self) -> Result<LogPosition, StoreError>;
-
+/// Webhook subscriptions and the state of their deliveries.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
     async fn put_subscription(&self, subscription: &Subscription) -> Result<(), StoreError>;
 
     async fn get_subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError>;
@@ -190,6 +201,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every unfinished delivery, for a node taking over the dispatcher.
     async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError>;
+}
+
+/// What the nodes of a cluster share to coordinate: health, leases, saved read positions and the node list.
+#[async_trait]
+pub trait ClusterStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Takes or renews the lease `name` for `holder` (true while `holder` holds it). A lease not
     /// renewed within `ttl` passes to the next node that asks.
@@ -217,4 +234,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Nodes whose last heartbeat has not expired.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+}
+
+/// Everything a node keeps: one backend implements every concern (`embedded`, `memory`, `redis`).
+pub trait Store: DialogStore + EventLog + RegistryStore + WebhookStore + ClusterStore {}
+
+impl<T: DialogStore + EventLog + RegistryStore + WebhookStore + ClusterStore> Store for T {}
+
+/// The store traits, for code that calls a store's methods.
+pub mod prelude {
+    pub use super::{ClusterStore, DialogStore, EventLog, RegistryStore, Store, WebhookStore};
 }

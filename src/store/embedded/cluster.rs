@@ -1,0 +1,73 @@
+//! `EmbeddedStore`: health, leases, saved read positions and the node list.
+
+use super::*;
+use crate::store::ClusterStore;
+
+#[async_trait]
+impl ClusterStore for EmbeddedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|_| Ok(()))
+    }
+
+    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        // One node per data_dir (locked): it always holds every lease.
+        Ok(true)
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(CURSORS).map_err(unavailable)?;
+            Ok(t.get(name).map_err(unavailable)?.map(|v| v.value()))
+        })
+    }
+
+    async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            txn.open_table(CURSORS)
+                .map_err(unavailable)?
+                .insert(name.as_str(), position)
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn init_cursor(
+        &self,
+        name: &str,
+        position: LogPosition,
+    ) -> Result<LogPosition, StoreError> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            let mut t = txn.open_table(CURSORS).map_err(unavailable)?;
+            let saved = t
+                .get(name.as_str())
+                .map_err(unavailable)?
+                .map(|v| v.value());
+            match saved {
+                Some(p) => Ok(p),
+                None => {
+                    t.insert(name.as_str(), position).map_err(unavailable)?;
+                    Ok(position)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        *self.node.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((node.clone(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let node = self.node.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(node
+            .iter()
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(n, _)| n.clone())
+            .collect())
+    }
+}

@@ -1,0 +1,77 @@
+//! `EmbeddedStore`: dialogs and their own event and change logs.
+
+use super::*;
+use crate::store::DialogStore;
+
+#[async_trait]
+impl DialogStore for EmbeddedStore {
+    async fn load_dialog(&self, id: Uuid) -> Result<Option<Dialog>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DIALOGS).map_err(unavailable)?;
+            match t.get(id.as_u128()).map_err(unavailable)? {
+                Some(v) => dialog_state(v.value()),
+                None => Ok(None),
+            }
+        })
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let prepared = PreparedCommit::of(&commit, now)?;
+        drop(commit);
+        let now_ms = now.timestamp_millis();
+        self.write(move |txn| apply_commit(txn, &prepared, now_ms))
+            .await
+    }
+
+    async fn list_dialogs(&self, query: &DialogQuery) -> Result<Vec<Dialog>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DIALOGS).map_err(unavailable)?;
+            let start = match query.after {
+                Some(after) => std::ops::Bound::Excluded(after.as_u128()),
+                None => std::ops::Bound::Unbounded,
+            };
+            let mut out = Vec::new();
+            for row in t
+                .range::<u128>((start, std::ops::Bound::Unbounded))
+                .map_err(unavailable)?
+            {
+                let (_, v) = row.map_err(unavailable)?;
+                let Some(d) = dialog_state(v.value())? else {
+                    continue;
+                };
+                let keep = (query.include_deleted || !d.is_deleted())
+                    && query
+                        .resources
+                        .as_ref()
+                        .is_none_or(|r| r.contains(&d.service_resource))
+                    && query.parties.as_ref().is_none_or(|p| p.contains(&d.party));
+                if keep {
+                    out.push(d);
+                    if out.len() == query.limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn dialog_events(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<CloudEvent>>, StoreError> {
+        self.read(|txn| id_range(txn, DLOG, id, after, limit, false))
+    }
+
+    async fn dialog_changes(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Change>>, StoreError> {
+        self.read(|txn| id_range(txn, DCH, id, after, limit, true))
+    }
+}

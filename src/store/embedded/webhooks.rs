@@ -1,0 +1,199 @@
+//! `EmbeddedStore`: webhook subscriptions, delivery records, dead letters and pending deliveries.
+
+use super::*;
+use crate::store::WebhookStore;
+
+#[async_trait]
+impl WebhookStore for EmbeddedStore {
+    async fn put_subscription(&self, subscription: &Subscription) -> Result<(), StoreError> {
+        let (key, json) = (subscription.id.as_u128(), to_json(subscription)?);
+        self.write(move |txn| {
+            txn.open_table(SUBS)
+                .map_err(unavailable)?
+                .insert(key, json.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(SUBS).map_err(unavailable)?;
+            t.get(id.as_u128())
+                .map_err(unavailable)?
+                .map(|v| from_json(v.value()))
+                .transpose()
+        })
+    }
+
+    async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.write(move |txn| {
+            let (lo, hi) = (id_key(id, 0), id_key(id, u64::MAX));
+            txn.open_table(DELIVERIES)
+                .map_err(unavailable)?
+                .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
+                .map_err(unavailable)?;
+            let removed = txn
+                .open_table(SUBS)
+                .map_err(unavailable)?
+                .remove(id.as_u128())
+                .map_err(unavailable)?
+                .is_some();
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(SUBS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(from_json(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn record_delivery(
+        &self,
+        subscription: Uuid,
+        record: DeliveryRecord,
+    ) -> Result<(), StoreError> {
+        let json = to_json(&record)?;
+        self.write(move |txn| {
+            let mut meta = txn.open_table(META).map_err(unavailable)?;
+            let n = meta
+                .get("delivery_counter")
+                .map_err(unavailable)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            meta.insert("delivery_counter", n).map_err(unavailable)?;
+            let mut t = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            t.insert(id_key(subscription, n).as_slice(), json.as_slice())
+                .map_err(unavailable)?;
+            // Keep the newest DELIVERIES_KEEP of this subscription.
+            let (lo, hi) = (id_key(subscription, 0), id_key(subscription, u64::MAX));
+            let keep = crate::store::memory::DELIVERIES_KEEP;
+            let cut = t
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(unavailable)?
+                .rev()
+                .nth(keep)
+                .transpose()
+                .map_err(unavailable)?
+                .map(|(k, _)| k.value().to_vec());
+            if let Some(cut) = cut {
+                t.retain_in(lo.as_slice()..=cut.as_slice(), |_, _| false)
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deliveries(&self, subscription: Uuid) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            let (lo, hi) = (id_key(subscription, 0), id_key(subscription, u64::MAX));
+            let mut out = Vec::new();
+            for row in t
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(unavailable)?
+                .rev()
+            {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(from_json(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let (key, json) = (letter.id.as_u128(), to_json(letter)?);
+        self.write(move |txn| {
+            txn.open_table(DEAD)
+                .map_err(unavailable)?
+                .insert(key, json.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DEAD).map_err(unavailable)?;
+            let mut out: Vec<DeadLetter> = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(from_json(v.value())?);
+            }
+            out.sort_by_key(|l| l.dead_at);
+            Ok(out)
+        })
+    }
+
+    async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+        let ids = ids.to_vec();
+        self.write(move |txn| {
+            let mut t = txn.open_table(DEAD).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(v) = t.remove(id.as_u128()).map_err(unavailable)? {
+                    out.push(from_json(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            rows.push((
+                PendingDelivery::key(d.subscription, d.position, &d.event.id),
+                to_json(d)?,
+            ));
+        }
+        self.write(move |txn| {
+            let mut t = txn.open_table(PENDING).map_err(unavailable)?;
+            for (k, v) in &rows {
+                t.insert(k.as_str(), v.as_slice()).map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_pending(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.write(move |txn| {
+            txn.open_table(PENDING)
+                .map_err(unavailable)?
+                .remove(key.as_str())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(PENDING).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(from_json(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+}

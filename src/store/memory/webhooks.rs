@@ -1,0 +1,83 @@
+//! `MemoryStore`: webhook subscriptions, delivery records, dead letters and pending deliveries.
+
+use super::*;
+use crate::store::WebhookStore;
+
+#[async_trait]
+impl WebhookStore for MemoryStore {
+    async fn put_subscription(&self, subscription: &Subscription) -> Result<(), StoreError> {
+        self.lock()
+            .subscriptions
+            .insert(subscription.id, subscription.clone());
+        Ok(())
+    }
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError> {
+        Ok(self.lock().subscriptions.get(&id).cloned())
+    }
+
+    async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        inner.deliveries.remove(&id);
+        Ok(inner.subscriptions.remove(&id).is_some())
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        Ok(self.lock().subscriptions.values().cloned().collect())
+    }
+
+    async fn record_delivery(
+        &self,
+        subscription: Uuid,
+        record: DeliveryRecord,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let list = inner.deliveries.entry(subscription).or_default();
+        list.push_front(record);
+        list.truncate(DELIVERIES_KEEP);
+        Ok(())
+    }
+
+    async fn deliveries(&self, subscription: Uuid) -> Result<Vec<DeliveryRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .deliveries
+            .get(&subscription)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.lock().dead.insert(letter.id, letter.clone());
+        Ok(())
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self.lock().dead.values().cloned().collect())
+    }
+
+    async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut inner = self.lock();
+        Ok(ids.iter().filter_map(|id| inner.dead.remove(id)).collect())
+    }
+
+    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for d in deliveries {
+            inner.pending.insert(
+                PendingDelivery::key(d.subscription, d.position, &d.event.id),
+                d.clone(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn remove_pending(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().pending.remove(key);
+        Ok(())
+    }
+
+    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+        Ok(self.lock().pending.values().cloned().collect())
+    }
+}

@@ -1,0 +1,73 @@
+//! `RedisStore`: health, leases, saved read positions and the node list.
+
+use super::*;
+use crate::store::ClusterStore;
+
+#[async_trait]
+impl ClusterStore for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut inv = self.lease.prepare_invoke();
+        inv.key(self.key(&format!("lease:{name}")))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64);
+        let held: i64 = self
+            .with(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(held == 1)
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {
+        let key = self.key(&format!("cursor:{name}"));
+        self.with(|mut c| async move { c.get(&key).await }).await
+    }
+
+    async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError> {
+        let key = self.key(&format!("cursor:{name}"));
+        self.with(|mut c| async move { c.set::<_, _, ()>(&key, position).await })
+            .await
+    }
+
+    async fn init_cursor(
+        &self,
+        name: &str,
+        position: LogPosition,
+    ) -> Result<LogPosition, StoreError> {
+        let key = self.key(&format!("cursor:{name}"));
+        self.with(|mut c| async move {
+            let _: bool = c.set_nx(&key, position).await?;
+            c.get(&key).await
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.key(&format!("node:{}", node.id));
+        let json = serde_json::to_string(node).map_err(unavailable)?;
+        let ms = ttl.as_millis() as u64;
+        self.with(|mut c| async move { c.pset_ex::<_, _, ()>(&key, json, ms).await })
+            .await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let keys = self.scan_keys(self.key("node:*")).await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = self
+            .with(|mut c| async move { c.mget(&keys).await })
+            .await?;
+        let mut nodes: Vec<NodeInfo> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+}

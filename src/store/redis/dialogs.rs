@@ -1,0 +1,202 @@
+//! `RedisStore`: dialogs and their own event and change logs.
+
+use super::*;
+use crate::store::DialogStore;
+
+#[async_trait]
+impl DialogStore for RedisStore {
+    async fn load_dialog(&self, id: Uuid) -> Result<Option<Dialog>, StoreError> {
+        let key = self.key(&format!("d:{id}"));
+        let state: Option<String> = self
+            .with(|mut c| async move { c.hget(&key, "state").await })
+            .await?;
+        match state.filter(|s| !s.is_empty()) {
+            Some(s) => serde_json::from_str(&s).map(Some).map_err(unavailable),
+            None => Ok(None),
+        }
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let id = commit.dialog_id;
+        let described = commit.state.as_ref();
+        let (resource, party) = match (described, commit.events.first()) {
+            (Some(d), _) => (d.service_resource.to_string(), d.party.urn()),
+            (None, Some(e)) => (
+                e.resource.clone().unwrap_or_default(),
+                e.subject.clone().unwrap_or_default(),
+            ),
+            (None, None) => (String::new(), String::new()),
+        };
+        let state = match &commit.state {
+            Some(d) => serde_json::to_string(d).map_err(unavailable)?,
+            None => String::new(),
+        };
+        let new_seq = commit.expected_sequence + commit.events.len() as u64;
+        let change = Change::of(
+            &commit.events,
+            commit.state.as_ref().map(|d| d.revision),
+            Utc::now(),
+        )
+        .map(|c| serde_json::to_string(&c))
+        .transpose()
+        .map_err(unavailable)?
+        .unwrap_or_default();
+        let mut inv = self.commit.prepare_invoke();
+        for k in [
+            format!("d:{id}"),
+            format!("dlog:{id}"),
+            format!("dch:{id}"),
+            "idx".to_owned(),
+            format!("idx:r:{resource}"),
+            format!("idx:p:{party}"),
+            format!("log:{resource}"),
+            "held".to_owned(),
+            "heldc".to_owned(),
+            format!("hu:{id}"),
+        ] {
+            inv.key(self.key(&k));
+        }
+        let hold_ms = commit.hold_until.map_or(0, |t| t.timestamp_millis().max(0));
+        inv.arg(commit.expected_sequence)
+            .arg(if commit.create { "1" } else { "0" })
+            .arg(state)
+            .arg(new_seq)
+            .arg(if commit.publish { "1" } else { "0" })
+            .arg(hold_ms)
+            .arg(change)
+            .arg(DIALOG_LOG_KEEP)
+            .arg(self.retention_ms())
+            .arg(id.to_string())
+            .arg(&resource)
+            .arg(&party)
+            .arg(&self.prefix)
+            .arg(commit.events.len());
+        for e in &commit.events {
+            inv.arg(serde_json::to_string(e.as_ref()).map_err(unavailable)?)
+                .arg(self.event_key(&resource, &e.id));
+        }
+        let result: String = self
+            .with(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        match result.as_str() {
+            "OK" => Ok(()),
+            "EXISTS" => Err(StoreError::AlreadyExists),
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    async fn list_dialogs(&self, query: &DialogQuery) -> Result<Vec<Dialog>, StoreError> {
+        let index = match (&query.resources, &query.parties) {
+            (_, Some(p)) if p.len() == 1 => self.key(&format!("idx:p:{}", p[0])),
+            (Some(r), _) if r.len() == 1 => self.key(&format!("idx:r:{}", r[0])),
+            _ => self.key("idx"),
+        };
+        let mut out = Vec::new();
+        let mut cursor = query
+            .after
+            .map(|a| format!("({a}"))
+            .unwrap_or_else(|| "-".to_owned());
+        loop {
+            let (idx, from) = (index.clone(), cursor.clone());
+            let ids: Vec<String> = self
+                .with(|mut c| async move {
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(&idx)
+                        .arg(&from)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(LIST_BATCH)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            if ids.is_empty() {
+                return Ok(out);
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hget(self.key(&format!("d:{id}")), "state");
+            }
+            let states: Vec<Option<String>> = self
+                .with(|mut c| async move { pipe.query_async(&mut c).await })
+                .await?;
+            for state in states.into_iter().flatten().filter(|s| !s.is_empty()) {
+                let d: Dialog = serde_json::from_str(&state).map_err(unavailable)?;
+                let keep = (query.include_deleted || !d.is_deleted())
+                    && query
+                        .resources
+                        .as_ref()
+                        .is_none_or(|r| r.contains(&d.service_resource))
+                    && query.parties.as_ref().is_none_or(|p| p.contains(&d.party));
+                if keep {
+                    out.push(d);
+                    if out.len() == query.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if ids.len() < LIST_BATCH {
+                return Ok(out);
+            }
+            cursor = format!("({}", ids.last().map(String::as_str).unwrap_or(""));
+        }
+    }
+
+    async fn dialog_events(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<CloudEvent>>, StoreError> {
+        let key = self.key(&format!("dlog:{id}"));
+        let raw: Vec<String> = self
+            .with(|mut c| async move { c.lrange(&key, 0, -1).await })
+            .await?;
+        let mut out = Vec::new();
+        for r in raw {
+            let e: CloudEvent = serde_json::from_str(&r).map_err(unavailable)?;
+            if e.dialogsequence.unwrap_or(0) > after {
+                out.push(Arc::new(e));
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn dialog_changes(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Change>>, StoreError> {
+        let key = self.key(&format!("dch:{id}"));
+        // Readers want the tail (a gap of a few changes, a short resume): read backwards in growing
+        // windows instead of the whole list.
+        let mut window = TAIL_WINDOW;
+        loop {
+            let k = key.clone();
+            let start = -(window as isize);
+            let raw: Vec<String> = self
+                .with(|mut c| async move { c.lrange(&k, start, -1).await })
+                .await?;
+            let mut changes = Vec::with_capacity(raw.len());
+            for r in &raw {
+                changes.push(serde_json::from_str::<Change>(r).map_err(unavailable)?);
+            }
+            let reaches_back = changes.first().is_none_or(|c| c.last <= after);
+            if reaches_back || raw.len() < window || window >= DIALOG_LOG_KEEP {
+                let newer: Vec<Arc<Change>> = changes
+                    .into_iter()
+                    .filter(|c| c.last > after)
+                    .map(Arc::new)
+                    .collect();
+                let skip = newer.len().saturating_sub(limit);
+                return Ok(newer.into_iter().skip(skip).collect());
+            }
+            window = (window * 4).min(DIALOG_LOG_KEEP);
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The Redis `Store`, shared by every node of a cluster. A dialog commit is one Lua script
+//! (sequence check, state, dialog log, change log, indexes, global log or hold-back queue), so
+//! concurrent writers on different nodes produce one gap-free order.
+//!
+//! Key layout under `{p}` = `redis.prefix`:
+//! - `{p}:d:{id}` hash `state` (dialog JSON; empty after purge) and `seq`
+//! - `{p}:dlog:{id}` list of event JSON, `{p}:dch:{id}` list of change JSON (newest 1000 each)
+//! - `{p}:idx`, `{p}:idx:r:{resource}`, `{p}:idx:p:{party}` sorted sets of dialog ids (lexical)
+//! - `{p}:log:{resource}` stream of published events (field `e`); `{p}:ev:{T(resource, event id)}`
+//!   an event's stream id in its resource's log
+//! - `{p}:ext:{T(resource, source, id)}` dedupe marker of published custom events
+//!   (`T` writes each part as `{byte length}:{part}`, so no id or source can make two tuples meet)
+//! - `{p}:held` sorted set of held-back events by release time (member: counter, then the log and
+//!   event-position keys and the event JSON, length-prefixed), `{p}:heldc` its counter,
+//!   `{p}:hu:{id}` a dialog's current hold-until time
+//! - `{p}:res` hash of resources, `{p}:dlg` set of delegations, `{p}:keys` the generated keys
+//! - `{p}:glog` stream of every published event (the webhook dispatcher's feed)
+//! - `{p}:subs` hash of webhook subscriptions, `{p}:dlv:{sub}` recent attempts, `{p}:dead` dead letters
+//! - `{p}:pending` hash of unfinished webhook deliveries (`{sub}|{position}|{event id}` → JSON)
+//! - `{p}:lease:{name}` a lease (the webhook dispatcher's), `{p}:cursor:{name}` a saved log position
+//! - `{p}:node:{id}` a live node (expires unless refreshed)
+
+mod cluster;
+mod dialogs;
+mod log;
+mod registry;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_redis::{Pool, Runtime};
+use redis::AsyncCommands;
+use uuid::Uuid;
+
+use super::prelude::RegistryStore;
+use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, StoreError};
+use crate::domain::{
+    Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
+    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription,
+};
+
+/// Events and changes kept per dialog in its own logs.
+const DIALOG_LOG_KEEP: usize = 1000;
+/// Longest a single store operation may take before the node answers 503 instead of waiting.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// First window of a tail read of a dialog's change log.
+const TAIL_WINDOW: usize = 16;
+/// Dialog ids fetched per round trip when listing.
+const LIST_BATCH: usize = 200;
+
+const COMMIT_LUA: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'seq')
+if ARGV[2] == '1' then
+  if cur then return 'EXISTS' end
+else
+  if (not cur) or cur ~= ARGV[1] then return 'CONFLICT' end
+  if redis.call('HGET', KEYS[1], 'state') == '' then return 'CONFLICT' end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', ARGV[4])
+local n = tonumber(ARGV[14])
+local keep = tonumber(ARGV[8])
+for i = 1, n do redis.call('RPUSH', KEYS[2], ARGV[14 + 2 * i - 1]) end
+if n > 0 then redis.call('LTRIM', KEYS[2], -keep, -1) end
+if ARGV[7] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[7])
+  redis.call('LTRIM', KEYS[3], -keep, -1)
+end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[4], ARGV[10])
+  redis.call('ZREM', KEYS[5], ARGV[10])
+  redis.call('ZREM', KEYS[6], ARGV[10])
+elseif ARGV[2] == '1' then
+  redis.call('ZADD', KEYS[4], 0, ARGV[10])
+  redis.call('ZADD', KEYS[5], 0, ARGV[10])
+  redis.call('ZADD', KEYS[6], 0, ARGV[10])
+end
+if ARGV[5] == '1' and n > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local hold = tonumber(ARGV[6])
+  local pending = tonumber(redis.call('GET', KEYS[10]) or '0')
+  if pending > now and pending > hold then hold = pending end
+  if hold > now then
+    redis.call('SET', KEYS[10], hold, 'PX', hold - now + 60000)
+    for i = 1, n do
+      local c = redis.call('INCR', KEYS[9])
+      local ev = ARGV[14 + 2 * i]
+      redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '|' .. #KEYS[7] .. '|' .. KEYS[7] .. #ev .. '|' .. ev .. ARGV[14 + 2 * i - 1])
+    end
+  else
+    for i = 1, n do
+      local sid = redis.call('XADD', KEYS[7], '*', 'e', ARGV[14 + 2 * i - 1])
+      redis.call('SET', ARGV[14 + 2 * i], sid, 'PX', ARGV[9])
+      redis.call('XADD', ARGV[13] .. ':glog', '*', 'e', ARGV[14 + 2 * i - 1])
+    end
+  end
+end
+return 'OK'
+"#;
+
+const RELEASE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function field(m, at)
+  local bar = string.find(m, '|', at, true)
+  local len = tonumber(string.sub(m, at, bar - 1))
+  return string.sub(m, bar + 1, bar + len), bar + len + 1
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+for _, m in ipairs(due) do
+  local log, at = field(m, 22)
+  local ev, rest = field(m, at)
+  local json = string.sub(m, rest)
+  local sid = redis.call('XADD', log, '*', 'e', json)
+  redis.call('SET', ev, sid, 'PX', ARGV[2])
+  redis.call('XADD', ARGV[1] .. ':glog', '*', 'e', json)
+  redis.call('ZREM', KEYS[1], m)
+end
+return #due
+"#;
+
+const LEASE_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+const PUBLISH_LUA: &str = r#"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then return 0 end
+local sid = redis.call('XADD', KEYS[2], '*', 'e', ARGV[1])
+redis.call('SET', KEYS[3], sid, 'PX', ARGV[2])
+redis.call('XADD', KEYS[4], '*', 'e', ARGV[1])
+return 1
+"#;
+
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+    retention: Duration,
+    commit: redis::Script,
+    release: redis::Script,
+    publish: redis::Script,
+    lease: redis::Script,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Stream id `ms-seq` ↔ log position `ms << 20 | seq` (fewer than 2^20 entries per millisecond).
+fn position_of(stream_id: &str) -> Option<LogPosition> {
+    let (ms, seq) = stream_id.split_once('-')?;
+    Some((ms.parse::<u64>().ok()? << 20) | seq.parse::<u64>().ok()?)
+}
+
+/// A key part made of several strings that no choice of strings can make ambiguous: each part is
+/// written as `{byte length}:{part}`.
+fn tuple(parts: &[&str]) -> String {
+    let mut out = String::new();
+    for p in parts {
+        out.push_str(&p.len().to_string());
+        out.push(':');
+        out.push_str(p);
+    }
+    out
+}
+
+fn stream_id_of(position: LogPosition) -> String {
+    format!("{}-{}", position >> 20, position & 0xF_FFFF)
+}
+
+impl RedisStore {
+    pub fn new(url: &str, prefix: &str, retention: Duration) -> anyhow::Result<Self> {
+        let mut cfg = deadpool_redis::Config::from_url(url);
+        let mut pool_cfg = deadpool_redis::PoolConfig::new(64);
+        pool_cfg.timeouts.wait = Some(OP_TIMEOUT);
+        pool_cfg.timeouts.create = Some(OP_TIMEOUT);
+        pool_cfg.timeouts.recycle = Some(OP_TIMEOUT);
+        cfg.pool = Some(pool_cfg);
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| anyhow::anyhow!("invalid configuration: redis.url: {e}"))?;
+        Ok(RedisStore {
+            pool,
+            prefix: prefix.to_owned(),
+            retention,
+            commit: redis::Script::new(COMMIT_LUA),
+            release: redis::Script::new(RELEASE_LUA),
+            publish: redis::Script::new(PUBLISH_LUA),
+            lease: redis::Script::new(LEASE_LUA),
+        })
+    }
+
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    /// Where an event's position in its resource's log is kept.
+    fn event_key(&self, resource: &str, event_id: &str) -> String {
+        self.key(&format!("ev:{}", tuple(&[resource, event_id])))
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    /// Runs `f` with a pooled connection under the operation timeout.
+    async fn with<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let run = async {
+            let conn = self.conn().await?;
+            f(conn).await.map_err(unavailable)
+        };
+        tokio::time::timeout(OP_TIMEOUT, run)
+            .await
+            .map_err(|_| unavailable("timed out"))?
+    }
+
+    /// The generated keys shared by every node: stored once (first node wins), then read.
+    pub async fn shared_keys(&self, generated: String) -> Result<String, StoreError> {
+        let key = self.key("keys");
+        self.with(|mut c| async move {
+            let _: bool = c.set_nx(&key, generated).await?;
+            c.get(&key).await
+        })
+        .await
+    }
+
+    /// Adds the configured registry entries (upsert) so a cluster starts with what config says.
+    pub async fn seed_policy(
+        &self,
+        resources: &[ResourceEntry],
+        delegations: &[DelegationEntry],
+    ) -> Result<(), StoreError> {
+        for r in resources {
+            self.put_resource(r.clone()).await?;
+        }
+        for d in delegations {
+            self.add_delegation(d.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Every key matching `pattern` (SCAN, so Redis is never blocked).
+    async fn scan_keys(&self, pattern: String) -> Result<Vec<String>, StoreError> {
+        self.with(|mut c| async move {
+            let mut it = c.scan_match::<_, String>(&pattern).await?;
+            let mut keys = Vec::new();
+            while let Some(k) = futures::StreamExt::next(&mut it).await {
+                keys.push(k?);
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    fn retention_ms(&self) -> u64 {
+        self.retention.as_millis().min(u64::MAX as u128) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_and_positions_round_trip_in_order() {
+        let a = position_of("1700000000000-0").expect("id");
+        let b = position_of("1700000000000-7").expect("id");
+        let c = position_of("1700000000001-0").expect("id");
+        assert!(a < b && b < c);
+        assert_eq!(stream_id_of(b), "1700000000000-7");
+    }
+
+    #[test]
+    fn tuple_keys_are_unambiguous_whatever_the_parts_contain() {
+        assert_ne!(tuple(&["a|b", "c"]), tuple(&["a", "b|c"]));
+        assert_ne!(tuple(&["a:1", "b"]), tuple(&["a", "1:b"]));
+        assert_eq!(tuple(&["urn:x", "id"]), "5:urn:x2:id");
+    }
+}
