@@ -10,9 +10,11 @@
 //! - [`webhooks`]: the dispatcher actor, signing, retry policy, endpoint guard.
 //! - [`dialogs`]: per-dialog actors and the registry that starts them on demand.
 //! - [`auth`]: token verification (JWKS, dev issuer), dialog tokens, authorization policy.
-//! - [`store`]: the `Store` trait and its in-memory backend.
+//! - [`store`]: the store traits (dialogs, event log, registry, webhooks, cluster) and their
+//!   backends: `embedded` (durable, redb; the single-node default), `memory` and `redis`.
 //! - [`bus`]: the `Bus` trait (cross-node fan-out) and its in-memory backend.
-//! - [`domain`]: pure types and rules: dialogs, events, parties, the seen rule.
+//! - [`domain`]: pure types and rules: dialogs, events, changes, parties, the registry and its
+//!   authorization policy, the seen rule.
 //!
 //! Imports flow downward only: `app` → `http`, `realtime` → `dialogs`, `webhooks` → `auth`, `store`, `bus` → `domain`, `config`.
 

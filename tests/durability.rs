@@ -495,9 +495,11 @@ async fn under_retention_the_store_file_stops_growing() {
         tokio::time::sleep(Duration::from_millis(1600)).await;
         sizes.push(std::fs::metadata(&file).expect("store file").len());
     }
-    // 6,000 updates written; once the logs reached their limits the file reuses its space.
+    // 6,000 updates written; once the logs reached their limits the file reuses its space. The
+    // file grows by doubling, so it may take one more step after round 2 while pages are freed
+    // and reused; without pruning it takes two (4x, measured: 2.2 -> 8.9 MB).
     assert!(
-        sizes[5] <= sizes[2],
+        sizes[5] <= 2 * sizes[1],
         "the store file kept growing under retention: {sizes:?}"
     );
     let polled = node.poll_all(&node.tokens.owner_a, "").await;
