@@ -64,6 +64,21 @@ pub struct DialogQuery {
     pub limit: usize,
 }
 
+impl DialogQuery {
+    /// Whether `dialog` belongs in the answer (before the `after` bound and the limit).
+    pub fn admits(&self, dialog: &Dialog) -> bool {
+        (self.include_deleted || !dialog.is_deleted())
+            && self
+                .resources
+                .as_ref()
+                .is_none_or(|r| r.contains(&dialog.service_resource))
+            && self
+                .parties
+                .as_ref()
+                .is_none_or(|p| p.contains(&dialog.party))
+    }
+}
+
 /// Where an event sits in the global log; increases with every appended event.
 pub type LogPosition = u64;
 

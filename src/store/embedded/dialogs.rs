@@ -40,13 +40,7 @@ impl DialogStore for EmbeddedStore {
                 let Some(d) = dialog_state(v.value())? else {
                     continue;
                 };
-                let keep = (query.include_deleted || !d.is_deleted())
-                    && query
-                        .resources
-                        .as_ref()
-                        .is_none_or(|r| r.contains(&d.service_resource))
-                    && query.parties.as_ref().is_none_or(|p| p.contains(&d.party));
-                if keep {
+                if query.admits(&d) {
                     out.push(d);
                     if out.len() == query.limit {
                         break;

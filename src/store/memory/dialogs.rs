@@ -95,14 +95,7 @@ impl DialogStore for MemoryStore {
             .dialogs
             .range((start, std::ops::Bound::Unbounded))
             .filter_map(|(_, s)| s.dialog.as_ref())
-            .filter(|d| query.include_deleted || !d.is_deleted())
-            .filter(|d| {
-                query
-                    .resources
-                    .as_ref()
-                    .is_none_or(|r| r.contains(&d.service_resource))
-            })
-            .filter(|d| query.parties.as_ref().is_none_or(|p| p.contains(&d.party)))
+            .filter(|d| query.admits(d))
             .take(query.limit)
             .cloned()
             .collect())

@@ -123,13 +123,7 @@ impl DialogStore for RedisStore {
                 .await?;
             for state in states.into_iter().flatten().filter(|s| !s.is_empty()) {
                 let d: Dialog = serde_json::from_str(&state).map_err(unavailable)?;
-                let keep = (query.include_deleted || !d.is_deleted())
-                    && query
-                        .resources
-                        .as_ref()
-                        .is_none_or(|r| r.contains(&d.service_resource))
-                    && query.parties.as_ref().is_none_or(|p| p.contains(&d.party));
-                if keep {
+                if query.admits(&d) {
                     out.push(d);
                     if out.len() == query.limit {
                         return Ok(out);
