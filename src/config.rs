@@ -94,7 +94,8 @@ pub enum StoreKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
-    /// A write is answered after it is fsynced (many writes share one fsync).
+    /// A write is answered after it is fsynced (many writes share one fsync), in the commit log;
+    /// the database file is checkpointed every `store.sync_interval`.
     Always,
     /// fsync at most every `store.sync_interval`; a crash loses at most that much.
     Interval,

@@ -42,6 +42,11 @@ pub(super) fn copy_snapshot(src: &ReadTransaction, to: &Path) -> Result<u64, Sto
     copy(src, &txn, DELIVERIES)?;
     copy(src, &txn, DEAD)?;
     copy(src, &txn, PENDING)?;
+    // A copy is a database of its own: no commit log of the original applies to it.
+    txn.open_table(META)
+        .map_err(unavailable)?
+        .insert("instance", rand::random::<u64>())
+        .map_err(unavailable)?;
     txn.commit().map_err(unavailable)?;
     drop(dst);
     std::fs::metadata(to)
@@ -64,6 +69,14 @@ pub fn backup_file(data_dir: &Path, to: &Path) -> anyhow::Result<u64> {
     let path = data_dir.join(FILE_NAME);
     anyhow::ensure!(path.exists(), "no store at {}", path.display());
     let db = Database::create(&path)?;
+    // Commits after the last checkpoint are in the commit log: apply them first.
+    let instance = {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        meta.get("instance")?.map(|v| v.value()).unwrap_or(0)
+    };
+    let (mut wal, batches) = super::wal::Wal::open(&data_dir.join(super::WAL_FILE_NAME), instance)?;
+    super::writer::recover(&db, batches, &mut wal)?;
     let snapshot = db.begin_read()?;
     Ok(copy_snapshot(&snapshot, to)?)
 }

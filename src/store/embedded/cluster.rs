@@ -22,13 +22,9 @@ impl ClusterStore for EmbeddedStore {
     }
 
     async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError> {
-        let name = name.to_owned();
-        self.write(move |txn| {
-            txn.open_table(CURSORS)
-                .map_err(unavailable)?
-                .insert(name.as_str(), position)
-                .map_err(unavailable)?;
-            Ok(())
+        self.write_logged(super::wal::Logged::Cursor {
+            name: name.to_owned(),
+            position,
         })
         .await
     }

@@ -19,9 +19,11 @@ impl DialogStore for EmbeddedStore {
         let now = Utc::now();
         let prepared = PreparedCommit::of(&commit, now)?;
         drop(commit);
-        let now_ms = now.timestamp_millis();
-        self.write(move |txn| apply_commit(txn, &prepared, now_ms))
-            .await
+        self.write_logged(super::wal::Logged::Commit {
+            commit: prepared,
+            now_ms: now.timestamp_millis(),
+        })
+        .await
     }
 
     async fn list_dialogs(&self, query: &DialogQuery) -> Result<Vec<Dialog>, StoreError> {

@@ -17,11 +17,13 @@ mod commit;
 mod dialogs;
 mod log;
 mod registry;
+mod wal;
 mod webhooks;
 mod writer;
 
 pub use backup::backup_file;
 use commit::*;
+pub use wal::WAL_FILE_NAME;
 use writer::*;
 
 use std::path::Path;
@@ -213,7 +215,7 @@ impl EmbeddedStore {
             .with_context(|| format!("failed to open the store {}", path.display()))?;
         let db = Arc::new(db);
         let txn = db.begin_write()?;
-        let (version, policy) = {
+        let (version, policy, instance) = {
             let mut meta = txn.open_table(META)?;
             let saved = meta.get("version")?.map(|v| v.value());
             let version = match saved {
@@ -223,6 +225,9 @@ impl EmbeddedStore {
                     FORMAT_VERSION
                 }
             };
+            if meta.get("instance")?.is_none() {
+                meta.insert("instance", rand::random::<u64>())?;
+            }
             for t in ["next_position", "held_counter", "delivery_counter"] {
                 let missing = meta.get(t)?.is_none();
                 if missing {
@@ -270,7 +275,12 @@ impl EmbeddedStore {
                 "delegations",
                 serde_json::to_vec(&stored_delegations)?.as_slice(),
             )?;
-            (version, Policy::new(stored_resources, stored_delegations))
+            let instance = meta.get("instance")?.map(|v| v.value()).unwrap_or(0);
+            (
+                version,
+                Policy::new(stored_resources, stored_delegations),
+                instance,
+            )
         };
         if version > FORMAT_VERSION {
             anyhow::bail!(
@@ -280,11 +290,21 @@ impl EmbeddedStore {
             );
         }
         txn.commit()?;
+        let wal_path = data_dir.join(WAL_FILE_NAME);
+        let (mut wal, batches) = wal::Wal::open(&wal_path, instance)
+            .with_context(|| format!("failed to open the commit log {}", wal_path.display()))?;
+        let replayed = recover(&db, batches, &mut wal)?;
+        if replayed > 0 {
+            tracing::info!(
+                commits = replayed,
+                "applied the commit log's tail after a crash"
+            );
+        }
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_db = db.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_db, rx, sync, sync_interval))
+            .spawn(move || writer(writer_db, rx, sync, sync_interval, wal))
             .context("failed to start the store's writer thread")?;
         Ok(EmbeddedStore {
             db,
@@ -308,7 +328,7 @@ impl EmbeddedStore {
         f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |txn| {
+        let job = Job::Other(Box::new(move |txn| {
             let out = f(txn);
             Applied {
                 fatal: matches!(out, Err(StoreError::Unavailable(_))),
@@ -316,14 +336,29 @@ impl EmbeddedStore {
                     let _ = tx.send(committed.and(out));
                 }),
             }
-        });
+        }));
+        self.send(job)?;
+        rx.await
+            .map_err(|_| unavailable("the store's writer has stopped"))?
+    }
+
+    /// A write the commit log can carry, for the writer thread; answers after it is durable.
+    async fn write_logged(&self, logged: wal::Logged) -> Result<(), StoreError> {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        self.send(Job::Logged {
+            logged: Box::new(logged),
+            answer,
+        })?;
+        rx.await
+            .map_err(|_| unavailable("the store's writer has stopped"))?
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
         self.jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(job)
-            .map_err(|_| unavailable("the store's writer has stopped"))?;
-        rx.await
-            .map_err(|_| unavailable("the store's writer has stopped"))?
+            .map_err(|_| unavailable("the store's writer has stopped"))
     }
 
     fn set_policy(&self, policy: Policy) {

@@ -1,0 +1,398 @@
+//! The commit log (`store.wal` beside the database) that makes `store.sync = "always"` cheap.
+//!
+//! A durable redb commit rewrites and fsyncs every B-tree page the batch touched. Instead, a batch
+//! made only of dialog commits is applied in a non-durable redb transaction and its prepared
+//! commits are appended here as one record, fsynced before anyone is answered. At most
+//! `store.sync_interval` later (or when the log passes `CHECKPOINT_BYTES`) one durable redb commit
+//! (a checkpoint) makes all of it durable in the database itself, and the log starts over from its
+//! beginning.
+//!
+//! After a crash redb reopens at its last durable commit; the records whose batch number is above
+//! the `wal_batch` saved in that commit are applied again, in order, with the time each was first
+//! applied, so each gives the same result it gave then (a commit that met a conflict meets it
+//! again).
+//!
+//! The file starts with the database's `instance` number: a log left beside a restored backup (or
+//! any other database) is not applied to it. A record: payload length (u32), CRC-32 of the payload (u32), payload: batch number (u64), then
+//! the batch's commits. The file is preallocated and reused from offset 0 after each checkpoint, so
+//! an fsync rarely has to write file metadata; reading stops at the first record that is torn,
+//! fails its checksum, or whose batch number does not rise (the rest of an older round).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use super::commit::{PreparedCommit, PreparedEvent, apply_commit};
+use super::*;
+
+/// File name of the commit log inside `data_dir`.
+pub const WAL_FILE_NAME: &str = "store.wal";
+/// The header: the database's instance number.
+const HEADER: u64 = 8;
+/// Size the log is preallocated to; a checkpoint follows before it fills.
+const PREALLOCATE: u64 = 64 << 20;
+/// The log is checkpointed once it holds this much.
+pub(super) const CHECKPOINT_BYTES: u64 = 48 << 20;
+
+pub(super) struct Wal {
+    file: File,
+    /// Where the next record goes.
+    offset: u64,
+    /// Number of the last batch written (or recovered).
+    pub(super) batch: u64,
+    buf: Vec<u8>,
+}
+
+/// The batches read back from the log: (batch number, its writes), oldest first.
+pub(super) type Batches = Vec<(u64, Vec<Logged>)>;
+
+/// A write the log can carry: one that gives the same result when applied again to the state
+/// it was first applied to.
+pub(super) enum Logged {
+    /// A dialog commit, with the time it was applied at.
+    Commit { commit: PreparedCommit, now_ms: i64 },
+    /// A consumer's saved position in the global log (the dispatcher's).
+    Cursor { name: String, position: u64 },
+}
+
+impl Logged {
+    /// Applies the write to `txn` (see `apply_commit`).
+    pub(super) fn apply(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        match self {
+            Logged::Commit { commit, now_ms } => apply_commit(txn, commit, *now_ms),
+            Logged::Cursor { name, position } => {
+                txn.open_table(CURSORS)
+                    .map_err(unavailable)?
+                    .insert(name.as_str(), *position)
+                    .map_err(unavailable)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Wal {
+    /// Opens (or creates and preallocates) the log of the database numbered `instance` and
+    /// returns it with the batches it holds, oldest first (none if it belongs to another).
+    pub(super) fn open(path: &Path, instance: u64) -> std::io::Result<(Wal, Batches)> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let ours = bytes.get(..8) == Some(&instance.to_le_bytes()[..]);
+        let batches = if ours {
+            read_records(&bytes[8..])
+        } else {
+            Vec::new()
+        };
+        if !ours {
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(&instance.to_le_bytes())?;
+            // No record follows the header yet.
+            file.write_all(&[0u8; 8])?;
+            file.sync_data()?;
+        }
+        let size = file.metadata()?.len();
+        if size < PREALLOCATE {
+            // Written out, not a sparse hole: later fsyncs then have no blocks to allocate.
+            file.seek(SeekFrom::Start(size))?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = size;
+            while at < PREALLOCATE {
+                let n = (PREALLOCATE - at).min(zeros.len() as u64) as usize;
+                file.write_all(&zeros[..n])?;
+                at += n as u64;
+            }
+            file.sync_all()?;
+        }
+        let batch = batches.last().map(|(b, _)| *b).unwrap_or(0);
+        Ok((
+            Wal {
+                file,
+                offset: HEADER,
+                batch,
+                buf: Vec::new(),
+            },
+            batches,
+        ))
+    }
+
+    /// Bytes written since the last checkpoint.
+    pub(super) fn len(&self) -> u64 {
+        self.offset - HEADER
+    }
+
+    /// Appends the record of batch `batch` and fsyncs it. On failure the log is as before.
+    pub(super) fn append(&mut self, batch: u64, commits: &[&Logged]) -> std::io::Result<()> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0u8; 8]);
+        self.buf.extend_from_slice(&batch.to_le_bytes());
+        for c in commits {
+            encode(&mut self.buf, c);
+        }
+        let payload_len = (self.buf.len() - 8) as u32;
+        let crc = crc32fast::hash(&self.buf[8..]);
+        self.buf[..4].copy_from_slice(&payload_len.to_le_bytes());
+        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        // A record after the last one that ends the log on reading: the rest of the file is an
+        // older round, and its first record must not pass for the next batch.
+        self.buf.extend_from_slice(&[0u8; 8]);
+        self.file.seek(SeekFrom::Start(self.offset))?;
+        self.file.write_all(&self.buf)?;
+        self.file.sync_data()?;
+        self.offset += self.buf.len() as u64 - 8;
+        self.batch = batch;
+        Ok(())
+    }
+
+    /// Starts the log over: everything in it is in a durable database commit now.
+    pub(super) fn reset(&mut self) {
+        self.offset = HEADER;
+    }
+}
+
+fn read_records(bytes: &[u8]) -> Batches {
+    let mut out: Batches = Vec::new();
+    let mut at = 0usize;
+    while let Some(head) = bytes.get(at..at + 8) {
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if len < 8 || crc32fast::hash(payload) != crc {
+            break;
+        }
+        let batch = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+        if out.last().is_some_and(|(b, _)| *b >= batch) {
+            break;
+        }
+        let mut rest = &payload[8..];
+        let mut commits = Vec::new();
+        while !rest.is_empty() {
+            match decode(&mut rest) {
+                Some(c) => commits.push(c),
+                None => return out,
+            }
+        }
+        out.push((batch, commits));
+        at += 8 + len;
+    }
+    out
+}
+
+fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    buf.extend_from_slice(b);
+}
+
+fn encode(buf: &mut Vec<u8>, logged: &Logged) {
+    let (p, now_ms) = match logged {
+        Logged::Commit { commit, now_ms } => (commit, now_ms),
+        Logged::Cursor { name, position } => {
+            buf.push(1);
+            put_bytes(buf, name.as_bytes());
+            buf.extend_from_slice(&position.to_le_bytes());
+            return;
+        }
+    };
+    buf.push(0);
+    buf.extend_from_slice(&now_ms.to_le_bytes());
+    buf.extend_from_slice(p.id.as_bytes());
+    let flags = u8::from(p.create)
+        | (u8::from(p.publish) << 1)
+        | (u8::from(p.change.is_some()) << 2)
+        | (u8::from(p.hold_until_ms.is_some()) << 3);
+    buf.push(flags);
+    buf.extend_from_slice(&p.expected_sequence.to_le_bytes());
+    put_bytes(buf, &p.state);
+    buf.extend_from_slice(&(p.events.len() as u32).to_le_bytes());
+    for e in &p.events {
+        buf.extend_from_slice(&e.sequence.to_le_bytes());
+        put_bytes(buf, e.id.as_bytes());
+        put_bytes(buf, e.resource.as_bytes());
+        put_bytes(buf, &e.json);
+    }
+    if let Some((last, json)) = &p.change {
+        buf.extend_from_slice(&last.to_le_bytes());
+        put_bytes(buf, json);
+    }
+    if let Some(ms) = p.hold_until_ms {
+        buf.extend_from_slice(&ms.to_le_bytes());
+    }
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, tail) = rest.split_at_checked(n)?;
+    *rest = tail;
+    Some(head)
+}
+
+fn take_u64(rest: &mut &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(take(rest, 8)?.try_into().ok()?))
+}
+
+fn take_bytes(rest: &mut &[u8]) -> Option<Vec<u8>> {
+    let len = u32::from_le_bytes(take(rest, 4)?.try_into().ok()?) as usize;
+    Some(take(rest, len)?.to_vec())
+}
+
+fn take_string(rest: &mut &[u8]) -> Option<String> {
+    String::from_utf8(take_bytes(rest)?).ok()
+}
+
+fn decode(rest: &mut &[u8]) -> Option<Logged> {
+    match take(rest, 1)?[0] {
+        0 => {}
+        1 => {
+            return Some(Logged::Cursor {
+                name: take_string(rest)?,
+                position: take_u64(rest)?,
+            });
+        }
+        _ => return None,
+    }
+    let now_ms = take_u64(rest)? as i64;
+    let id = Uuid::from_slice(take(rest, 16)?).ok()?;
+    let flags = take(rest, 1)?[0];
+    let expected_sequence = take_u64(rest)?;
+    let state = take_bytes(rest)?;
+    let count = u32::from_le_bytes(take(rest, 4)?.try_into().ok()?);
+    let mut events = Vec::new();
+    for _ in 0..count {
+        events.push(PreparedEvent {
+            sequence: take_u64(rest)?,
+            id: take_string(rest)?,
+            resource: take_string(rest)?,
+            json: take_bytes(rest)?,
+        });
+    }
+    let change = if flags & 4 != 0 {
+        Some((take_u64(rest)?, take_bytes(rest)?))
+    } else {
+        None
+    };
+    let hold_until_ms = if flags & 8 != 0 {
+        Some(take_u64(rest)? as i64)
+    } else {
+        None
+    };
+    Some(Logged::Commit {
+        commit: PreparedCommit {
+            id,
+            create: flags & 1 != 0,
+            expected_sequence,
+            state,
+            events,
+            change,
+            publish: flags & 2 != 0,
+            hold_until_ms,
+        },
+        now_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(n: u64) -> Logged {
+        Logged::Commit {
+            commit: PreparedCommit {
+                id: Uuid::now_v7(),
+                create: n == 0,
+                expected_sequence: n,
+                state: format!("{{\"n\":{n}}}").into_bytes(),
+                events: vec![PreparedEvent {
+                    sequence: n + 1,
+                    id: format!("e{n}"),
+                    resource: "urn:altinn:resource:r".into(),
+                    json: b"{}".to_vec(),
+                }],
+                change: Some((n + 1, b"{\"c\":1}".to_vec())),
+                publish: true,
+                hold_until_ms: (n % 2 == 1).then_some(1_700_000_000_000),
+            },
+            now_ms: 1_700_000_000_000 + n as i64,
+        }
+    }
+
+    #[test]
+    fn records_read_back_until_a_torn_tail_or_an_older_round() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(WAL_FILE_NAME);
+        let (mut wal, batches) = Wal::open(&path, 7).expect("open");
+        assert!(batches.is_empty());
+        let (a, b, c) = (commit(0), commit(1), commit(2));
+        let cursor = Logged::Cursor {
+            name: "dispatcher".into(),
+            position: 42,
+        };
+        wal.append(1, &[&a, &b, &cursor]).expect("append");
+        wal.append(2, &[&c]).expect("append");
+        drop(wal);
+
+        let (mut wal, batches) = Wal::open(&path, 7).expect("reopen");
+        assert_eq!(batches.iter().map(|(b, _)| *b).collect::<Vec<_>>(), [1, 2]);
+        let first = &batches[0].1;
+        assert_eq!(first.len(), 3);
+        let (
+            Logged::Commit {
+                commit: read,
+                now_ms,
+            },
+            Logged::Commit {
+                commit: wrote,
+                now_ms: at,
+            },
+        ) = (&first[1], &b)
+        else {
+            panic!("the second write is a commit");
+        };
+        assert_eq!(read.id, wrote.id);
+        assert_eq!(read.hold_until_ms, Some(1_700_000_000_000));
+        assert_eq!(now_ms, at);
+        assert_eq!(read.events[0].id, "e1");
+        assert!(matches!(&first[2], Logged::Cursor { name, position: 42 } if name == "dispatcher"));
+        let (Logged::Commit { commit: read, .. }, Logged::Commit { commit: wrote, .. }) =
+            (&batches[1].1[0], &c)
+        else {
+            panic!("commits");
+        };
+        assert_eq!(read.change, wrote.change);
+        assert_eq!(wal.batch, 2);
+
+        // A checkpoint starts the log over: a shorter new round leaves the older records behind
+        // it, which must not be read as newer batches.
+        wal.reset();
+        wal.append(3, &[&a]).expect("append");
+        drop(wal);
+        let (_, batches) = Wal::open(&path, 7).expect("reopen");
+        assert_eq!(batches.iter().map(|(b, _)| *b).collect::<Vec<_>>(), [3]);
+
+        // A torn record (its last byte lost) ends the log before it.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+        bytes[16 + len - 1] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        let (_, batches) = Wal::open(&path, 7).expect("reopen");
+        assert!(batches.is_empty());
+
+        // The log of another database is not applied, and is started over.
+        std::fs::write(&path, &bytes[..]).expect("write");
+        let (mut wal, _) = Wal::open(&path, 7).expect("reopen");
+        wal.append(4, &[&a]).expect("append");
+        drop(wal);
+        let (_, batches) = Wal::open(&path, 8).expect("open as another database");
+        assert!(batches.is_empty());
+        let (_, batches) = Wal::open(&path, 7).expect("reopen");
+        assert!(
+            batches.is_empty(),
+            "the other database's open started the log over"
+        );
+    }
+}
