@@ -227,6 +227,7 @@ impl App {
                 settings.realtime.max_connections_per_party,
             ),
             max_body: settings.http.max_body,
+            origins: crate::http::cors::Origins::new(&settings.http.cors_origins),
             shutdown: shutdown_rx,
         });
         let workers = if settings.http.workers == 0 {
@@ -235,6 +236,12 @@ impl App {
             settings.http.workers
         };
         let shutdown = settings.shutdown.timeout.as_secs();
+        let origins = crate::http::cors::Origins::new(&settings.http.cors_origins);
+        let dev_issuer = settings
+            .auth
+            .dev_issuer
+            .enabled
+            .then(|| keys.dev_issuer.clone());
         let state = web::Data::new(AppState {
             settings,
             base_url,
@@ -246,6 +253,7 @@ impl App {
             dialog_tokens,
             metrics,
             dispatcher,
+            dev_issuer,
             embedded,
         });
         let data = state.clone();
@@ -257,6 +265,11 @@ impl App {
                 .wrap(crate::http::method_not_allowed())
                 .wrap(middleware::from_fn(crate::http::count_requests))
                 .wrap(middleware::from_fn(crate::http::body_deadline))
+                // Outermost: a preflight is answered before anything else looks at it.
+                .wrap(middleware::Condition::new(
+                    origins.enabled(),
+                    origins.middleware(),
+                ))
                 .configure(crate::http::configure)
         })
         .workers(workers)

@@ -46,6 +46,9 @@ pub struct HttpSettings {
     /// Longest time to receive a whole request body (408 after it).
     #[serde(deserialize_with = "duration")]
     pub body_timeout: Duration,
+    /// Origins that may call the node from a web page on another origin (`["*"]`: any); empty:
+    /// same origin only. Also checked against `Origin` on WebSocket upgrades when set.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -298,6 +301,17 @@ impl Settings {
         }
         if self.http.body_timeout.is_zero() {
             bail!("invalid configuration: http.body_timeout must be greater than 0");
+        }
+        if let Some(bad) = self
+            .http
+            .cors_origins
+            .iter()
+            .find(|o| !crate::http::cors::valid_origin(o))
+        {
+            bail!(
+                "invalid configuration: http.cors_origins: {bad:?} is not an origin \
+                 (\"*\", or scheme://host[:port] such as \"https://app.example.no\")"
+            );
         }
         if self.store.sync_interval.is_zero() {
             bail!("invalid configuration: store.sync_interval must be greater than 0");

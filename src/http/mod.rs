@@ -1,10 +1,12 @@
 //! actix-web routes (thin handlers), problem+json errors, extractors and request metrics.
 
 pub mod admin;
+pub mod cors;
 pub mod dialogs;
 pub mod events;
 pub mod extract;
 pub mod ops;
+pub mod pages;
 pub mod problem;
 pub mod state;
 pub mod subscriptions;
@@ -25,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(ops::routes)
         .configure(admin::routes)
         .configure(subscriptions::routes)
+        .configure(pages::routes)
         .default_service(web::to(not_found));
 }
 

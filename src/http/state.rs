@@ -22,6 +22,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The node's webhook dispatcher (validation handshakes, replays, redrives).
     pub dispatcher: actix::Addr<crate::webhooks::Dispatcher>,
+    /// The development issuer's key, when it is enabled (`POST /dev/token`).
+    pub dev_issuer: Option<crate::auth::SigningKey>,
     /// The embedded store itself, when the node runs on it (hot backups).
     pub embedded: Option<Arc<crate::store::EmbeddedStore>>,
 }

@@ -33,6 +33,8 @@ pub struct RealtimeState {
     pub parties: Arc<limits::PartyConnections>,
     /// Largest accepted request body (`http.max_body`).
     pub max_body: usize,
+    /// `http.cors_origins`: checked against the `Origin` of WebSocket upgrades.
+    pub origins: crate::http::cors::Origins,
     /// Flips to true when the node starts draining: connections close with 1012, streams complete.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -81,8 +83,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(query))
             .route(web::get().to(query)),
     )
-    .route("/graphql/stream", web::post().to(sse::stream))
-    .route("/graphiql", web::get().to(graphiql));
+    .service(web::resource("/graphql/stream").route(web::post().to(sse::stream)));
 }
 
 /// A batch's answer stops growing past this many bytes: the remaining operations are answered
@@ -195,8 +196,4 @@ async fn query(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(out))
-}
-
-async fn graphiql() -> Result<HttpResponse, actix_web::Error> {
-    juniper_actix::graphiql_handler("/graphql", Some("/graphql")).await
 }

@@ -50,6 +50,19 @@ pub async fn upgrade(
     body: web::Payload,
     state: web::Data<RealtimeState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    use actix_web::http::header;
+    let headers = req.headers();
+    if !state
+        .origins
+        .allows_upgrade(headers.get(header::ORIGIN), headers.get(header::HOST))
+    {
+        return Ok(crate::http::problem::problem(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "Forbidden",
+            "this Origin may not open a WebSocket here (http.cors_origins)",
+            None,
+        ));
+    }
     let (response, session, stream) =
         actix_ws::handle_with_protocols(&req, body, &["graphql-transport-ws", "graphql-ws"])?;
     let chosen = response

@@ -191,6 +191,14 @@ pub struct SseEvent {
 }
 
 impl SseClient {
+    /// Reads the events of a stream request made elsewhere.
+    pub fn from_response(resp: awc::ClientResponse<Body>) -> SseClient {
+        SseClient {
+            resp,
+            buf: String::new(),
+        }
+    }
+
     pub async fn open(
         node: &TestNode,
         token: Option<&str>,
