@@ -7,97 +7,23 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::process::{NodeProcess as Node, spawn};
 use common::receiver::Receiver;
 use common::{ORG_A, RESOURCE, dialog_body, org_urn};
 use dialog_events::auth::{KeyStore, dev_token};
 use dialog_events::domain::Party;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dialog-events");
 /// Writes attempted in the burst, and after how many acknowledged ones the node is killed.
 const BURST: usize = 2000;
 const KILL_AFTER: usize = 700;
 const WRITERS: usize = 16;
 const DIALOGS: usize = 20;
-
-/// A `dialog-events serve` child on `dir`, killed when dropped.
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Node {
-    fn start(dir: &Path) -> Node {
-        let mut child = spawn(dir);
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("listening on http://") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let out = child.wait_with_output().expect("the node's output");
-                panic!(
-                    "the node did not log its listening line; its stderr:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        };
-        let at = line.find("http://").expect("url") + "http://".len();
-        let addr: String = line[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-            .collect();
-        Node {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    /// SIGKILL: no drain, no flush, nothing.
-    fn kill(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(dir: &Path) -> Child {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("DIALOG_EVENTS") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(dir.join("node.toml"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts")
-}
 
 fn write_config(dir: &Path) {
     write_config_with(dir, "");

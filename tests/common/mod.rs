@@ -1,6 +1,8 @@
 //! Test harness: starts a real node (`App::build`, port 0) and talks to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod process;
 pub mod realtime;
 pub mod receiver;
 pub mod redis;
