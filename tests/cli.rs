@@ -304,6 +304,12 @@ fn version_and_help_describe_the_binary_and_its_subcommands() {
 fn serve_logs_the_real_port_it_listens_on_and_answers_health_checks() {
     let dir = tempdir();
     let server = Server::start(dir.path(), None, &[]);
+    // The log goes to a pipe here: plain text, no terminal colour codes.
+    assert!(
+        server.seen.iter().all(|l| !l.contains('\u{1b}')),
+        "no ANSI escapes when stdout is not a terminal: {:?}",
+        server.seen
+    );
     let (status, body) = http(server.port, "GET", "/health/live", None, None);
     assert_eq!(status, 200, "{body}");
     let (status, body) = http(server.port, "GET", "/health/ready", None, None);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod nginx;
 pub mod process;
 pub mod realtime;
 pub mod receiver;

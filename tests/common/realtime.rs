@@ -29,10 +29,15 @@ pub enum Incoming {
 impl WsClient {
     /// Opens `GET /graphql` offering `protocol`, optionally with a bearer header.
     pub async fn connect(node: &TestNode, protocol: &str, header_token: Option<&str>) -> WsClient {
+        WsClient::connect_to(&node.base, protocol, header_token).await
+    }
+
+    /// Opens `GET {base}/graphql` (a node, or a load balancer in front of nodes).
+    pub async fn connect_to(base: &str, protocol: &str, header_token: Option<&str>) -> WsClient {
         let mut req = awc::Client::builder()
             .max_http_version(awc::http::Version::HTTP_11)
             .finish()
-            .ws(node.url("/graphql"))
+            .ws(format!("{base}/graphql"))
             .protocols([protocol]);
         if let Some(t) = header_token {
             req = req.bearer_auth(t);
