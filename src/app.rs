@@ -11,7 +11,7 @@ use actix_web::{middleware, web};
 use anyhow::Context;
 use tokio::task::JoinHandle;
 
-use crate::auth::{DialogTokens, KeyStore, TokenVerifier};
+use crate::auth::{DialogTokens, KeySource, KeyStore, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::Settings;
 use crate::config::StoreKind;
@@ -99,57 +99,58 @@ impl App {
         let (sink, mut envelopes) = tokio::sync::mpsc::unbounded_channel();
         let mut data_lock = None;
         let mut embedded = None;
-        let (store, bus, keys): (Arc<dyn Store>, Arc<dyn Bus>, KeyStore) = match &settings.redis.url
-        {
-            None => {
-                data_lock = Some(lock_data_dir(&settings.data_dir)?);
-                let keys = KeyStore::load_or_create(&settings.data_dir)?;
-                let store: Arc<dyn Store> = match settings.store.kind {
-                    StoreKind::Embedded => {
-                        let opened = Arc::new(EmbeddedStore::open(
-                            &settings.data_dir,
-                            settings.store.sync,
-                            settings.store.sync_interval,
-                            &settings.resources,
-                            &settings.delegations,
-                        )?);
-                        embedded = Some(opened.clone());
-                        opened
-                    }
-                    StoreKind::Memory => Arc::new(MemoryStore::new(crate::auth::Policy::new(
-                        settings.resources.clone(),
-                        settings.delegations.clone(),
-                    ))),
-                };
-                (store, Arc::new(MemoryBus::new(sink)), keys)
-            }
-            Some(url) => {
-                let redis =
-                    RedisStore::new(url, &settings.redis.prefix, settings.events.retention)?;
-                redis
-                    .ping()
-                    .await
-                    .with_context(|| format!("failed to reach Redis at redis.url {url}"))?;
-                // Every node signs and verifies with the same keys: the first node's win.
-                let shared = redis.shared_keys(KeyStore::generate().to_json()).await?;
-                let keys = KeyStore::from_json(&shared)
-                    .context("failed to read the cluster's keys from Redis")?;
-                redis
-                    .seed_policy(&settings.resources, &settings.delegations)
-                    .await?;
-                let bus = RedisBus::start(url, &settings.redis.prefix, redis.pool(), sink)?;
-                (Arc::new(redis), Arc::new(bus), keys)
-            }
-        };
+        let (store, bus, key_source): (Arc<dyn Store>, Arc<dyn Bus>, KeySource) =
+            match &settings.redis.url {
+                None => {
+                    data_lock = Some(lock_data_dir(&settings.data_dir)?);
+                    let store: Arc<dyn Store> = match settings.store.kind {
+                        StoreKind::Embedded => {
+                            let opened = Arc::new(EmbeddedStore::open(
+                                &settings.data_dir,
+                                settings.store.sync,
+                                settings.store.sync_interval,
+                                &settings.resources,
+                                &settings.delegations,
+                            )?);
+                            embedded = Some(opened.clone());
+                            opened
+                        }
+                        StoreKind::Memory => Arc::new(MemoryStore::new(crate::auth::Policy::new(
+                            settings.resources.clone(),
+                            settings.delegations.clone(),
+                        ))),
+                    };
+                    let keys = KeySource::new(&settings, None);
+                    (store, Arc::new(MemoryBus::new(sink)), keys)
+                }
+                Some(url) => {
+                    let redis = Arc::new(RedisStore::new(
+                        url,
+                        &settings.redis.prefix,
+                        settings.events.retention,
+                    )?);
+                    redis
+                        .ping()
+                        .await
+                        .with_context(|| format!("failed to reach Redis at redis.url {url}"))?;
+                    redis
+                        .seed_policy(&settings.resources, &settings.delegations)
+                        .await?;
+                    let bus = RedisBus::start(url, &settings.redis.prefix, redis.pool(), sink)?;
+                    let keys = KeySource::new(&settings, Some(redis.clone()));
+                    (redis, Arc::new(bus), keys)
+                }
+            };
+        // Every node of a cluster signs and verifies with the same keys.
+        let keys = key_source.load().await?;
         let dev_jwks = settings
             .auth
             .dev_issuer
             .enabled
             .then(|| serde_json::json!({"keys": [keys.dev_issuer.public_jwk()]}));
         let verifier = Arc::new(TokenVerifier::new(&settings.auth, dev_jwks)?);
-        let dialog_tokens = Arc::new(DialogTokens::new(
-            keys.dialog_primary.clone(),
-            keys.dialog_next.clone(),
+        let dialog_tokens = Arc::new(DialogTokens::from_keys(
+            &keys,
             &base_url,
             settings.auth.dialog_token_ttl,
         ));
@@ -205,6 +206,10 @@ impl App {
             metrics.clone(),
             node_id.clone(),
             format!("http://{addr}"),
+        )));
+        tasks.push(actix_web::rt::spawn(reload_keys(
+            key_source,
+            dialog_tokens.clone(),
         )));
 
         let mut arbiters = arbiters;
@@ -371,6 +376,29 @@ impl Drop for Cleanup {
         }
         for arbiter in &self.arbiters {
             arbiter.stop();
+        }
+    }
+}
+
+/// Reads the keys again every `RELOAD_EVERY` and takes rotated dialog-token keys (from
+/// `dialog-events keys rotate`, on this machine or any node of the cluster).
+async fn reload_keys(source: KeySource, tokens: Arc<DialogTokens>) {
+    let mut tick = tokio::time::interval(crate::auth::source::RELOAD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match source.load().await {
+            Ok(keys) => {
+                let kids: Vec<String> = keys.dialog_kids().into_iter().map(str::to_owned).collect();
+                if kids != tokens.kids() {
+                    tokens.set_keys(&keys);
+                    tracing::info!(primary = %kids[0], "dialog-token keys changed: signing with the new primary");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), source = %source.describe(), "could not read the keys again")
+            }
         }
     }
 }

@@ -124,6 +124,10 @@ pub struct AuthSettings {
     pub clock_leeway: Duration,
     pub issuers: Vec<IssuerSettings>,
     pub dev_issuer: DevIssuerSettings,
+    /// Operator-provided signing keys (the `keys.json` shape); when set, none are generated and
+    /// none are kept in Redis.
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,5 +1,6 @@
 //! The `dialog-events` binary: `serve` starts a node, `token` mints a development-issuer token
-//! (with the cluster's keys from Redis when `redis.url` is set), `backup` copies the embedded store.
+//! (with the cluster's keys from Redis when `redis.url` is set), `backup` copies the embedded store,
+//! `keys rotate` rotates the dialog-token keys and `keys generate` writes a keys file.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dialog_events::app::lock_data_dir;
-use dialog_events::auth::{KeyStore, dev_token};
+use dialog_events::auth::{KeySource, KeyStore, dev_token};
 use dialog_events::config::StoreKind;
 use dialog_events::domain::Party;
 use dialog_events::{App, Settings, telemetry};
@@ -48,6 +49,11 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Signing keys: rotate the dialog-token keys, or write a new keys file.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
     /// Write a consistent copy of the embedded store to a new file; a running node is asked to
     /// take it (from one snapshot, while it keeps serving), a stopped one is read directly.
     Backup {
@@ -63,6 +69,22 @@ enum Cmd {
         /// the development issuer of data_dir.
         #[arg(long)]
         token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// The next dialog-token key becomes primary and a new next key is made; tokens signed with
+    /// the old primary verify until they expire. Running nodes take the keys within seconds.
+    Rotate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write a new keys file (the shape of `auth.keys_file`), owner-only.
+    Generate {
+        /// The new file (it must not exist).
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -83,6 +105,12 @@ fn main() -> std::process::ExitCode {
             url,
             token,
         } => backup(config, to, url, token),
+        Cmd::Keys {
+            command: KeysCmd::Rotate { config },
+        } => rotate_keys(config),
+        Cmd::Keys {
+            command: KeysCmd::Generate { to },
+        } => generate_keys(&to),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -118,22 +146,9 @@ fn token(
         (None, Some(org)) => Some(Party::organization(&org).context("--org must be 9 digits")?),
         (None, None) => None,
     };
-    let keys = match &settings.redis.url {
-        None => KeyStore::load_or_create(&settings.data_dir)?,
-        // The nodes of a cluster sign and verify with the keys kept in Redis: use those.
-        Some(url) => actix_web::rt::System::new().block_on(async {
-            let store = dialog_events::store::RedisStore::new(
-                url,
-                &settings.redis.prefix,
-                settings.events.retention,
-            )?;
-            let json = store
-                .shared_keys(KeyStore::generate().to_json())
-                .await
-                .with_context(|| format!("failed to read the cluster's keys from {url}"))?;
-            KeyStore::from_json(&json).context("failed to read the cluster's keys from Redis")
-        })?,
-    };
+    // The keys the nodes use (in a cluster, those kept in Redis).
+    let keys =
+        actix_web::rt::System::new().block_on(async { key_source(&settings)?.load().await })?;
     println!(
         "{}",
         dev_token(
@@ -142,6 +157,66 @@ fn token(
             party.as_ref(),
             Duration::from_secs(ttl)
         )
+    );
+    Ok(())
+}
+
+/// Where `settings` keeps its keys; in Redis mode, connected to the cluster's Redis.
+fn key_source(settings: &Settings) -> anyhow::Result<KeySource> {
+    let redis = match &settings.redis.url {
+        Some(url) if settings.auth.keys_file.is_none() => Some(std::sync::Arc::new(
+            dialog_events::store::RedisStore::new(
+                url,
+                &settings.redis.prefix,
+                settings.events.retention,
+            )
+            .with_context(|| format!("failed to reach Redis at redis.url {url}"))?,
+        )),
+        _ => None,
+    };
+    Ok(KeySource::new(settings, redis))
+}
+
+fn rotate_keys(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let settings = Settings::load(config.as_deref())?;
+    let source = key_source(&settings)?;
+    actix_web::rt::System::new().block_on(async {
+        let mut keys = source.load().await?;
+        let old = keys.dialog_primary.kid.clone();
+        // Tokens signed before the rotation live at most dialog_token_ttl (plus clock leeway).
+        let keep = settings.auth.dialog_token_ttl + settings.auth.clock_leeway;
+        keys.rotate(chrono::Utc::now().timestamp(), keep);
+        source.save(&keys).await?;
+        println!(
+            "rotated {}: primary {} (was next), next {} (new); {old} verifies until its tokens \
+             expire (dialog_token_ttl {}); running nodes take the keys within {} s{}",
+            source.describe(),
+            keys.dialog_primary.kid,
+            keys.dialog_next.kid,
+            humantime::format_duration(settings.auth.dialog_token_ttl),
+            dialog_events::auth::source::RELOAD_EVERY.as_secs(),
+            if matches!(source, KeySource::Operator(_)) {
+                " (copy the file to every node)"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    })
+}
+
+fn generate_keys(to: &std::path::Path) -> anyhow::Result<()> {
+    if to.exists() {
+        anyhow::bail!("{} exists already; name a new file", to.display());
+    }
+    let keys = KeyStore::generate();
+    keys.save(to)?;
+    println!(
+        "{}: dev issuer {}, dialog tokens primary {} and next {}",
+        to.display(),
+        keys.dev_issuer.kid,
+        keys.dialog_primary.kid,
+        keys.dialog_next.kid
     );
     Ok(())
 }
@@ -177,7 +252,8 @@ fn backup(
     let token = match token {
         Some(t) => t,
         None if settings.auth.dev_issuer.enabled => {
-            let keys = KeyStore::load_or_create(&settings.data_dir)?;
+            let keys = actix_web::rt::System::new()
+                .block_on(async { key_source(&settings)?.load().await })?;
             dev_token(
                 &keys.dev_issuer,
                 "dialog-events:admin",

@@ -1,6 +1,8 @@
 //! Dialog tokens as Dialogporten issues them: a compact EdDSA JWS with claims
-//! `jti c l p s i a iss iat nbf exp`, signed with the primary key; primary and next are published.
+//! `jti c l p s i a iss iat nbf exp`, signed with the primary key; primary and next are published,
+//! and keys retired by a rotation keep verifying (and stay published) until their tokens expire.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -8,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::keys::SigningKey;
+use super::keys::{KeyStore, SigningKey};
 
 /// The claims of a dialog token, named as Dialogporten names them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,10 +35,16 @@ pub struct DialogTokenClaims {
 }
 
 pub struct DialogTokens {
-    primary: SigningKey,
-    next: SigningKey,
+    /// Swapped whole when the keys are rotated.
+    keys: RwLock<Arc<DialogKeys>>,
     issuer: String,
     ttl: Duration,
+}
+
+struct DialogKeys {
+    primary: SigningKey,
+    next: SigningKey,
+    retired: Vec<SigningKey>,
 }
 
 /// Authentication level written into `l` (ID-porten substantial/high login as Dialogporten assumes).
@@ -45,11 +53,51 @@ const AUTH_LEVEL: u8 = 3;
 impl DialogTokens {
     pub fn new(primary: SigningKey, next: SigningKey, base_url: &str, ttl: Duration) -> Self {
         DialogTokens {
-            primary,
-            next,
+            keys: RwLock::new(Arc::new(DialogKeys {
+                primary,
+                next,
+                retired: Vec::new(),
+            })),
             issuer: format!("{base_url}/api/v1"),
             ttl,
         }
+    }
+
+    /// From a key store, with its retired keys.
+    pub fn from_keys(keys: &KeyStore, base_url: &str, ttl: Duration) -> Self {
+        let tokens = Self::new(
+            keys.dialog_primary.clone(),
+            keys.dialog_next.clone(),
+            base_url,
+            ttl,
+        );
+        tokens.set_keys(keys);
+        tokens
+    }
+
+    /// Takes the dialog-token keys of `keys` (after a rotation): new tokens are signed with its
+    /// primary; its next and retired keys verify.
+    pub fn set_keys(&self, keys: &KeyStore) {
+        let fresh = Arc::new(DialogKeys {
+            primary: keys.dialog_primary.clone(),
+            next: keys.dialog_next.clone(),
+            retired: keys.dialog_retired.iter().map(|r| r.key.clone()).collect(),
+        });
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
+
+    /// The key ids in use: primary, next, retired.
+    pub fn kids(&self) -> Vec<String> {
+        let keys = self.current();
+        [&keys.primary, &keys.next]
+            .into_iter()
+            .chain(&keys.retired)
+            .map(|k| k.kid.clone())
+            .collect()
+    }
+
+    fn current(&self) -> Arc<DialogKeys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn issuer(&self) -> &str {
@@ -78,23 +126,31 @@ impl DialogTokens {
             "nbf": now,
             "exp": now + self.ttl.as_secs() as i64,
         });
-        self.primary.sign_jwt(&claims)
+        self.current().primary.sign_jwt(&claims)
     }
 
-    /// Verifies signature (primary or next key), issuer and lifetime; returns the claims.
+    /// Verifies signature (primary, next or a retired key), issuer and lifetime; returns the
+    /// claims.
     pub fn verify(&self, token: &str) -> Option<DialogTokenClaims> {
-        let claims = self
-            .primary
-            .verify_jwt(token)
-            .or_else(|| self.next.verify_jwt(token))?;
+        let keys = self.current();
+        let claims = [&keys.primary, &keys.next]
+            .into_iter()
+            .chain(&keys.retired)
+            .find_map(|k| k.verify_jwt(token))?;
         let claims: DialogTokenClaims = serde_json::from_value(claims).ok()?;
         let now = Utc::now().timestamp();
         (claims.iss == self.issuer && claims.nbf <= now + 30 && claims.exp > now).then_some(claims)
     }
 
-    /// `GET /api/v1/.well-known/jwks.json`: primary first, then next.
+    /// `GET /api/v1/.well-known/jwks.json`: primary first, then next, then retired keys.
     pub fn jwks(&self) -> Value {
-        json!({"keys": [self.primary.public_jwk(), self.next.public_jwk()]})
+        let keys = self.current();
+        let all: Vec<Value> = [&keys.primary, &keys.next]
+            .into_iter()
+            .chain(&keys.retired)
+            .map(SigningKey::public_jwk)
+            .collect();
+        json!({ "keys": all })
     }
 }
 

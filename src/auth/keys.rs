@@ -88,24 +88,47 @@ impl SigningKey {
     }
 }
 
+/// The keys as JSON (`keys.json`, `auth.keys_file`, the cluster's copy in Redis): base64 seeds
+/// of the Ed25519 keys.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeyFile {
     dev_issuer: String,
     dialog_token_primary: String,
     dialog_token_next: String,
+    /// Former primaries, kept so the dialog tokens they signed verify until they expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dialog_token_retired: Vec<RetiredSeed>,
 }
 
-/// The node's generated keys: the development issuer's key and the dialog-token key pair
-/// (primary signs, next is published ahead of rotation).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetiredSeed {
+    key: String,
+    /// When it stopped signing (Unix seconds).
+    retired_at: i64,
+}
+
+/// A former primary dialog-token key: it signs no more, and verifies what it signed until the
+/// longest lifetime of a dialog token has passed.
+#[derive(Clone)]
+pub struct RetiredKey {
+    pub key: SigningKey,
+    pub retired_at: i64,
+}
+
+/// The node's keys: the development issuer's key and the dialog-token keys (primary signs, next
+/// is published ahead of rotation, retired ones still verify).
 #[derive(Clone)]
 pub struct KeyStore {
     pub dev_issuer: SigningKey,
     pub dialog_primary: SigningKey,
     pub dialog_next: SigningKey,
+    pub dialog_retired: Vec<RetiredKey>,
 }
 
 /// File name of the generated keys inside `data_dir`.
-const KEY_FILE: &str = "keys.json";
+pub const KEY_FILE: &str = "keys.json";
 
 impl KeyStore {
     pub fn generate() -> Self {
@@ -113,29 +136,62 @@ impl KeyStore {
             dev_issuer: SigningKey::generate(),
             dialog_primary: SigningKey::generate(),
             dialog_next: SigningKey::generate(),
+            dialog_retired: Vec::new(),
         }
+    }
+
+    /// Rotation at `now` (Unix seconds): the next key becomes primary, a new next key is made, and
+    /// the old primary is retired. Retired keys older than `keep` (the longest dialog-token
+    /// lifetime) are dropped: nothing they signed is still valid.
+    pub fn rotate(&mut self, now: i64, keep: std::time::Duration) {
+        let next = std::mem::replace(&mut self.dialog_next, SigningKey::generate());
+        let old = std::mem::replace(&mut self.dialog_primary, next);
+        self.dialog_retired.push(RetiredKey {
+            key: old,
+            retired_at: now,
+        });
+        self.dialog_retired
+            .retain(|r| r.retired_at + keep.as_secs() as i64 > now);
+    }
+
+    /// Every dialog-token key a token may carry: primary, next, then the retired ones.
+    pub fn dialog_kids(&self) -> Vec<&str> {
+        [&self.dialog_primary, &self.dialog_next]
+            .into_iter()
+            .chain(self.dialog_retired.iter().map(|r| &r.key))
+            .map(|k| k.kid.as_str())
+            .collect()
+    }
+
+    /// Reads a key file written by `to_json` (or by an operator in that shape); it must exist.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read the keys file {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("failed to parse {}", path.display()))
+    }
+
+    /// Writes the keys to `path` (owner-only), replacing it whole: a reader sees the old file or
+    /// the new one.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        write_private(&tmp, self.to_json().as_bytes())
+            .with_context(|| format!("failed to write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
     }
 
     /// Loads the keys from `data_dir`, generating and saving them on first use.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         let path = Self::path(data_dir);
         if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("failed to read {}", path.display()))?;
-            return Self::from_json(&text)
-                .with_context(|| format!("failed to parse {}", path.display()));
+            return Self::load(&path);
         }
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("failed to create data_dir {}", data_dir.display()))?;
         let keys = Self::generate();
-        // Write to a temporary file and rename so a concurrent reader never sees half a file. The
-        // file is created owner-only, so the private keys are never readable by others, not even
-        // for a moment.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        write_private(&tmp, keys.to_json().as_bytes())
-            .with_context(|| format!("failed to write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("failed to write {}", path.display()))?;
+        // Written to a temporary file, owner-only from its creation, then renamed: the private
+        // keys are never readable by others, and no reader sees half a file.
+        keys.save(&path)?;
         Ok(keys)
     }
 
@@ -145,6 +201,16 @@ impl KeyStore {
             dev_issuer: SigningKey::from_seed(&file.dev_issuer)?,
             dialog_primary: SigningKey::from_seed(&file.dialog_token_primary)?,
             dialog_next: SigningKey::from_seed(&file.dialog_token_next)?,
+            dialog_retired: file
+                .dialog_token_retired
+                .iter()
+                .map(|r| {
+                    Ok(RetiredKey {
+                        key: SigningKey::from_seed(&r.key)?,
+                        retired_at: r.retired_at,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 
@@ -153,6 +219,14 @@ impl KeyStore {
             dev_issuer: self.dev_issuer.seed_b64(),
             dialog_token_primary: self.dialog_primary.seed_b64(),
             dialog_token_next: self.dialog_next.seed_b64(),
+            dialog_token_retired: self
+                .dialog_retired
+                .iter()
+                .map(|r| RetiredSeed {
+                    key: r.key.seed_b64(),
+                    retired_at: r.retired_at,
+                })
+                .collect(),
         })
         .unwrap_or_default()
     }
@@ -217,6 +291,42 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn rotation_promotes_next_makes_a_new_next_and_keeps_the_old_primary_for_verification() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut keys = KeyStore::load_or_create(dir.path()).expect("create");
+        let (primary, next) = (
+            keys.dialog_primary.kid.clone(),
+            keys.dialog_next.kid.clone(),
+        );
+        let signed = keys.dialog_primary.sign_jwt(&json!({"i": "x"}));
+        let ttl = std::time::Duration::from_secs(600);
+        keys.rotate(1_000, ttl);
+        assert_eq!(keys.dialog_primary.kid, next);
+        assert_ne!(keys.dialog_next.kid, next);
+        assert_ne!(keys.dialog_next.kid, primary);
+        assert_eq!(keys.dialog_retired[0].key.kid, primary);
+        // Saved and read back, the retired key still verifies what it signed.
+        keys.save(&dir.path().join(KEY_FILE)).expect("save");
+        let read = KeyStore::load(&dir.path().join(KEY_FILE)).expect("load");
+        assert_eq!(read.dialog_kids(), keys.dialog_kids());
+        assert!(read.dialog_retired[0].key.verify_jwt(&signed).is_some());
+        // A later rotation drops retired keys whose tokens have all expired.
+        keys.rotate(1_000 + 601, ttl);
+        assert_eq!(keys.dialog_retired.len(), 1);
+        assert_eq!(keys.dialog_retired[0].key.kid, next);
+    }
+
+    #[test]
+    fn a_key_file_without_retired_keys_still_loads() {
+        let keys = KeyStore::generate();
+        let mut v: Value = serde_json::from_str(&keys.to_json()).expect("json");
+        assert!(v.get("dialog_token_retired").is_none());
+        v["dialog_token_retired"] = json!([]);
+        let read = KeyStore::from_json(&v.to_string()).expect("loads");
+        assert_eq!(read.dialog_primary.kid, keys.dialog_primary.kid);
     }
 
     #[test]

@@ -4,12 +4,14 @@
 pub mod dialog_token;
 pub mod keys;
 pub mod principal;
+pub mod source;
 pub mod verifier;
 
 pub use crate::domain::Policy;
 pub use dialog_token::{DialogTokenClaims, DialogTokens};
 pub use keys::{KeyStore, SigningKey};
 pub use principal::{Principal, Scope};
+pub use source::KeySource;
 pub use verifier::{AuthError, TokenVerifier};
 
 /// Issuer (`iss`) of tokens minted by the built-in development issuer.

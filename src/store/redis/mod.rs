@@ -243,6 +243,13 @@ impl RedisStore {
         .await
     }
 
+    /// Replaces the cluster's keys (a rotation); nodes read them again within seconds.
+    pub async fn set_shared_keys(&self, json: String) -> Result<(), StoreError> {
+        let key = self.key("keys");
+        self.with(|mut c| async move { c.set(&key, json).await })
+            .await
+    }
+
     /// Adds the configured registry entries (upsert) so a cluster starts with what config says.
     pub async fn seed_policy(
         &self,
