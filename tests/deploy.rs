@@ -1,5 +1,5 @@
 //! What `deploy/` ships, checked against a running node: every query of the Grafana dashboard
-//! names metrics the node exports, and the metrics table of `deploy/README.md` documents every
+//! names metrics the node exports, and the metrics table of the README documents every
 //! metric family the node exports (and nothing it does not).
 
 mod common;
@@ -31,9 +31,11 @@ async fn busy_node() -> (TestNode, Receiver) {
         "/events/api/v1/subscriptions/{}",
         r.body["id"].as_str().expect("id")
     );
-    eventually(Duration::from_secs(20), "the subscription validated", || async {
-        node.get(&sub, &node.tokens.owner_a).await.body["validated"] == true
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the subscription validated",
+        || async { node.get(&sub, &node.tokens.owner_a).await.body["validated"] == true },
+    )
     .await;
     let id = node.create_dialog(&dialog_body()).await;
     eventually(Duration::from_secs(20), "a delivered event", || async {
@@ -135,8 +137,8 @@ async fn the_metrics_table_documents_exactly_what_the_node_exports() {
     let (node, _rx) = busy_node().await;
     let exported = families(&node.metrics().await);
     assert!(exported.len() >= 10, "{exported:?}");
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/README.md"))
-        .expect("deploy/README.md");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
     let documented: BTreeSet<String> = readme
         .lines()
         .filter_map(|l| l.strip_prefix("| `dialog_events_"))

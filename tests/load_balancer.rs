@@ -106,7 +106,11 @@ impl Cluster {
 
     async fn sequence(&self, dialog: &str) -> u64 {
         let (status, d) = self
-            .call("GET", &format!("/api/v1/serviceowner/dialogs/{dialog}"), None)
+            .call(
+                "GET",
+                &format!("/api/v1/serviceowner/dialogs/{dialog}"),
+                None,
+            )
             .await;
         assert_eq!(status, 200, "{d}");
         d["sequence"].as_u64().expect("sequence")
@@ -114,7 +118,11 @@ impl Cluster {
 
     async fn dialog_token(&self, dialog: &str) -> String {
         let (_, d) = self
-            .call("GET", &format!("/api/v1/serviceowner/dialogs/{dialog}"), None)
+            .call(
+                "GET",
+                &format!("/api/v1/serviceowner/dialogs/{dialog}"),
+                None,
+            )
             .await;
         d["dialogToken"].as_str().expect("dialogToken").to_owned()
     }

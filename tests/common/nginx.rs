@@ -45,7 +45,10 @@ impl Nginx {
             .replace("@PREFIX@", &dir.path().display().to_string())
             .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
             .replace("@UPSTREAMS@", servers.trim_end())
-            .replace("@ROUTES@", &deploy.join("routes.conf").display().to_string());
+            .replace(
+                "@ROUTES@",
+                &deploy.join("routes.conf").display().to_string(),
+            );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("nginx.conf");
         let child = Command::new(binary())
