@@ -242,9 +242,10 @@ fn references(html: &str) -> Vec<String> {
 }
 
 #[actix_web::test]
-async fn the_console_and_graphiql_come_from_the_binary_with_every_asset_they_reference() {
+async fn the_console_graphiql_and_the_api_reference_come_from_the_binary_with_every_asset_they_reference()
+ {
     let node = start("").await;
-    for page in ["/console", "/graphiql"] {
+    for page in ["/console", "/graphiql", "/api-docs"] {
         let r = node.send("GET", page, None, &[], None).await;
         assert_eq!(r.status.as_u16(), 200, "{page}");
         assert_eq!(

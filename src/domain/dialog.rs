@@ -26,7 +26,7 @@ impl InputError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum DialogStatus {
     NotApplicable,
     InProgress,
@@ -36,13 +36,13 @@ pub enum DialogStatus {
     Completed,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ActorType {
     ServiceOwner,
     PartyRepresentative,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum TransmissionType {
     Information,
     Acceptance,
@@ -55,7 +55,7 @@ pub enum TransmissionType {
 }
 
 /// Activity types as the API names them; each maps to one `dialogporten.dialog.activity.*.v1` event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ActivityType {
     DialogCreated,
     DialogClosed,
@@ -121,14 +121,14 @@ impl ActivityType {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Localization {
     pub value: String,
     pub language_code: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Content {
     pub title: Vec<Localization>,
@@ -136,7 +136,7 @@ pub struct Content {
     pub summary: Option<Vec<Localization>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Actor {
     pub actor_type: ActorType,
@@ -146,7 +146,7 @@ pub struct Actor {
     pub actor_id: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Activity {
     pub id: Uuid,
@@ -159,7 +159,7 @@ pub struct Activity {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Transmission {
     pub id: Uuid,
@@ -171,7 +171,7 @@ pub struct Transmission {
 }
 
 /// One entry of the seen log: the latest time `seen_by` fetched the dialog's details.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SeenEntry {
     pub seen_by: Party,
@@ -180,7 +180,7 @@ pub struct SeenEntry {
 
 /// The stored dialog. `sequence` is the number of events in the dialog's own log, so the next event
 /// gets `sequence + 1`; commits compare it to detect a concurrent writer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Dialog {
     pub id: Uuid,
@@ -217,7 +217,7 @@ pub struct Dialog {
     pub sequence: u64,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityInput {
     #[serde(default)]
@@ -232,7 +232,7 @@ pub struct ActivityInput {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TransmissionInput {
     #[serde(default)]
@@ -247,7 +247,7 @@ pub struct TransmissionInput {
 
 /// Body of create and replace. Read-only fields of a fetched dialog are accepted and ignored, so a
 /// body read with `GET` can be sent back with `PUT`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DialogInput {
     #[serde(default)]

@@ -154,7 +154,7 @@ impl EventDraft {
 
 /// A CloudEvent in structured JSON mode: lower-case attribute names, nulls omitted. Unknown
 /// extension attributes of published events are kept in `extensions`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CloudEvent {
     pub specversion: String,
     pub id: String,

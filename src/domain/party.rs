@@ -132,6 +132,34 @@ impl<'de> Deserialize<'de> for ResourceUrn {
     }
 }
 
+/// In the API both are URN strings.
+impl utoipa::PartialSchema for Party {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A party URN: urn:altinn:person:identifier-no:{11 digits} or \
+                 urn:altinn:organization:identifier-no:{9 digits}",
+            ))
+            .examples(["urn:altinn:person:identifier-no:08895699684"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Party {}
+
+impl utoipa::PartialSchema for ResourceUrn {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^urn:altinn:resource:[A-Za-z0-9_-]{1,255}$"))
+            .examples(["urn:altinn:resource:super-simple-service"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ResourceUrn {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

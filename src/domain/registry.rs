@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{Party, ResourceUrn};
 
 /// A service resource, its owner and the parties listed as extra subscribers of its events.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceEntry {
     pub id: ResourceUrn,
@@ -16,7 +16,7 @@ pub struct ResourceEntry {
 }
 
 /// `to` may act for `from` on `resources`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DelegationEntry {
     pub from: Party,

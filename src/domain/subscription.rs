@@ -82,7 +82,7 @@ impl Subscription {
 }
 
 /// One delivery attempt, as `GET …/subscriptions/{id}/deliveries` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryRecord {
     pub event_id: String,
@@ -124,7 +124,7 @@ impl PendingDelivery {
 }
 
 /// A delivery that failed its last attempt.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     pub id: Uuid,

@@ -1,9 +1,10 @@
 //! Admin API (scope `dialog-events:admin`): the resource registry and delegations, stored through
 //! the `Store` so every node sees a change.
 
+use super::views::Problem;
+use super::views::{BackupDone, DelegationList, NodeList, ResourceList};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::extract::{Caller, json_body};
 use super::problem::ApiError;
@@ -31,15 +32,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/admin/v1/backup").route(web::post().to(backup)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BackupBody {
-    /// A new file on the node's machine.
+    /// A new file on the node's machine (an absolute path).
+    #[schema(value_type = String)]
     to: std::path::PathBuf,
 }
 
 /// `POST /admin/v1/backup {"to": FILE}`: a consistent copy of the embedded store, taken from one
 /// snapshot while the node keeps serving (what `dialog-events backup` asks a running node for).
+#[utoipa::path(post, path = "/admin/v1/backup", tag = "admin",
+    request_body(content = BackupBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A consistent copy of the embedded store was written", body = BackupDone),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn backup(
     req: HttpRequest,
     body: web::Payload,
@@ -64,10 +79,10 @@ async fn backup(
     let bytes = web::block(move || store.backup(&to))
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("backup task failed: {e}")))??;
-    Ok(HttpResponse::Ok().json(json!({ "path": b.to, "bytes": bytes })))
+    Ok(HttpResponse::Ok().json(BackupDone { path: &b.to, bytes }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResourceBody {
     owner: Party,
@@ -80,12 +95,31 @@ fn resource_id(path: &str) -> Result<ResourceUrn, ApiError> {
 }
 
 /// Live nodes of the cluster (the node itself in embedded mode).
+#[utoipa::path(get, path = "/admin/v1/nodes", tag = "admin",
+    responses(
+        (status = 200, description = "Live nodes", body = NodeList),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn list_nodes(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Admin)?;
     let nodes = state.store.nodes().await?;
-    Ok(HttpResponse::Ok().json(json!({ "count": nodes.len(), "nodes": nodes })))
+    Ok(HttpResponse::Ok().json(NodeList {
+        count: nodes.len(),
+        nodes: &nodes,
+    }))
 }
 
+#[utoipa::path(get, path = "/admin/v1/resources", tag = "admin",
+    responses(
+        (status = 200, description = "The resource registry", body = ResourceList),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn list_resources(
     state: web::Data<AppState>,
     caller: Caller,
@@ -94,9 +128,22 @@ async fn list_resources(
     let policy = state.store.policy().await?;
     let mut list: Vec<&ResourceEntry> = policy.resources().collect();
     list.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(HttpResponse::Ok().json(json!({ "resources": list })))
+    Ok(HttpResponse::Ok().json(ResourceList { resources: list }))
 }
 
+#[utoipa::path(put, path = "/admin/v1/resources/{id}", tag = "admin",
+    params(("id" = String, Path, description = "The resource URN")),
+    request_body(content = ResourceBody, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn put_resource(
     req: HttpRequest,
     path: web::Path<String>,
@@ -116,6 +163,17 @@ async fn put_resource(
     Ok(HttpResponse::Ok().json(entry))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/resources/{id}", tag = "admin",
+    params(("id" = String, Path, description = "The resource URN")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn delete_resource(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -130,15 +188,37 @@ async fn delete_resource(
     }
 }
 
+#[utoipa::path(get, path = "/admin/v1/delegations", tag = "admin",
+    responses(
+        (status = 200, description = "The delegations", body = DelegationList),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn list_delegations(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Admin)?;
     let policy = state.store.policy().await?;
-    Ok(HttpResponse::Ok().json(json!({ "delegations": policy.delegations() })))
+    Ok(HttpResponse::Ok().json(DelegationList {
+        delegations: policy.delegations(),
+    }))
 }
 
+#[utoipa::path(post, path = "/admin/v1/delegations", tag = "admin",
+    request_body(content = DelegationEntry, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Added"),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn add_delegation(
     req: HttpRequest,
     body: web::Payload,
@@ -157,6 +237,19 @@ async fn add_delegation(
     Ok(HttpResponse::Created().json(entry))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/delegations", tag = "admin",
+    request_body(content = DelegationEntry, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn remove_delegation(
     req: HttpRequest,
     body: web::Payload,

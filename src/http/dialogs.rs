@@ -5,12 +5,13 @@ use std::collections::HashMap;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::{Caller, bool_param, if_match, json_body, parse_uuid, query_map};
 use super::problem::ApiError;
 use super::state::AppState;
+use super::views::Problem;
+use super::views::{DialogPage, DialogView};
 use crate::auth::Scope;
 use crate::dialogs::{Access, Command};
 use crate::domain::{ActivityInput, Dialog, DialogInput, Party, ResourceUrn, TransmissionInput};
@@ -71,6 +72,20 @@ fn etag(d: &Dialog) -> (header::HeaderName, String) {
     (header::ETAG, d.revision.to_string())
 }
 
+#[utoipa::path(post, path = "/api/v1/serviceowner/dialogs", operation_id = "createDialog", tag = "dialogs",
+    params(("isSilentUpdate" = Option<bool>, Query, description = "Emit no poll events; `updatedAt` is kept")),
+    request_body(content = DialogInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; `Location` and `ETag` (the revision) set", body = String),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn create(
     req: HttpRequest,
     body: web::Payload,
@@ -113,6 +128,17 @@ async fn create(
         .json(id.to_string()))
 }
 
+#[utoipa::path(get, path = "/api/v1/serviceowner/dialogs/{id}", tag = "dialogs",
+    params(("id" = Uuid, Path, description = "The dialog id (UUIDv7)"), ("endUserId" = Option<String>, Query, description = "Read as this end user (their view counts as seen)")),
+    responses(
+        (status = 200, description = "The dialog with a dialog token; `ETag` is its revision", body = DialogView),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn get_as_owner(
     req: HttpRequest,
     path: web::Path<String>,
@@ -155,6 +181,18 @@ async fn get_as_owner(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/enduser/dialogs/{id}", tag = "dialogs",
+    params(("id" = Uuid, Path, description = "The dialog id (UUIDv7)")),
+    responses(
+        (status = 200, description = "The dialog with a dialog token (the first read after an update emits `seen`)", body = DialogView),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the dialog is deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn get_as_end_user(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -191,37 +229,33 @@ fn render_single(
     viewer: Option<&Party>,
     actions: &str,
 ) -> HttpResponse {
-    let mut body = render(d, viewer);
-    let token = state.dialog_tokens.issue(
+    let mut body = DialogView::of(d, viewer);
+    body.dialog_token = Some(state.dialog_tokens.issue(
         d.id,
         &d.party.urn(),
         d.service_resource.as_str(),
         &caller.urn(),
         actions,
-    );
-    body["dialogToken"] = Value::String(token);
+    ));
     HttpResponse::Ok().insert_header(etag(d)).json(body)
 }
 
-fn render(d: &Dialog, viewer: Option<&Party>) -> Value {
-    let mut body = serde_json::to_value(d).unwrap_or(Value::Null);
-    if let Some(obj) = body.as_object_mut() {
-        obj.remove("seenLog");
-        let seen: Vec<Value> = d
-            .seen_since_last_update()
-            .map(|e| {
-                json!({
-                    "seenBy": {"actorType": "PartyRepresentative", "actorId": e.seen_by.urn()},
-                    "seenAt": e.seen_at,
-                    "isCurrentEndUser": viewer == Some(&e.seen_by),
-                })
-            })
-            .collect();
-        obj.insert("seenSinceLastUpdate".into(), Value::Array(seen));
-    }
-    body
-}
-
+#[utoipa::path(put, path = "/api/v1/serviceowner/dialogs/{id}", tag = "dialogs",
+    params(("id" = Uuid, Path, description = "The dialog id (UUIDv7)"), ("If-Match" = Option<String>, Header, description = "The revision the change was made from"), ("isSilentUpdate" = Option<bool>, Query, description = "Emit no poll events; `updatedAt` is kept")),
+    request_body(content = DialogInput, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Replaced; `ETag` is the new revision"),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the dialog is deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another revision", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn replace(
     req: HttpRequest,
     path: web::Path<String>,
@@ -248,6 +282,22 @@ async fn replace(
     no_content(outcome.dialog.as_ref())
 }
 
+#[utoipa::path(post, path = "/api/v1/serviceowner/dialogs/{id}/activities", tag = "dialogs",
+    params(("id" = Uuid, Path, description = "The dialog id (UUIDv7)"), ("If-Match" = Option<String>, Header, description = "The revision the change was made from"), ("isSilentUpdate" = Option<bool>, Query, description = "Emit no poll events; `updatedAt` is kept")),
+    request_body(content = ActivityInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new activity's id", body = String),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the dialog is deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another revision", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn add_activity(
     req: HttpRequest,
     path: web::Path<String>,
@@ -274,6 +324,22 @@ async fn add_activity(
     created_child(id, "activities", &outcome)
 }
 
+#[utoipa::path(post, path = "/api/v1/serviceowner/dialogs/{id}/transmissions", tag = "dialogs",
+    params(("id" = Uuid, Path, description = "The dialog id (UUIDv7)"), ("If-Match" = Option<String>, Header, description = "The revision the change was made from"), ("isSilentUpdate" = Option<bool>, Query, description = "Emit no poll events; `updatedAt` is kept")),
+    request_body(content = TransmissionInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new transmission's id", body = String),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the dialog is deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another revision", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn add_transmission(
     req: HttpRequest,
     path: web::Path<String>,
@@ -328,6 +394,19 @@ fn no_content(d: Option<&Dialog>) -> Result<HttpResponse, ApiError> {
     Ok(resp.finish())
 }
 
+#[utoipa::path(delete, path = "/api/v1/serviceowner/dialogs/{id}", operation_id = "deleteDialog", tag = "dialogs",
+    params(("id" = Uuid, Path, description = "The dialog id (UUIDv7)"), ("If-Match" = Option<String>, Header, description = "The revision the change was made from"), ("isSilentUpdate" = Option<bool>, Query, description = "Emit no poll events; `updatedAt` is kept")),
+    responses(
+        (status = 204, description = "Soft-deleted"),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the dialog is deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another revision", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn delete(
     req: HttpRequest,
     path: web::Path<String>,
@@ -344,6 +423,18 @@ async fn delete(
     no_content(outcome.dialog.as_ref())
 }
 
+#[utoipa::path(post, path = "/api/v1/serviceowner/dialogs/{id}/actions/restore", tag = "dialogs",
+    params(("id" = Uuid, Path, description = "The dialog id (UUIDv7)"), ("If-Match" = Option<String>, Header, description = "The revision the change was made from"), ("isSilentUpdate" = Option<bool>, Query, description = "Emit no poll events; `updatedAt` is kept")),
+    responses(
+        (status = 204, description = "Restored (a no-op when not deleted)"),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another revision", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn restore(
     req: HttpRequest,
     path: web::Path<String>,
@@ -360,6 +451,18 @@ async fn restore(
     no_content(outcome.dialog.as_ref())
 }
 
+#[utoipa::path(post, path = "/api/v1/serviceowner/dialogs/{id}/actions/purge", tag = "dialogs",
+    params(("id" = Uuid, Path, description = "The dialog id (UUIDv7)"), ("If-Match" = Option<String>, Header, description = "The revision the change was made from")),
+    responses(
+        (status = 204, description = "Deleted for good; the id stays taken"),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another revision", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn purge(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -415,13 +518,26 @@ fn page(items: Vec<Dialog>, limit: usize, viewer: Option<&Party>) -> HttpRespons
     } else {
         None
     };
-    HttpResponse::Ok().json(json!({
-        "items": items.iter().map(|d| render(d, viewer)).collect::<Vec<_>>(),
-        "hasNextPage": has_next,
-        "continuationToken": token,
-    }))
+    HttpResponse::Ok().json(DialogPage {
+        items: items.iter().map(|d| DialogView::of(d, viewer)).collect(),
+        has_next_page: has_next,
+        continuation_token: token,
+    })
 }
 
+#[utoipa::path(get, path = "/api/v1/serviceowner/dialogs", tag = "dialogs",
+    params(("serviceResource" = Option<String>, Query, description = "Only this resource (one the caller owns)"),
+           ("party" = Option<String>, Query, description = "Only this party"),
+           ("limit" = Option<usize>, Query, description = "Page size (default 100, at most `dialogs.max_page_size`)"),
+           ("continuationToken" = Option<String>, Query, description = "From the previous page")),
+    responses(
+        (status = 200, description = "One page, ordered by id", body = DialogPage),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn list_as_owner(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -450,6 +566,19 @@ async fn list_as_owner(
     Ok(page(state.store.list_dialogs(&query).await?, limit, None))
 }
 
+#[utoipa::path(get, path = "/api/v1/enduser/dialogs", tag = "dialogs",
+    params(("serviceResource" = Option<String>, Query, description = "Only this resource"),
+           ("party" = Option<String>, Query, description = "Only this party (the caller or one it acts for)"),
+           ("limit" = Option<usize>, Query, description = "Page size (default 100, at most `dialogs.max_page_size`)"),
+           ("continuationToken" = Option<String>, Query, description = "From the previous page")),
+    responses(
+        (status = 200, description = "One page, ordered by id (listing records no view)", body = DialogPage),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn list_as_end_user(
     req: HttpRequest,
     state: web::Data<AppState>,

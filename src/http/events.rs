@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::extract::{Caller, json_body, parse_json, query_map};
 use super::problem::ApiError;
 use super::state::AppState;
+use super::views::Problem;
 use crate::auth::Scope;
 use crate::domain::{CloudEvent, ResourceUrn};
 
@@ -23,6 +24,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+#[utoipa::path(get, path = "/events/api/v1/events", tag = "events",
+    params(("resource" = String, Query, description = "The resource whose events to read"),
+           ("after" = String, Query, description = "`0`, or the id of the last event read"),
+           ("subject" = Option<String>, Query, description = "Only events about this party"),
+           ("type" = Option<String>, Query, description = "Only this event type"),
+           ("size" = Option<usize>, Query, description = "1..1000, default 50")),
+    responses(
+        (status = 200, description = "Events oldest first; the `next` header holds the next page's URL", body = Vec<CloudEvent>,
+         headers(("next" = String, description = "URL of the next page"))),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn poll(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -110,6 +126,19 @@ fn required_string(obj: &Map<String, Value>, field: &str) -> Result<String, ApiE
     }
 }
 
+#[utoipa::path(post, path = "/events/api/v1/events", tag = "events",
+    request_body(content = CloudEvent, content_type = "application/cloudevents+json",
+                 description = "A CloudEvent 1.0 for a resource the caller owns; (id, source) deduplicated within the resource"),
+    responses(
+        (status = 200, description = "Accepted (or a duplicate, ignored): its id", body = String),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn publish(
     req: HttpRequest,
     body: web::Payload,

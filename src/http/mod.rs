@@ -5,11 +5,13 @@ pub mod cors;
 pub mod dialogs;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod ops;
 pub mod pages;
 pub mod problem;
 pub mod state;
 pub mod subscriptions;
+pub mod views;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -28,6 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(admin::routes)
         .configure(subscriptions::routes)
         .configure(pages::routes)
+        .configure(openapi::routes)
         .default_service(web::to(not_found));
 }
 

@@ -5,6 +5,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use super::state::AppState;
+use super::views::Readiness;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health/live", web::get().to(live))
@@ -17,19 +18,34 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "The process answers", body = Object)))]
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "live"}))
 }
 
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses((status = 200, description = "Store and bus reachable", body = Readiness),
+              (status = 503, description = "Not ready", body = Readiness)))]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let store = state.store.ping().await;
     let bus = state.bus.ping().await;
-    let body = json!({
-        "status": if store.is_ok() && bus.is_ok() { "ready" } else { "not ready" },
-        "store": store.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
-        "bus": bus.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
-        "node": state.node_id,
-    });
+    let body = super::views::Readiness {
+        status: if store.is_ok() && bus.is_ok() {
+            "ready"
+        } else {
+            "not ready"
+        },
+        store: store
+            .as_ref()
+            .map(|_| "ok".to_owned())
+            .unwrap_or_else(|e| e.to_string()),
+        bus: bus
+            .as_ref()
+            .map(|_| "ok".to_owned())
+            .unwrap_or_else(|e| e.to_string()),
+        node: &state.node_id,
+    };
     if store.is_ok() && bus.is_ok() {
         HttpResponse::Ok().json(body)
     } else {
@@ -37,18 +53,24 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
 }
 
+#[utoipa::path(get, path = "/api/v1/.well-known/jwks.json", tag = "operations",
+    responses((status = 200, description = "The dialog-token keys (Ed25519 JWKs): primary, next, retired", body = Object)))]
 async fn jwks(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("Cache-Control", "public, max-age=300"))
         .json(state.dialog_tokens.jwks())
 }
 
+#[utoipa::path(get, path = "/api/v1/.well-known/oauth-authorization-server", tag = "operations",
+    responses((status = 200, description = "OAuth metadata of the dialog-token issuer", body = Object)))]
 async fn authorization_server(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "issuer": state.dialog_tokens.issuer(),

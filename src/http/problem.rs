@@ -3,7 +3,6 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 
 use crate::dialogs::CommandError;
 use crate::domain::InputError;
@@ -62,18 +61,19 @@ impl ApiError {
 
 /// A problem+json response for `status` with `detail`.
 pub fn problem(status: StatusCode, title: &str, detail: &str, field: Option<&str>) -> HttpResponse {
-    let mut body = json!({
-        "type": format!("https://datatracker.ietf.org/doc/html/rfc9110#status.{}", status.as_u16()),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let Some(field) = field {
-        body["errors"] = json!({ field: [detail] });
-    }
+    let body = super::views::Problem {
+        kind: format!(
+            "https://datatracker.ietf.org/doc/html/rfc9110#status.{}",
+            status.as_u16()
+        ),
+        title: title.to_owned(),
+        status: status.as_u16(),
+        detail: detail.to_owned(),
+        errors: field.map(|f| std::iter::once((f.to_owned(), vec![detail.to_owned()])).collect()),
+    };
     HttpResponse::build(status)
         .content_type("application/problem+json")
-        .body(body.to_string())
+        .body(serde_json::to_string(&body).unwrap_or_default())
 }
 
 impl ResponseError for ApiError {

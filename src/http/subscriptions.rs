@@ -3,12 +3,16 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::{Caller, json_body, parse_uuid};
 use super::problem::ApiError;
 use super::state::AppState;
+use super::views::Problem;
+use super::views::{
+    DeadLetterList, DeliveryList, Redriven, Replayed, RotatedSecret, SubscriptionList,
+    SubscriptionView,
+};
 use crate::auth::Scope;
 use crate::domain::{ResourceUrn, Subscription};
 use crate::webhooks::dispatcher::{Redeliver, Validate};
@@ -48,7 +52,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/admin/v1/dead-letters/redrive").route(web::post().to(redrive)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreateBody {
     end_point: String,
@@ -63,31 +67,6 @@ struct CreateBody {
     include_subunits: bool,
 }
 
-/// A subscription as the API shows it; the secret only at creation.
-fn view(s: &Subscription, with_secret: bool) -> Value {
-    let mut v = json!({
-        "id": s.id,
-        "endPoint": s.end_point,
-        "resourceFilter": s.resource_filter,
-        "subjectFilter": s.subject_filter,
-        "typeFilter": s.type_filter,
-        "sourceFilter": s.source_filter,
-        "includeSubunits": s.include_subunits,
-        "consumer": s.consumer,
-        "createdBy": s.created_by,
-        "created": s.created,
-        "validated": s.validated,
-        "disabled": s.disabled,
-    });
-    if let Some(reason) = &s.disabled_reason {
-        v["disabledReason"] = json!(reason);
-    }
-    if with_secret {
-        v["secret"] = json!(s.secret);
-    }
-    v
-}
-
 fn non_empty(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
     match value {
         Some(v) if v.trim().is_empty() => Err(ApiError::bad(
@@ -98,6 +77,19 @@ fn non_empty(field: &str, value: Option<String>) -> Result<Option<String>, ApiEr
     }
 }
 
+#[utoipa::path(post, path = "/events/api/v1/subscriptions", operation_id = "createSubscription", tag = "webhooks",
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created, with its secret (shown only here); validation follows", body = SubscriptionView),
+        (status = 200, description = "The same subscription existed: it, without its secret", body = SubscriptionView),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn create(
     req: HttpRequest,
     body: web::Payload,
@@ -180,11 +172,20 @@ async fn create(
             "Location",
             format!("/events/api/v1/subscriptions/{}", subscription.id),
         ))
-        .json(view(&subscription, created)))
+        .json(SubscriptionView::of(&subscription, created)))
 }
 
 /// `POST …/{id}/secret/rotate`: a new secret, shown once; the old one keeps signing beside it
 /// (a second `v1,` signature) for 24 hours.
+#[utoipa::path(post, path = "/events/api/v1/subscriptions/{id}/secret/rotate", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The subscription id")),
+    responses(
+        (status = 200, description = "The new secret, shown once", body = RotatedSecret),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn rotate_secret(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -195,10 +196,10 @@ async fn rotate_secret(
     s.previous_secret = Some(std::mem::replace(&mut s.secret, signing::new_secret()));
     s.previous_secret_until = Some(now + PREVIOUS_SECRET_GRACE);
     state.store.put_subscription(&s).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "secret": s.secret,
-        "previousSecretExpires": s.previous_secret_until,
-    })))
+    Ok(HttpResponse::Ok().json(RotatedSecret {
+        secret: &s.secret,
+        previous_secret_expires: s.previous_secret_until,
+    }))
 }
 
 /// The caller's own subscription `id` (404 for others', as if it did not exist).
@@ -211,28 +212,57 @@ async fn own(state: &AppState, caller: &Caller, id: &str) -> Result<Subscription
     }
 }
 
+#[utoipa::path(get, path = "/events/api/v1/subscriptions", operation_id = "listSubscriptions", tag = "webhooks",
+    responses(
+        (status = 200, description = "The caller's subscriptions", body = SubscriptionList),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let party = caller.party_with(Scope::EventsSubscribe)?.urn();
-    let mine: Vec<Value> = state
-        .store
-        .subscriptions()
-        .await?
+    let all = state.store.subscriptions().await?;
+    let mine: Vec<SubscriptionView> = all
         .iter()
         .filter(|s| s.consumer == party)
-        .map(|s| view(s, false))
+        .map(|s| SubscriptionView::of(s, false))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "count": mine.len(), "subscriptions": mine })))
+    Ok(HttpResponse::Ok().json(SubscriptionList {
+        count: mine.len(),
+        subscriptions: mine,
+    }))
 }
 
+#[utoipa::path(get, path = "/events/api/v1/subscriptions/{id}", operation_id = "getSubscription", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The subscription id")),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionView),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn get(
     path: web::Path<String>,
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let s = own(&state, &caller, &path).await?;
-    Ok(HttpResponse::Ok().json(view(&s, false)))
+    Ok(HttpResponse::Ok().json(SubscriptionView::of(&s, false)))
 }
 
+#[utoipa::path(delete, path = "/events/api/v1/subscriptions/{id}", operation_id = "deleteSubscription", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The subscription id")),
+    responses(
+        (status = 204, description = "Deleted; no further deliveries"),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -243,6 +273,16 @@ async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(get, path = "/events/api/v1/subscriptions/{id}/deliveries", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The subscription id")),
+    responses(
+        (status = 200, description = "Recent delivery attempts, newest first", body = DeliveryList),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn deliveries(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -250,15 +290,31 @@ async fn deliveries(
 ) -> Result<HttpResponse, ApiError> {
     let s = own(&state, &caller, &path).await?;
     let list = state.store.deliveries(s.id).await?;
-    Ok(HttpResponse::Ok().json(json!({ "count": list.len(), "deliveries": list })))
+    Ok(HttpResponse::Ok().json(DeliveryList {
+        count: list.len(),
+        deliveries: &list,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ReplayBody {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 }
 
+#[utoipa::path(post, path = "/events/api/v1/subscriptions/{id}/replay", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The subscription id")),
+    request_body(content = ReplayBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The matching retained events (at most `webhooks.replay_max`, the newest) are queued", body = Replayed),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such resource (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn replay(
     req: HttpRequest,
     path: web::Path<String>,
@@ -312,19 +368,30 @@ async fn replay(
         })
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(HttpResponse::Accepted().json(json!({ "replayed": n })))
+    Ok(HttpResponse::Accepted().json(Replayed { replayed: n }))
 }
 
+#[utoipa::path(get, path = "/admin/v1/dead-letters", tag = "admin",
+    responses(
+        (status = 200, description = "Deliveries that exhausted their attempts", body = DeadLetterList),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn dead_letters(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Admin)?;
     let letters = state.store.dead_letters().await?;
-    Ok(HttpResponse::Ok().json(json!({ "count": letters.len(), "deadLetters": letters })))
+    Ok(HttpResponse::Ok().json(DeadLetterList {
+        count: letters.len(),
+        dead_letters: &letters,
+    }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RedriveBody {
     #[serde(default)]
@@ -333,6 +400,19 @@ struct RedriveBody {
     subscription_id: Option<Uuid>,
 }
 
+#[utoipa::path(post, path = "/admin/v1/dead-letters/redrive", tag = "admin",
+    request_body(content = Option<RedriveBody>, content_type = "application/json",
+                 description = "Which to redrive: `ids`, a `subscriptionId`, or (no body) all"),
+    responses(
+        (status = 202, description = "Queued for delivery again", body = Redriven),
+        (status = 400, description = "a field is missing or wrong (problem+json naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller may not do this", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over `http.max_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "wrong `Content-Type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a backend is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 async fn redrive(
     req: HttpRequest,
     body: web::Bytes,
@@ -387,5 +467,7 @@ async fn redrive(
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     }
-    Ok(HttpResponse::Accepted().json(json!({ "redriven": taken.len() })))
+    Ok(HttpResponse::Accepted().json(Redriven {
+        redriven: taken.len(),
+    }))
 }

@@ -81,9 +81,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .to(ws::upgrade),
             )
             .route(web::post().to(query))
-            .route(web::get().to(query)),
+            .route(web::get().to(query_get)),
     )
     .service(web::resource("/graphql/stream").route(web::post().to(sse::stream)));
+}
+
+/// `GET /graphql`: a query in the URL, or (with `Upgrade: websocket`, routed to `ws::upgrade`
+/// before this) a subscription socket.
+#[utoipa::path(get, path = "/graphql", operation_id = "graphqlGet", tag = "graphql",
+    description = "A GraphQL query in the URL; with `Upgrade: websocket` a subscription socket instead (subprotocols `graphql-transport-ws` and `graphql-ws`; the dialog token goes in `connection_init`, or as bearer).",
+    params(("query" = Option<String>, Query, description = "The query"),
+           ("variables" = Option<String>, Query, description = "The variables, as JSON")),
+    responses(
+        (status = 200, description = "The GraphQL answer", body = Object),
+        (status = 101, description = "WebSocket upgrade"),
+        (status = 400, description = "Not a GraphQL request", body = Object),
+        (status = 403, description = "A WebSocket from an `Origin` not in `http.cors_origins`", body = crate::http::views::Problem, content_type = "application/problem+json")),
+    security((), ("bearer" = [])))]
+async fn query_get(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<RealtimeState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    query(req, payload, state).await
 }
 
 /// A batch's answer stops growing past this many bytes: the remaining operations are answered
@@ -96,6 +116,14 @@ fn graphql_error(status: actix_web::http::StatusCode, message: &str) -> HttpResp
 
 /// `POST /graphql` (a request, or a batch of at most `graphql.max_batch`) and `GET` with query
 /// parameters: queries, with the caller from its bearer token.
+#[utoipa::path(post, path = "/graphql", operation_id = "graphqlPost", tag = "graphql",
+    description = "GraphQL queries (`dialogById`): a request `{query, variables?, operationName?}` or a batch (a JSON array of at most `graphql.max_batch`).",
+    request_body(content = Object, content_type = "application/json", description = "A GraphQL request, or an array of them"),
+    responses(
+        (status = 200, description = "The GraphQL answer (`data`, `errors`), or an array of them", body = Object),
+        (status = 400, description = "Not a GraphQL request, or a batch over `graphql.max_batch`", body = Object),
+        (status = 413, description = "Body over `http.max_body`", body = Object)),
+    security((), ("bearer" = [])))]
 async fn query(
     req: HttpRequest,
     mut payload: web::Payload,

@@ -24,6 +24,15 @@ fn graphql_error(status: actix_web::http::StatusCode, message: &str) -> HttpResp
     HttpResponse::build(status).json(json!({"errors": [{"message": message}]}))
 }
 
+#[utoipa::path(post, path = "/graphql/stream", tag = "graphql",
+    description = "A `dialogEvents` subscription over Server-Sent Events: events named `next` carry `{\"data\":{\"dialogEvents\":…}}`, then `complete`; comments keep the stream alive. Authorized by the dialog token as bearer; a missing or wrong token is answered in the stream, as a `next` event with an `UNAUTHORIZED` error.",
+    request_body(content = Object, content_type = "application/json", description = "A GraphQL request with one `dialogEvents` subscription"),
+    responses(
+        (status = 200, description = "The event stream", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "Not a subscription request", body = Object),
+        (status = 406, description = "`Accept` does not allow `text/event-stream`", body = Object),
+        (status = 429, description = "The party holds `realtime.max_connections_per_party` connections", body = Object)),
+    security(("bearer" = [])))]
 pub async fn stream(
     req: HttpRequest,
     body: Bytes,
