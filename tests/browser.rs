@@ -6,6 +6,10 @@
 //!   the `resync` banner.
 //! - A page on another origin subscribes over SSE with an `Authorization` header, through CORS;
 //!   on a node that does not list its origin, the browser refuses the preflight.
+//! - GraphiQL renders from the node's own files and runs `dialogEvents` over graphql-transport-ws
+//!   with the dialog token of its toolbar in `connectionParams`.
+//! - The console lists a subscriber's subscriptions, failed attempts and dead letters, and its
+//!   redrive button delivers the event again.
 //!
 //! `DIALOG_EVENTS_SCREENSHOTS=DIR` also saves screenshots of the console there.
 
@@ -200,7 +204,9 @@ async fn the_console_shows_changes_live_and_resumes_after_the_node_restarts() {
         let (_, _) = browser
             .wait_for(
                 &page,
-                &format!("document.querySelector('#events .event[data-sequence=\"{sequence}\"]')"),
+                &format!(
+                    "!!document.querySelector('#events .event[data-sequence=\"{sequence}\"]')"
+                ),
                 Duration::from_secs(5),
                 "the change on the page",
             )
@@ -423,4 +429,192 @@ fn serve_page_on(html: String, port: u16) -> (String, actix_web::dev::ServerHand
     let handle = server.handle();
     actix_web::rt::spawn(server);
     (origin, handle)
+}
+
+#[actix_web::test]
+async fn graphiql_loads_offline_and_subscribes_with_the_dialog_token_from_its_toolbar() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), free_port(), "");
+    let node = NodeProcess::start(dir.path());
+    let api = Api::new(dir.path(), &node.base);
+    let dialog = api.create_dialog().await;
+    let (_, read) = api
+        .call(
+            "GET",
+            &format!("/api/v1/serviceowner/dialogs/{dialog}"),
+            None,
+        )
+        .await;
+    let token = read["dialogToken"]
+        .as_str()
+        .expect("dialogToken")
+        .to_owned();
+    let mut browser = Browser::launch().await;
+    // The browser resolves nothing but loopback: GraphiQL renders only from the node's own files.
+    let page = browser
+        .open(&format!(
+            "{}/graphiql?dialog={dialog}&token={token}",
+            node.base
+        ))
+        .await;
+    browser
+        .wait_for(
+            &page,
+            "!!document.querySelector('.graphiql-execute-button')",
+            Duration::from_secs(15),
+            "GraphiQL renders",
+        )
+        .await;
+    browser
+        .eval(
+            &page,
+            "document.querySelector('.graphiql-execute-button').click(), true",
+        )
+        .await;
+    browser
+        .wait_for(
+            &page,
+            "document.getElementById('ws-state').textContent.includes('connected')",
+            Duration::from_secs(10),
+            "the WebSocket is accepted with the dialog token from connectionParams",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sequence = api.change(&dialog).await;
+    browser
+        .wait_for(
+            &page,
+            &format!(
+                "document.querySelector('.graphiql-container').innerText.includes('\"sequence\": {sequence}')"
+            ),
+            Duration::from_secs(5),
+            "the change in GraphiQL's result pane",
+        )
+        .await;
+    save_screenshot(&mut browser, &page, "graphiql-subscription.png").await;
+}
+
+#[actix_web::test]
+async fn the_console_shows_a_subscribers_subscriptions_deliveries_and_dead_letters() {
+    use common::receiver::Receiver;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), free_port(), "");
+    // Deliveries fail fast into dead letters: one attempt after the first.
+    let mut toml = std::fs::read_to_string(dir.path().join("node.toml")).expect("config");
+    toml.push_str(
+        "[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = \"20ms\"\nretry_schedule = [\"50ms\"]\n",
+    );
+    std::fs::write(dir.path().join("node.toml"), toml).expect("config");
+    let node = NodeProcess::start(dir.path());
+    let api = Api::new(dir.path(), &node.base);
+    let (status, sub) = api
+        .call(
+            "POST",
+            "/events/api/v1/subscriptions",
+            Some(json!({"endPoint": rx.url, "resourceFilter": RESOURCE})),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    let sub_id = sub["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api
+        .call(
+            "GET",
+            &format!("/events/api/v1/subscriptions/{sub_id}"),
+            None,
+        )
+        .await
+        .1["validated"]
+        != true
+    {
+        assert!(Instant::now() < deadline, "validated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rx.answer(500);
+    let dialog = api.create_dialog().await;
+
+    // The dead-letter list is for admins: the console reads it with an admin-capable token.
+    let keys = KeyStore::load(&dir.path().join("data/keys.json")).expect("keys");
+    let bearer = dev_token(
+        &keys.dev_issuer,
+        &format!("{SO} {SUB} dialog-events:admin"),
+        Some(&Party::organization(ORG_A).expect("org")),
+        Duration::from_secs(3600),
+    );
+    let admin = Api {
+        client: api.client.clone(),
+        base: node.base.clone(),
+        owner: bearer.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, dead) = admin.call("GET", "/admin/v1/dead-letters", None).await;
+        if dead["count"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a dead letter");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut browser = Browser::launch().await;
+    let page = browser
+        .open(&format!("{}/console?bearer={bearer}", node.base))
+        .await;
+    browser
+        .wait_for(
+            &page,
+            &format!("document.getElementById('subs').innerText.includes('{sub_id}')"),
+            Duration::from_secs(10),
+            "the subscription listed",
+        )
+        .await;
+    // Selecting it shows its delivery attempts and dead letters.
+    browser
+        .eval(
+            &page,
+            &format!(
+                "document.querySelector('#subs li[data-id=\"{sub_id}\"] button').click(), true"
+            ),
+        )
+        .await;
+    browser
+        .wait_for(
+            &page,
+            "document.getElementById('deliveries').innerText.includes('500')",
+            Duration::from_secs(10),
+            "the failed attempts",
+        )
+        .await;
+    browser
+        .wait_for(
+            &page,
+            "!!document.querySelector('#dead-letters button')",
+            Duration::from_secs(10),
+            "a dead letter with its redrive button",
+        )
+        .await;
+    browser
+        .eval(
+            &page,
+            "window.scrollTo(0, document.body.scrollHeight), true",
+        )
+        .await;
+    save_screenshot(&mut browser, &page, "console-webhooks.png").await;
+    // Redrive from the console: the receiver answers again, and the event arrives.
+    rx.answer(200);
+    let before = rx.events().len();
+    browser
+        .eval(
+            &page,
+            "document.querySelector('#dead-letters button').click(), true",
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rx.events()[before..]
+        .iter()
+        .any(|r| r.json()["resourceinstance"] == dialog.as_str())
+    {
+        assert!(Instant::now() < deadline, "the redriven event arrives");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
