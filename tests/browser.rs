@@ -9,7 +9,8 @@
 //! - GraphiQL renders from the node's own files and runs `dialogEvents` over graphql-transport-ws
 //!   with the dialog token of its toolbar in `connectionParams`.
 //! - The console lists a subscriber's subscriptions, failed attempts and dead letters, and its
-//!   redrive button delivers the event again.
+//!   redrive button delivers the event again; with no token at all, its Mint button gets one from
+//!   the development issuer, and that token opens a dialog.
 //!
 //! `DIALOG_EVENTS_SCREENSHOTS=DIR` also saves screenshots of the console there.
 
@@ -617,4 +618,66 @@ async fn the_console_shows_a_subscribers_subscriptions_deliveries_and_dead_lette
         assert!(Instant::now() < deadline, "the redriven event arrives");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[actix_web::test]
+async fn the_consoles_mint_button_gets_a_development_token_that_opens_a_dialog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), free_port(), "");
+    let node = NodeProcess::start(dir.path());
+    let api = Api::new(dir.path(), &node.base);
+    let dialog = api.create_dialog().await;
+    let mut browser = Browser::launch().await;
+    let page = browser.open(&format!("{}/console", node.base)).await;
+    browser
+        .wait_for(
+            &page,
+            "!!document.getElementById('mint')",
+            Duration::from_secs(10),
+            "the console",
+        )
+        .await;
+    // A service-owner token for the dialog's owner, minted by the page itself.
+    browser
+        .eval(
+            &page,
+            &format!(
+                "document.getElementById('mint-scope').value = '{SO} {SUB}'; \
+                 document.getElementById('mint-party').value = '{ORG_A}'; \
+                 document.getElementById('mint').click(), true"
+            ),
+        )
+        .await;
+    let (token, _) = browser
+        .wait_for(
+            &page,
+            "document.getElementById('bearer').value.split('.').length === 3 && document.getElementById('bearer').value",
+            Duration::from_secs(10),
+            "a minted bearer token in the field",
+        )
+        .await;
+    let token = token.as_str().expect("token").to_owned();
+    let keys = KeyStore::load(&dir.path().join("data/keys.json")).expect("keys");
+    let claims = keys
+        .dev_issuer
+        .verify_jwt(&token)
+        .expect("signed by the dev issuer");
+    assert_eq!(claims["scope"], format!("{SO} {SUB}"));
+    browser
+        .eval(
+            &page,
+            &format!(
+                "document.getElementById('dialog-id').value = '{dialog}'; \
+                 document.getElementById('open').click(), true"
+            ),
+        )
+        .await;
+    browser
+        .wait_for(
+            &page,
+            "consoleState.status === 'live'",
+            Duration::from_secs(10),
+            "the dialog opened with the minted token",
+        )
+        .await;
 }
