@@ -629,12 +629,13 @@ async fn the_consoles_mint_button_gets_a_development_token_that_opens_a_dialog()
     let dialog = api.create_dialog().await;
     let mut browser = Browser::launch().await;
     let page = browser.open(&format!("{}/console", node.base)).await;
+    // The script has run (its state exists, so its buttons have their handlers).
     browser
         .wait_for(
             &page,
-            "!!document.getElementById('mint')",
+            "typeof window.consoleState === 'object'",
             Duration::from_secs(10),
-            "the console",
+            "the console's script",
         )
         .await;
     // A service-owner token for the dialog's owner, minted by the page itself.
