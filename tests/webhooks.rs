@@ -1632,6 +1632,71 @@ async fn a_re_post_never_returns_the_secret_and_a_rotated_secret_signs_beside_th
 }
 
 #[actix_web::test]
+async fn a_validation_that_completes_after_a_rotation_keeps_both_secrets() {
+    let node = start(&hooks("")).await;
+    let rx = Receiver::start().await;
+    // The validation is answered only after the secret has been rotated.
+    rx.then(vec![Answer::status(200).delayed(Duration::from_secs(1))]);
+    let body = json!({"endPoint": rx.url, "resourceFilter": RESOURCE});
+    let created = node.post(SUBS, &node.tokens.owner_a, &body).await;
+    assert_eq!(created.status.as_u16(), 201, "{}", created.body);
+    let sub = id_of(&created.body);
+    let old = created.body["secret"].as_str().expect("secret").to_owned();
+    rx.wait_for("the validation", SOON, |r| r.len() == 1).await;
+    let r = node
+        .post(
+            &format!("{}/secret/rotate", sub_path(&sub)),
+            &node.tokens.owner_a,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let new = r.body["secret"].as_str().expect("new secret").to_owned();
+    eventually(SOON, "the subscription to be validated", || async {
+        node.get(&sub_path(&sub), &node.tokens.owner_a).await.body["validated"] == true
+    })
+    .await;
+
+    let d = node.create_dialog(&dialog_body()).await;
+    let polled = node.dialog_events(&d).await;
+    assert_eq!(polled.len(), 1);
+    rx.wait_for("the event", SOON, |r| has_all(r, &ids(&polled)))
+        .await;
+    let got = of_dialog(&rx, &d);
+    let req = &got[0];
+    let signatures: Vec<&str> = req.header("webhook-signature").split(' ').collect();
+    for secret in [&new, &old] {
+        let ts = req.header("webhook-timestamp");
+        let want = expected_signature(secret, req.header("webhook-id"), ts, &req.body);
+        assert!(signatures.contains(&want.as_str()), "{signatures:?}");
+    }
+}
+
+#[actix_web::test]
+async fn a_subscription_deleted_during_its_validation_stays_deleted() {
+    let node = start(&hooks("")).await;
+    let rx = Receiver::start().await;
+    rx.then(vec![Answer::status(200).delayed(Duration::from_secs(1))]);
+    let body = json!({"endPoint": rx.url, "resourceFilter": RESOURCE});
+    let created = node.post(SUBS, &node.tokens.owner_a, &body).await;
+    assert_eq!(created.status.as_u16(), 201, "{}", created.body);
+    let sub = id_of(&created.body);
+    rx.wait_for("the validation", SOON, |r| r.len() == 1).await;
+    let owner = node.tokens.owner_a.as_str();
+    let r = node
+        .send("DELETE", &sub_path(&sub), Some(owner), &[], None)
+        .await;
+    assert!(r.status.is_success(), "DELETE: {}", r.status);
+    // The validation is answered (and recorded as done) after the delete.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.get(&sub_path(&sub), &node.tokens.owner_a)
+        .await
+        .assert_problem(404, None);
+    let list = node.get(SUBS, &node.tokens.owner_a).await;
+    assert!(!list.body.to_string().contains(&sub), "{}", list.body);
+}
+
+#[actix_web::test]
 async fn events_committed_right_after_start_reach_a_subscription_made_before_them() {
     // A long poll interval: the dispatcher's first look comes after the writes.
     let node = start(

@@ -19,4 +19,6 @@ pub use node::NodeInfo;
 pub use party::*;
 pub use policy::Policy;
 pub use registry::{DelegationEntry, ResourceEntry};
-pub use subscription::{DeadLetter, DeliveryRecord, PendingDelivery, Subscription};
+pub use subscription::{
+    DeadLetter, DeliveryRecord, PendingDelivery, Subscription, SubscriptionChange,
+};

@@ -69,6 +69,26 @@ impl Subscription {
         std::iter::once(self.secret.as_str()).chain(previous)
     }
 
+    /// Applies `change` in place. The store applies changes inside one atomic read-modify-write, so
+    /// a change made from an older copy (a validation finishing after a secret rotation) never
+    /// undoes another.
+    pub fn apply(&mut self, change: &SubscriptionChange) {
+        match change {
+            SubscriptionChange::Validated => self.validated = true,
+            SubscriptionChange::Disabled { reason } => {
+                self.disabled = true;
+                self.disabled_reason = Some(reason.clone());
+            }
+            SubscriptionChange::SecretRotated {
+                secret,
+                previous_until,
+            } => {
+                self.previous_secret = Some(std::mem::replace(&mut self.secret, secret.clone()));
+                self.previous_secret_until = Some(*previous_until);
+            }
+        }
+    }
+
     /// Same consumer, endpoint and filters: a re-POST of this subscription.
     pub fn same_as(&self, other: &Subscription) -> bool {
         self.consumer == other.consumer
@@ -79,6 +99,20 @@ impl Subscription {
             && self.source_filter == other.source_filter
             && self.include_subunits == other.include_subunits
     }
+}
+
+/// One change to a stored subscription, made without rewriting the rest of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscriptionChange {
+    /// The endpoint answered the validation handshake.
+    Validated,
+    /// Deliveries stop (the endpoint answered 410 Gone).
+    Disabled { reason: String },
+    /// `secret` becomes current; the old one keeps signing beside it until `previous_until`.
+    SecretRotated {
+        secret: String,
+        previous_until: DateTime<Utc>,
+    },
 }
 
 /// One delivery attempt, as `GET …/subscriptions/{id}/deliveries` shows it.

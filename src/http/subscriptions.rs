@@ -14,7 +14,7 @@ use super::views::{
     SubscriptionView,
 };
 use crate::auth::Scope;
-use crate::domain::{ResourceUrn, Subscription};
+use crate::domain::{ResourceUrn, Subscription, SubscriptionChange};
 use crate::webhooks::dispatcher::{Redeliver, Validate};
 use crate::webhooks::{guard, signing};
 
@@ -191,11 +191,14 @@ async fn rotate_secret(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    let mut s = own(&state, &caller, &path).await?;
-    let now = Utc::now();
-    s.previous_secret = Some(std::mem::replace(&mut s.secret, signing::new_secret()));
-    s.previous_secret_until = Some(now + PREVIOUS_SECRET_GRACE);
-    state.store.put_subscription(&s).await?;
+    let s = own(&state, &caller, &path).await?;
+    let change = SubscriptionChange::SecretRotated {
+        secret: signing::new_secret(),
+        previous_until: Utc::now() + PREVIOUS_SECRET_GRACE,
+    };
+    let Some(s) = state.store.update_subscription(s.id, change).await? else {
+        return Err(ApiError::NotFound("no such subscription".into()));
+    };
     Ok(HttpResponse::Ok().json(RotatedSecret {
         secret: &s.secret,
         previous_secret_expires: s.previous_secret_until,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo, Party,
-    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription,
+    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription, SubscriptionChange,
 };
 
 pub use self::redis::RedisStore;
@@ -185,6 +185,14 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn put_subscription(&self, subscription: &Subscription) -> Result<(), StoreError>;
 
     async fn get_subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError>;
+
+    /// Applies `change` to the stored subscription atomically and returns the result; `None`
+    /// when there is no such subscription (a deleted one is never written back).
+    async fn update_subscription(
+        &self,
+        id: Uuid,
+        change: SubscriptionChange,
+    ) -> Result<Option<Subscription>, StoreError>;
 
     /// False when there was no such subscription.
     async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError>;

@@ -19,6 +19,7 @@ use super::signing;
 use crate::config::WebhookSettings;
 use crate::domain::{
     CloudEvent, DeadLetter, DeliveryRecord, Party, PendingDelivery, ResourceUrn, Subscription,
+    SubscriptionChange,
 };
 use crate::store::{LogPosition, Store};
 use crate::telemetry::Metrics;
@@ -441,11 +442,13 @@ impl Dispatcher {
                     .inc();
                 self.endpoint_result(endpoint, true);
                 self.log(delivery.subscription, record(Some(status), None, None));
-                if is_validation && let Some(mut s) = sub {
-                    s.validated = true;
+                if is_validation && let Some(s) = sub {
                     let store = self.store.clone();
                     actix_web::rt::spawn(async move {
-                        if let Err(e) = store.put_subscription(&s).await {
+                        if let Err(e) = store
+                            .update_subscription(s.id, SubscriptionChange::Validated)
+                            .await
+                        {
                             tracing::warn!(subscription = %s.id, error = %e, "recording validation failed");
                         }
                     });
@@ -466,15 +469,17 @@ impl Dispatcher {
                         None,
                     ),
                 );
-                if let Some(mut s) = sub {
-                    s.disabled = true;
-                    s.disabled_reason = Some(format!(
+                if let Some(s) = sub {
+                    let reason = format!(
                         "the endpoint answered 410 Gone at {}",
                         Utc::now().to_rfc3339()
-                    ));
+                    );
                     let store = self.store.clone();
                     actix_web::rt::spawn(async move {
-                        let _ = store.put_subscription(&s).await;
+                        let change = SubscriptionChange::Disabled { reason };
+                        if let Err(e) = store.update_subscription(s.id, change).await {
+                            tracing::warn!(subscription = %s.id, error = %e, "disabling failed");
+                        }
                     });
                 }
                 let dropped = delivery.subscription;

@@ -44,7 +44,7 @@ use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, StoreError}
 use crate::config::SyncMode;
 use crate::domain::{
     Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
-    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription,
+    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription, SubscriptionChange,
 };
 
 /// Version of the on-disk format, kept in `meta`. A binary opens its own version and refuses a

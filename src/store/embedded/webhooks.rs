@@ -27,6 +27,29 @@ impl WebhookStore for EmbeddedStore {
         })
     }
 
+    async fn update_subscription(
+        &self,
+        id: Uuid,
+        change: SubscriptionChange,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let key = id.as_u128();
+        self.write(move |txn| {
+            let mut t = txn.open_table(SUBS).map_err(unavailable)?;
+            let stored = t.get(key).map_err(unavailable)?;
+            let Some(mut s) = stored
+                .map(|v| from_json::<Subscription>(v.value()))
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            s.apply(&change);
+            t.insert(key, to_json(&s)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(Some(s))
+        })
+        .await
+    }
+
     async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError> {
         self.write(move |txn| {
             let (lo, hi) = (id_key(id, 0), id_key(id, u64::MAX));

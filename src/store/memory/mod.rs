@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, StoreError};
 use crate::domain::{
     Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
-    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription,
+    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription, SubscriptionChange,
 };
 
 /// Delivery attempts kept per subscription for `GET …/deliveries`.

@@ -16,6 +16,17 @@ impl WebhookStore for MemoryStore {
         Ok(self.lock().subscriptions.get(&id).cloned())
     }
 
+    async fn update_subscription(
+        &self,
+        id: Uuid,
+        change: SubscriptionChange,
+    ) -> Result<Option<Subscription>, StoreError> {
+        Ok(self.lock().subscriptions.get_mut(&id).map(|s| {
+            s.apply(&change);
+            s.clone()
+        }))
+    }
+
     async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         inner.deliveries.remove(&id);

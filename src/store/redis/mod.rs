@@ -39,7 +39,7 @@ use super::prelude::RegistryStore;
 use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, StoreError};
 use crate::domain::{
     Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
-    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription,
+    PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription, SubscriptionChange,
 };
 
 /// Events and changes kept per dialog in its own logs.
@@ -143,6 +143,16 @@ redis.call('XADD', KEYS[4], '*', 'e', ARGV[1])
 return 1
 "#;
 
+/// Sets hash field ARGV[1] of KEYS[1] to ARGV[3] only while it still holds ARGV[2]: 1 when
+/// written, 0 when another write came first, -1 when the field is gone.
+const SWAP_LUA: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return -1 end
+if cur ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"#;
+
 pub struct RedisStore {
     pool: Pool,
     prefix: String,
@@ -151,6 +161,7 @@ pub struct RedisStore {
     release: redis::Script,
     publish: redis::Script,
     lease: redis::Script,
+    swap: redis::Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -198,6 +209,7 @@ impl RedisStore {
             release: redis::Script::new(RELEASE_LUA),
             publish: redis::Script::new(PUBLISH_LUA),
             lease: redis::Script::new(LEASE_LUA),
+            swap: redis::Script::new(SWAP_LUA),
         })
     }
 

@@ -3,6 +3,9 @@
 use super::*;
 use crate::store::WebhookStore;
 
+/// How often a subscription change is retried when another change won the race.
+const UPDATE_TRIES: usize = 16;
+
 #[async_trait]
 impl WebhookStore for RedisStore {
     async fn put_subscription(&self, subscription: &Subscription) -> Result<(), StoreError> {
@@ -20,6 +23,45 @@ impl WebhookStore for RedisStore {
             .await?;
         json.map(|j| serde_json::from_str(&j).map_err(unavailable))
             .transpose()
+    }
+
+    async fn update_subscription(
+        &self,
+        id: Uuid,
+        change: SubscriptionChange,
+    ) -> Result<Option<Subscription>, StoreError> {
+        // Optimistic: write the changed copy only if the stored one is still what was read.
+        let (key, field) = (self.key("subs"), id.to_string());
+        for _ in 0..UPDATE_TRIES {
+            let (k, f) = (key.clone(), field.clone());
+            let read: Option<String> = self
+                .with(|mut c| async move { c.hget(&k, &f).await })
+                .await?;
+            let Some(read) = read else {
+                return Ok(None);
+            };
+            let mut s: Subscription = serde_json::from_str(&read).map_err(unavailable)?;
+            s.apply(&change);
+            let json = serde_json::to_string(&s).map_err(unavailable)?;
+            let (k, f, script) = (key.clone(), field.clone(), self.swap.clone());
+            let swapped: i64 = self
+                .with(|mut c| async move {
+                    script
+                        .key(&k)
+                        .arg(&f)
+                        .arg(&read)
+                        .arg(&json)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            match swapped {
+                1 => return Ok(Some(s)),
+                -1 => return Ok(None),
+                _ => continue,
+            }
+        }
+        Err(unavailable("the subscription kept changing; try again"))
     }
 
     async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError> {
