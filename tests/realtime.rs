@@ -1316,3 +1316,103 @@ async fn a_fragmented_message_over_max_frame_bytes_is_closed_with_1009_too() {
         .await;
     assert_eq!(ws.close_code().await, Some(1009));
 }
+
+// ---- disconnects ----
+
+#[actix_web::test]
+async fn a_client_close_frame_is_answered_within_100_ms() {
+    let node = start("").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    let mut ws = RawWs::connect(&node, TWS, None).await;
+    ws.send_json(
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
+    )
+    .await;
+    match ws.next_frame(WAIT).await {
+        RawFrame::Text(t) => assert!(t.contains("connection_ack"), "{t}"),
+        other => panic!("expected the ack, got {other:?}"),
+    }
+    ws.send_json(json!({"id": "1", "type": "subscribe",
+        "payload": {"query": SUBSCRIPTION, "variables": {"id": id}}}))
+        .await;
+    wait_subscriptions(&node, 1).await;
+    let sent = Instant::now();
+    ws.send_frame(0x8, &1000u16.to_be_bytes()).await;
+    loop {
+        match ws.next_frame(WAIT).await {
+            RawFrame::Close(code) => {
+                assert_eq!(code, Some(1000));
+                break;
+            }
+            RawFrame::Eof => panic!("the connection ended without a close frame"),
+            _ => continue, // a keep-alive sent before the close
+        }
+    }
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_millis(100),
+        "close answered after {took:?}"
+    );
+    wait_subscriptions(&node, 0).await;
+}
+
+#[actix_web::test]
+async fn an_sse_client_that_goes_away_is_detached_at_once() {
+    // Keep-alives far apart: only noticing the disconnect itself can detach in time.
+    let node = start("[realtime]\nping_interval = \"60s\"").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    // A plain socket, so that going away is exactly one close of the TCP connection.
+    let sse = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let host = node.base.strip_prefix("http://").expect("http base url");
+        let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+        let body = json!({"query": SUBSCRIPTION, "variables": {"id": id}}).to_string();
+        let request = format!(
+            "POST /graphql/stream HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
+             Content-Type: application/json\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut head = [0u8; 12];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut head))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        stream
+    };
+    wait_subscriptions(&node, 1).await;
+    assert_eq!(
+        labeled_metric(
+            &node,
+            "dialog_events_realtime_connections",
+            "transport=\"sse\""
+        )
+        .await,
+        1
+    );
+    let gone = Instant::now();
+    drop(sse);
+    // No write happens on the dialog: the stream ends because its client left.
+    loop {
+        let subs = subscriptions(&node).await;
+        let conns = labeled_metric(
+            &node,
+            "dialog_events_realtime_connections",
+            "transport=\"sse\"",
+        )
+        .await;
+        if subs == 0 && conns == 0 {
+            break;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(1),
+            "still attached after {:?}: {subs} subscriptions, {conns} SSE connections",
+            gone.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

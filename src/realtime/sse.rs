@@ -101,6 +101,8 @@ pub async fn stream(
                 },
                 _ = ping.tick() => Bytes::from_static(b": keep-alive\n\n"),
                 _ = shutdown.changed() => break,
+                // The HTTP layer drops the body when the client goes away.
+                _ = body_tx.closed() => break,
                 _ = budget.slow.notified() => {
                     state.metrics.slow_consumer_closes.inc();
                     break;
