@@ -211,6 +211,11 @@ impl App {
             key_source,
             dialog_tokens.clone(),
         )));
+        tasks.push(actix_web::rt::spawn(watch_access(
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+        )));
 
         let mut arbiters = arbiters;
         arbiters.push(dispatcher_arbiter);
@@ -399,6 +404,35 @@ async fn reload_keys(source: KeySource, tokens: Arc<DialogTokens>) {
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), source = %source.describe(), "could not read the keys again")
             }
+        }
+    }
+}
+
+/// How often a node with live subscriptions reads the policy again, so that a revoked delegation
+/// (made on any node) ends the streams it granted within this interval and one dialog actor hop.
+const ACCESS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Ends live streams whose reader lost access: whenever the policy differs from the one last
+/// seen, every dialog actor checks its subscribers' grants against it.
+async fn watch_access(store: Arc<dyn Store>, registry: Arc<DialogRegistry>, metrics: Metrics) {
+    let mut tick = tokio::time::interval(ACCESS_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen: Option<Arc<crate::domain::Policy>> = None;
+    loop {
+        tick.tick().await;
+        if metrics.subscriptions.get() == 0 {
+            // Nothing to end; the next check compares with an older policy, which only costs one
+            // extra pass over the actors.
+            continue;
+        }
+        match store.policy().await {
+            Ok(policy) => {
+                if seen.as_ref() != Some(&policy) {
+                    registry.check_access(policy.clone());
+                    seen = Some(policy);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the policy for live streams failed"),
         }
     }
 }

@@ -80,6 +80,66 @@ async fn concurrent_writers_on_two_nodes_reach_subscribers_on_every_node_once_in
 }
 
 #[actix_web::test]
+async fn revoking_a_delegation_ends_the_delegates_streams_on_every_node_within_2_s() {
+    let (nodes, _redis) = start_cluster(2, "").await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let id = a.create_dialog(&dialog_body()).await;
+    // PERSON_2 reads PERSON_1's dialog through the delegation; PERSON_1 reads its own.
+    let delegate = end_user_dialog_token(a, &a.tokens.person_2, &id).await;
+    let party = end_user_dialog_token(a, &a.tokens.person_1, &id).await;
+    let mut tws_a = WsClient::subscribed(a, &delegate, "d", &id, None, 1).await;
+    let mut legacy_b = WsClient::connect(b, "graphql-ws", None).await;
+    legacy_b.init(Some(&delegate)).await;
+    legacy_b.subscribe("d", &id, None).await;
+    wait_subscriptions(b, 1).await;
+    let (status, mut sse_b) =
+        SseClient::open(b, Some(&delegate), SUBSCRIPTION, json!({"id": id})).await;
+    assert_eq!(status, 200);
+    wait_subscriptions(b, 2).await;
+    let mut own_a = WsClient::subscribed(a, &party, "p", &id, None, 2).await;
+
+    let delegation = json!({
+        "from": person_urn(PERSON_1),
+        "to": person_urn(PERSON_2),
+        "resources": [RESOURCE],
+    });
+    let r = b
+        .json(
+            "DELETE",
+            "/admin/v1/delegations",
+            &b.tokens.admin,
+            &delegation,
+        )
+        .await;
+    assert!(r.status.is_success(), "revoke: {} {}", r.status, r.body);
+    let revoked = std::time::Instant::now();
+    tws_a.ended_unauthorized("d").await;
+    legacy_b.ended_unauthorized("d").await;
+    sse_b.ended_unauthorized().await;
+    let took = revoked.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "streams ended after {took:?}"
+    );
+    wait_subscriptions(a, 1).await;
+    wait_subscriptions(b, 0).await;
+
+    // The dialog's own party keeps its stream, and the old token opens no new one.
+    assert_eq!(add_activity(a, &id).await, 201);
+    let ev = own_a.event().await;
+    assert_eq!(ev["type"], "DIALOG_UPDATED", "{ev}");
+    let mut again = WsClient::connect(b, "graphql-transport-ws", None).await;
+    again.init(Some(&delegate)).await;
+    again.subscribe("d", &id, None).await;
+    let msg = again.next_json().await;
+    assert_eq!(msg["type"], "error", "{msg}");
+    assert_eq!(
+        msg["payload"][0]["extensions"]["code"], "UNAUTHORIZED",
+        "{msg}"
+    );
+}
+
+#[actix_web::test]
 async fn a_seen_race_across_two_nodes_emits_exactly_one_seen() {
     let (nodes, _redis) = start_cluster(2, "").await;
     let id = nodes[0].create_dialog(&dialog_body()).await;

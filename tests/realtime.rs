@@ -1416,3 +1416,31 @@ async fn an_sse_client_that_goes_away_is_detached_at_once() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[actix_web::test]
+async fn a_purge_sends_dialog_deleted_then_ends_every_stream_of_the_dialog() {
+    let node = start("").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    let mut tws = WsClient::subscribed(&node, &token, "a", &id, None, 1).await;
+    let (status, mut sse) =
+        SseClient::open(&node, Some(&token), SUBSCRIPTION, json!({"id": id})).await;
+    assert_eq!(status, 200);
+    wait_subscriptions(&node, 2).await;
+    let r = node
+        .send(
+            "POST",
+            &format!("/api/v1/serviceowner/dialogs/{id}/actions/purge"),
+            Some(&node.tokens.owner_a),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 204);
+    let ev = tws.event().await;
+    assert_eq!(ev["type"], "DIALOG_DELETED", "{ev}");
+    assert_eq!(sse.event().await["type"], "DIALOG_DELETED");
+    tws.ended_unauthorized("a").await;
+    sse.ended_unauthorized().await;
+    wait_subscriptions(&node, 0).await;
+}

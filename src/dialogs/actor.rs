@@ -12,7 +12,7 @@ use super::command::{Access, Command, CommandError, DialogCommand, Outcome};
 use super::registry::DialogRegistry;
 use super::subscribers::SubscriberQueue;
 use crate::bus::{Bus, Envelope};
-use crate::domain::Change;
+use crate::domain::{Change, Policy, ReadGrant};
 use crate::domain::{Dialog, Drafts};
 use crate::store::{Commit, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -48,8 +48,15 @@ pub struct DialogActor {
     last_used: Instant,
     /// Local realtime subscribers by id; each queue is drained by one subscription stream, which
     /// sends `Detach` when dropped.
-    subscribers: std::collections::HashMap<u64, Arc<SubscriberQueue>>,
+    subscribers: std::collections::HashMap<u64, Subscriber>,
     next_subscriber: u64,
+}
+
+/// A local realtime subscriber: its queue and what its dialog token grants.
+struct Subscriber {
+    queue: Arc<SubscriberQueue>,
+    /// Checked again when the policy changes; `None` for a grant the policy cannot revoke.
+    grant: Option<ReadGrant>,
 }
 
 impl DialogActor {
@@ -91,8 +98,32 @@ impl DialogActor {
             return;
         }
         self.delivered = change.last;
-        for queue in self.subscribers.values() {
-            queue.push(change.clone());
+        for s in self.subscribers.values() {
+            s.queue.push(change.clone());
+        }
+        if change.deleted && change.revision.is_none() {
+            // Purged: the dialog is gone, and with it every reader's access.
+            self.end_where(|_| true, "the dialog was purged");
+        }
+    }
+
+    /// Ends (and detaches) the subscribers `which` selects; their streams end with `reason`.
+    fn end_where(&mut self, which: impl Fn(&Subscriber) -> bool, reason: &'static str) {
+        let before = self.subscribers.len();
+        self.subscribers.retain(|_, s| {
+            let end = which(s);
+            if end {
+                s.queue.end(reason);
+            }
+            !end
+        });
+        let ended = before - self.subscribers.len();
+        if ended > 0 {
+            self.deps.metrics.subscriptions.sub(ended as i64);
+            self.last_used = Instant::now();
+            if self.subscribers.is_empty() {
+                self.deps.bus.unsubscribe(self.id);
+            }
         }
     }
 }
@@ -212,6 +243,7 @@ impl DialogActor {
 pub struct Attach {
     pub after: Option<u64>,
     pub queue: Arc<SubscriberQueue>,
+    pub grant: Option<ReadGrant>,
 }
 
 impl Message for Attach {
@@ -257,7 +289,13 @@ impl Handler<Attach> for DialogActor {
                 if act.subscribers.is_empty() {
                     act.deps.bus.subscribe(act.id);
                 }
-                act.subscribers.insert(sub, msg.queue);
+                act.subscribers.insert(
+                    sub,
+                    Subscriber {
+                        queue: msg.queue,
+                        grant: msg.grant,
+                    },
+                );
                 act.deps.metrics.subscriptions.inc();
                 Ok(sub)
             },
@@ -287,6 +325,23 @@ impl DialogActor {
             }
             _ => queue.push_resync((*latest).clone()),
         }
+    }
+}
+
+/// The policy changed: subscribers whose grant no longer holds end.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckAccess(pub Arc<Policy>);
+
+impl Handler<CheckAccess> for DialogActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CheckAccess, _ctx: &mut Self::Context) {
+        let policy = msg.0;
+        self.end_where(
+            |s| s.grant.as_ref().is_some_and(|g| !policy.grants(g)),
+            "access to the dialog has ended",
+        );
     }
 }
 

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::actor::{Attach, Detach, DialogActor, DialogDeps, Incoming, Repair};
+use super::actor::{Attach, CheckAccess, Detach, DialogActor, DialogDeps, Incoming, Repair};
 use super::command::{Access, Command, CommandError, DialogCommand, Outcome};
 use super::subscribers::SubscriberQueue;
 use crate::bus::{BusEvent, Envelope};
+use crate::domain::{Policy, ReadGrant};
 
 /// Number of map shards; a power of two well above the core count keeps lock contention negligible.
 const SHARDS: usize = 64;
@@ -94,6 +95,7 @@ impl DialogRegistry {
         id: Uuid,
         after: Option<u64>,
         queue: Arc<SubscriberQueue>,
+        grant: Option<ReadGrant>,
     ) -> Result<SubscriptionGuard, CommandError> {
         for _ in 0..MAX_SEND_ATTEMPTS {
             let addr = self.actor(id);
@@ -101,6 +103,7 @@ impl DialogRegistry {
                 .send(Attach {
                     after,
                     queue: queue.clone(),
+                    grant: grant.clone(),
                 })
                 .await
             {
@@ -124,16 +127,23 @@ impl DialogRegistry {
     pub fn on_bus(&self, event: BusEvent) {
         match event {
             BusEvent::Envelope(envelope) => self.route(envelope),
-            BusEvent::Reconnected => {
-                for shard in &self.shards {
-                    let actors: Vec<Addr<DialogActor>> = shard
-                        .lock()
-                        .map(|m| m.values().cloned().collect())
-                        .unwrap_or_default();
-                    for addr in actors {
-                        addr.do_send(Repair);
-                    }
-                }
+            BusEvent::Reconnected => self.each(|addr| addr.do_send(Repair)),
+        }
+    }
+
+    /// The policy changed: every live actor ends the subscribers it no longer grants.
+    pub fn check_access(&self, policy: Arc<Policy>) {
+        self.each(|addr| addr.do_send(CheckAccess(policy.clone())));
+    }
+
+    fn each(&self, f: impl Fn(&Addr<DialogActor>)) {
+        for shard in &self.shards {
+            let actors: Vec<Addr<DialogActor>> = shard
+                .lock()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            for addr in &actors {
+                f(addr);
             }
         }
     }

@@ -84,6 +84,9 @@ struct QueueState {
     /// Set when the queue was coalesced: the latest change, to be delivered with `resync: true`.
     resync: Option<Arc<Change>>,
     overflows: u32,
+    /// Set when the subscription has ended (its reader lost access, or the dialog was purged):
+    /// what was queued before still goes out, then the stream ends with this reason.
+    ended: Option<&'static str>,
 }
 
 /// One subscription's queue. The dialog actor pushes (never blocks); the stream pops.
@@ -110,6 +113,9 @@ impl SubscriberQueue {
     /// Queues `change`, coalescing when the connection's budget is spent.
     pub fn push(&self, change: Arc<Change>) {
         let mut st = self.lock();
+        if st.ended.is_some() {
+            return;
+        }
         if st.resync.is_some() {
             // Already coalesced and not yet taken: the marker just moves to the newer change.
             st.resync = Some(change);
@@ -132,6 +138,9 @@ impl SubscriberQueue {
     /// Queues a change only if nothing newer was delivered (replay hand-over), as `push`.
     pub fn push_resync(&self, change: Arc<Change>) {
         let mut st = self.lock();
+        if st.ended.is_some() {
+            return;
+        }
         let dropped = st.items.len();
         st.items.clear();
         self.budget.refund(dropped * CHANGE_COST);
@@ -140,20 +149,35 @@ impl SubscriberQueue {
         self.ready.notify_one();
     }
 
-    /// The next change and whether it is a resync, waiting while the queue is empty.
-    pub async fn pop(&self) -> (Arc<Change>, bool) {
+    /// Ends the subscription: nothing more is queued; `pop` returns what is queued, then `None`.
+    pub fn end(&self, reason: &'static str) {
+        self.lock().ended.get_or_insert(reason);
+        self.ready.notify_one();
+    }
+
+    /// Why the subscription ended, once it has.
+    pub fn ended(&self) -> Option<&'static str> {
+        self.lock().ended
+    }
+
+    /// The next change and whether it is a resync, waiting while the queue is empty; `None` once
+    /// the subscription has ended and its queue is drained.
+    pub async fn pop(&self) -> Option<(Arc<Change>, bool)> {
         loop {
             {
                 let mut st = self.lock();
                 if let Some(change) = st.resync.take() {
-                    return (change, true);
+                    return Some((change, true));
                 }
                 if let Some(change) = st.items.pop_front() {
                     self.budget.refund(CHANGE_COST);
                     if st.items.is_empty() {
                         st.overflows = 0;
                     }
-                    return (change, false);
+                    return Some((change, false));
+                }
+                if st.ended.is_some() {
+                    return None;
                 }
             }
             self.ready.notified().await;
@@ -191,7 +215,7 @@ mod tests {
             q.push(change(n));
         }
         for n in 1..=3 {
-            let (c, resync) = q.pop().await;
+            let (c, resync) = q.pop().await.expect("a change");
             assert_eq!((c.last, resync), (n, false));
         }
     }
@@ -204,10 +228,10 @@ mod tests {
             q.push(change(n));
         }
         assert_eq!(budget.used(), 0, "coalescing frees the queued bytes");
-        let (c, resync) = q.pop().await;
+        let (c, resync) = q.pop().await.expect("a change");
         assert_eq!((c.last, resync), (5, true));
         q.push(change(6));
-        let (c, resync) = q.pop().await;
+        let (c, resync) = q.pop().await.expect("a change");
         assert_eq!((c.last, resync), (6, false));
         assert!(!budget.is_too_slow());
     }
@@ -219,12 +243,24 @@ mod tests {
         for round in 0..MAX_OVERFLOWS as u64 {
             q.push(change(round * 10));
             q.push(change(round * 10 + 1)); // overflow
-            let (c, resync) = q.pop().await; // takes the resync marker, queue still not drained
+            let (c, resync) = q.pop().await.expect("a change"); // takes the resync marker, queue still not drained
             assert!(resync, "{c:?}");
             q.push(change(round * 10 + 2));
         }
         assert!(budget.is_too_slow());
         assert!(budget.used() <= CHANGE_COST);
+    }
+
+    #[tokio::test]
+    async fn an_ended_queue_hands_out_what_it_held_then_ends() {
+        let q = SubscriberQueue::new(ConnectionBudget::new(10 * CHANGE_COST, None));
+        q.push(change(1));
+        q.end("access ended");
+        q.push(change(2));
+        let (c, _) = q.pop().await.expect("the change queued before the end");
+        assert_eq!(c.last, 1);
+        assert!(q.pop().await.is_none());
+        assert_eq!(q.ended(), Some("access ended"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub use dialog::*;
 pub use event::*;
 pub use node::NodeInfo;
 pub use party::*;
-pub use policy::Policy;
+pub use policy::{Policy, ReadGrant};
 pub use registry::{DelegationEntry, ResourceEntry};
 pub use subscription::{
     DeadLetter, DeliveryRecord, PendingDelivery, Subscription, SubscriptionChange,

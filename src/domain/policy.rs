@@ -5,8 +5,16 @@ use std::collections::HashMap;
 
 use super::{DelegationEntry, Party, ResourceEntry, ResourceUrn};
 
+/// Who reads which dialog, as a dialog token says: what a live stream keeps being checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadGrant {
+    pub reader: Party,
+    pub dialog_party: Party,
+    pub resource: ResourceUrn,
+}
+
 /// An immutable snapshot of the registry; replaced whole when an admin changes it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Policy {
     resources: HashMap<ResourceUrn, ResourceEntry>,
     delegations: Vec<DelegationEntry>,
@@ -55,6 +63,13 @@ impl Policy {
         resource: &ResourceUrn,
     ) -> bool {
         user == dialog_party || self.is_delegated(dialog_party, user, resource)
+    }
+
+    /// Whether `grant` still holds: the reader owns the dialog's resource, is the dialog's party,
+    /// or the party delegated the resource to it. Live streams whose grant no longer holds end.
+    pub fn grants(&self, grant: &ReadGrant) -> bool {
+        self.owns(&grant.reader, &grant.resource)
+            || self.may_read_as_end_user(&grant.reader, &grant.dialog_party, &grant.resource)
     }
 
     /// A subscriber may receive an event of `resource` about `subject` when it owns the resource, is

@@ -64,7 +64,19 @@ pub fn spawn(
             drop(value);
             // Frame each change directly: a queue pop and one small encode per subscriber.
             loop {
-                let (change, resync) = fast.queue.pop().await;
+                let Some((change, resync)) = fast.queue.pop().await else {
+                    // Access ended (or the dialog was purged): an UNAUTHORIZED error, then complete.
+                    let reason = fast.queue.ended().unwrap_or("the subscription has ended");
+                    let payload = json!({"data": null, "errors": [{
+                        "message": reason,
+                        "extensions": {"code": "UNAUTHORIZED"},
+                    }]});
+                    let _ = out
+                        .send((id.clone(), OpEvent::Next(payload.to_string())))
+                        .await;
+                    let _ = out.send((id, OpEvent::Complete)).await;
+                    return;
+                };
                 if let Some(h) = &latency {
                     let elapsed = chrono::Utc::now() - change.at;
                     h.observe(elapsed.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);

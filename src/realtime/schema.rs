@@ -16,7 +16,7 @@ use crate::dialogs::{
     Access, Command, CommandError, ConnectionBudget, DialogRegistry, SubscriberQueue,
     SubscriptionGuard,
 };
-use crate::domain::Change;
+use crate::domain::{Change, Party, ReadGrant, ResourceUrn};
 use crate::store::Store;
 
 /// What resolvers of one request or connection share.
@@ -331,9 +331,32 @@ impl Subscription {
             .clone()
             .unwrap_or_else(|| ConnectionBudget::new(usize::MAX / 2, None));
         let queue = SubscriberQueue::new(budget);
+        let grant = match (
+            Party::parse(&claims.c),
+            Party::parse(&claims.p),
+            ResourceUrn::parse(&claims.s),
+        ) {
+            (Ok(reader), Ok(dialog_party), Ok(resource)) => Some(ReadGrant {
+                reader,
+                dialog_party,
+                resource,
+            }),
+            _ => None,
+        };
+        if let Some(grant) = &grant {
+            // A token issued before a delegation was revoked no longer opens a stream.
+            let policy = ctx
+                .store
+                .policy()
+                .await
+                .map_err(|e| coded(&e.to_string(), "UNAVAILABLE"))?;
+            if !policy.grants(grant) {
+                return Err(unauthorized("access to the dialog has ended"));
+            }
+        }
         let guard = ctx
             .registry
-            .attach(dialog_id, after, queue.clone())
+            .attach(dialog_id, after, queue.clone(), grant)
             .await
             .map_err(|e| coded(&e.to_string(), "UNAVAILABLE"))?;
         if let (Some(slot), Some(plan)) = (&ctx.fast, plan)
@@ -345,16 +368,21 @@ impl Subscription {
         }
         let latency = ctx.fanout_latency.clone();
         Ok(Box::pin(futures::stream::unfold(
-            (queue, guard, latency),
+            (Some(queue), guard, latency),
             |(queue, guard, latency)| async move {
-                let (change, resync) = queue.pop().await;
+                let queue = queue?;
+                let Some((change, resync)) = queue.pop().await else {
+                    // The last item: the reason the stream ends, then nothing.
+                    let reason = queue.ended().unwrap_or("the subscription has ended");
+                    return Some((Err(unauthorized(reason)), (None, guard, latency)));
+                };
                 if let Some(h) = &latency {
                     let elapsed = chrono::Utc::now() - change.at;
                     h.observe(elapsed.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
                 }
                 Some((
                     Ok(DialogEventPayload::of(&change, resync)),
-                    (queue, guard, latency),
+                    (Some(queue), guard, latency),
                 ))
             },
         )))

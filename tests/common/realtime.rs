@@ -290,6 +290,72 @@ pub async fn dialog_token(node: &TestNode, id: &str) -> String {
         .to_owned()
 }
 
+/// The dialog token an end user's details read of `id` hands out (`token` is the user's bearer).
+pub async fn end_user_dialog_token(node: &TestNode, token: &str, id: &str) -> String {
+    let r = node
+        .get(&format!("/api/v1/enduser/dialogs/{id}"), token)
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "end-user read: {}", r.body);
+    r.body["dialogToken"]
+        .as_str()
+        .expect("dialogToken")
+        .to_owned()
+}
+
+/// Asserts that a `next` (or legacy `data`) payload is an `UNAUTHORIZED` GraphQL error.
+pub fn assert_unauthorized(payload: &Value) {
+    let errors = payload["errors"].as_array().expect("errors");
+    assert!(!errors.is_empty(), "{payload}");
+    assert_eq!(errors[0]["extensions"]["code"], "UNAUTHORIZED", "{payload}");
+}
+
+impl WsClient {
+    /// Waits for operation `op` to end the way a lost access ends it: one error payload with
+    /// code `UNAUTHORIZED`, then `complete`. Keep-alives and payloads before it are skipped.
+    pub async fn ended_unauthorized(&mut self, op: &str) {
+        let data = if self.protocol == "graphql-ws" {
+            "data"
+        } else {
+            "next"
+        };
+        loop {
+            let msg = self.next_json().await;
+            if msg["id"] != op || msg["type"] != data {
+                continue;
+            }
+            if msg["payload"]["errors"].is_null() {
+                continue; // a change committed before the access ended
+            }
+            assert_unauthorized(&msg["payload"]);
+            break;
+        }
+        let msg = self.next_json().await;
+        assert_eq!(msg["type"], "complete", "{msg}");
+        assert_eq!(msg["id"], op, "{msg}");
+    }
+}
+
+impl SseClient {
+    /// Waits for the stream to end with an `UNAUTHORIZED` error and `complete`.
+    pub async fn ended_unauthorized(&mut self) {
+        loop {
+            let ev = self
+                .next()
+                .await
+                .expect("the stream ends with an error first");
+            assert_eq!(ev.event, "next", "{ev:?}");
+            let v: Value = serde_json::from_str(&ev.data).expect("json data");
+            if v["errors"].is_null() {
+                continue;
+            }
+            assert_unauthorized(&v);
+            break;
+        }
+        let ev = self.next().await.expect("complete");
+        assert_eq!(ev.event, "complete", "{ev:?}");
+    }
+}
+
 /// The node's `realtime_subscriptions` gauge.
 pub async fn subscriptions(node: &TestNode) -> i64 {
     metric(node, "dialog_events_realtime_subscriptions").await
