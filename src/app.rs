@@ -19,6 +19,7 @@ use crate::dialogs::{DialogDeps, DialogRegistry};
 use crate::domain::NodeInfo;
 use crate::domain::Party;
 use crate::http::AppState;
+use crate::realtime::limits::PartyConnections;
 use crate::store::prelude::*;
 use crate::store::{EmbeddedStore, MemoryStore, RedisStore};
 use crate::telemetry::Metrics;
@@ -99,6 +100,7 @@ impl App {
         let (sink, mut envelopes) = tokio::sync::mpsc::unbounded_channel();
         let mut data_lock = None;
         let mut embedded = None;
+        let mut shared_redis = None;
         let (store, bus, key_source): (Arc<dyn Store>, Arc<dyn Bus>, KeySource) =
             match &settings.redis.url {
                 None => {
@@ -138,6 +140,7 @@ impl App {
                         .await?;
                     let bus = RedisBus::start(url, &settings.redis.prefix, redis.pool(), sink)?;
                     let keys = KeySource::new(&settings, Some(redis.clone()));
+                    shared_redis = Some(redis.clone());
                     (redis, Arc::new(bus), keys)
                 }
             };
@@ -220,6 +223,14 @@ impl App {
         let mut arbiters = arbiters;
         arbiters.push(dispatcher_arbiter);
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let limit = settings.realtime.max_connections_per_party;
+        let parties = match shared_redis {
+            Some(redis) => PartyConnections::shared(limit, redis, node_id.clone()),
+            None => PartyConnections::new(limit),
+        };
+        tasks.push(actix_web::rt::spawn(crate::realtime::limits::refresh_loop(
+            parties.clone(),
+        )));
         let realtime = web::Data::new(crate::realtime::RealtimeState {
             schema: Arc::new(if settings.introspection() {
                 crate::realtime::schema::schema()
@@ -233,9 +244,7 @@ impl App {
             metrics: metrics.clone(),
             settings: settings.realtime.clone(),
             graphql: settings.graphql.clone(),
-            parties: crate::realtime::limits::PartyConnections::new(
-                settings.realtime.max_connections_per_party,
-            ),
+            parties: parties.clone(),
             max_body: settings.http.max_body,
             origins: crate::http::cors::Origins::new(&settings.http.cors_origins),
             shutdown: shutdown_rx,

@@ -139,6 +139,110 @@ async fn revoking_a_delegation_ends_the_delegates_streams_on_every_node_within_2
     );
 }
 
+/// Opens a graphql-transport-ws connection with `token`: `Ok` once acknowledged, `Err(code)` when
+/// the node closes it instead.
+async fn open(node: &TestNode, token: &str) -> Result<WsClient, Option<u16>> {
+    let mut ws = WsClient::connect(node, "graphql-transport-ws", None).await;
+    ws.send(
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
+    )
+    .await;
+    match ws.next().await {
+        Incoming::Json(v) if v["type"] == "connection_ack" => Ok(ws),
+        Incoming::Json(v) => panic!("unexpected {v}"),
+        Incoming::Closed(code, _) => Err(code),
+    }
+}
+
+#[actix_web::test]
+async fn the_connection_limit_per_party_holds_across_nodes() {
+    let (nodes, _redis) = start_cluster(2, "[realtime]\nmax_connections_per_party = 2").await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let id = a.create_dialog(&dialog_body()).await;
+    let token = end_user_dialog_token(a, &a.tokens.person_1, &id).await;
+    let first = open(a, &token).await.expect("first connection, on node a");
+    let _second = open(b, &token).await.expect("second connection, on node b");
+    // Each node holds one: a third is refused on either node, over WebSocket and SSE.
+    assert_eq!(open(a, &token).await.err(), Some(Some(4429)));
+    assert_eq!(open(b, &token).await.err(), Some(Some(4429)));
+    let (status, _) = SseClient::open(b, Some(&token), SUBSCRIPTION, json!({"id": id})).await;
+    assert_eq!(status, 429);
+    // Another party is not affected.
+    let other = end_user_dialog_token(a, &a.tokens.person_2, &id).await;
+    let _other = open(b, &other).await.expect("another party's connection");
+
+    // A connection closed on node a frees its slot for node b.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match open(b, &token).await {
+            Ok(_) => break,
+            Err(code) => {
+                assert_eq!(code, Some(4429));
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the slot never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_nodes_connection_counts_stop_counting_when_it_stops_refreshing_them() {
+    let redis = common::redis::RedisServer::start();
+    let store =
+        dialog_events::store::RedisStore::new(&redis.url, "limits", Duration::from_secs(60))
+            .expect("store");
+    let ttl = Duration::from_millis(500);
+    let party = "urn:altinn:person:identifier-no:08895699684";
+    // Node "dead" takes both slots and then never refreshes nor releases them (killed).
+    for _ in 0..2 {
+        assert!(
+            store
+                .acquire_connection(party, "dead", 2, ttl)
+                .await
+                .expect("acquire")
+        );
+    }
+    assert!(
+        !store
+            .acquire_connection(party, "live", 2, ttl)
+            .await
+            .expect("acquire")
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert!(
+        store
+            .acquire_connection(party, "live", 2, ttl)
+            .await
+            .expect("acquire")
+    );
+    // A refreshed count keeps counting past its first expiry.
+    store
+        .refresh_connections("live", &[(party.to_owned(), 2)], Duration::from_secs(30))
+        .await
+        .expect("refresh");
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert!(
+        !store
+            .acquire_connection(party, "other", 2, ttl)
+            .await
+            .expect("acquire")
+    );
+    store
+        .release_connection(party, "live")
+        .await
+        .expect("release");
+    assert!(
+        store
+            .acquire_connection(party, "other", 2, ttl)
+            .await
+            .expect("acquire")
+    );
+}
+
 #[actix_web::test]
 async fn a_seen_race_across_two_nodes_emits_exactly_one_seen() {
     let (nodes, _redis) = start_cluster(2, "").await;

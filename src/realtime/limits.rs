@@ -1,61 +1,173 @@
-//! Per-party realtime connection counts on this node (`realtime.max_connections_per_party`): a
-//! connection takes a slot when its dialog token is accepted and gives it back when it ends.
+//! Realtime connections per party (`realtime.max_connections_per_party`): a connection takes a
+//! slot when its dialog token is accepted and gives it back when it ends. In Redis mode the limit
+//! holds across the cluster: each node keeps its counts in Redis, refreshed every
+//! `SHARED_REFRESH`, so the connections of a node that died stop counting within `SHARED_TTL`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::store::RedisStore;
+
+/// How long a node's count of a party holds in Redis unless refreshed.
+pub const SHARED_TTL: Duration = Duration::from_secs(30);
+/// How often a node refreshes (and corrects) its counts in Redis.
+pub const SHARED_REFRESH: Duration = Duration::from_secs(10);
+
+#[derive(Default, Clone, Copy)]
+struct Count {
+    /// Slots held on this node: never more than the limit.
+    open: usize,
+    /// Of those, the ones counted in Redis (the rest were taken while Redis was unreachable).
+    shared: usize,
+}
 
 /// Open realtime connections by authenticated party (the dialog token's `c`).
 pub struct PartyConnections {
     limit: usize,
-    /// Party → open connections; an entry is removed when its count drops to zero, so the map
-    /// holds only parties that are connected now.
-    counts: Mutex<HashMap<String, usize>>,
+    /// Party → its connections on this node; an entry is removed when it drops to zero, so the
+    /// map holds only parties that are connected now.
+    counts: Mutex<HashMap<String, Count>>,
+    /// The cluster-wide counts (Redis mode) and this node's id in them.
+    shared: Option<(Arc<RedisStore>, String)>,
 }
 
 /// One connection's slot; dropping it frees the slot.
 pub struct PartySlot {
     owner: Arc<PartyConnections>,
     party: String,
+    shared: bool,
 }
 
 impl PartyConnections {
+    /// Counts on this node only (one node: the embedded and memory stores).
     pub fn new(limit: usize) -> Arc<Self> {
+        Self::build(limit, None)
+    }
+
+    /// Counts across the cluster in `store`, as node `node`.
+    pub fn shared(limit: usize, store: Arc<RedisStore>, node: String) -> Arc<Self> {
+        Self::build(limit, Some((store, node)))
+    }
+
+    fn build(limit: usize, shared: Option<(Arc<RedisStore>, String)>) -> Arc<Self> {
         Arc::new(PartyConnections {
             limit,
             counts: Mutex::new(HashMap::new()),
+            shared,
         })
     }
 
-    /// A slot for `party`, or None when it already holds `limit` connections.
-    pub fn acquire(self: &Arc<Self>, party: &str) -> Option<PartySlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts.entry(party.to_owned()).or_insert(0);
-        if *n >= self.limit {
-            return None;
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Count>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for `party`, or None when it already holds `limit` connections (on this node, or
+    /// across the cluster in Redis mode). Should Redis be unreachable, only this node's count
+    /// applies: a connection is not refused for an outage.
+    pub async fn acquire(self: &Arc<Self>, party: &str) -> Option<PartySlot> {
+        {
+            let mut counts = self.lock();
+            let n = counts.entry(party.to_owned()).or_default();
+            if n.open >= self.limit {
+                return None;
+            }
+            n.open += 1;
         }
-        *n += 1;
-        Some(PartySlot {
+        let mut slot = PartySlot {
             owner: self.clone(),
             party: party.to_owned(),
-        })
+            shared: false,
+        };
+        if let Some((store, node)) = &self.shared {
+            match store
+                .acquire_connection(party, node, self.limit, SHARED_TTL)
+                .await
+            {
+                Ok(true) => {
+                    slot.shared = true;
+                    if let Some(n) = self.lock().get_mut(party) {
+                        n.shared += 1;
+                    }
+                }
+                // Dropping the slot gives back the local count.
+                Ok(false) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster-wide connection count unavailable; counting on this node only")
+                }
+            }
+        }
+        Some(slot)
     }
 
-    /// Connections `party` holds now.
+    /// Connections `party` holds on this node now.
     pub fn count(&self, party: &str) -> usize {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.get(party).copied().unwrap_or(0)
+        self.lock().get(party).map_or(0, |n| n.open)
+    }
+
+    /// Writes this node's counts to Redis again (absolute, so any drift is corrected) and extends
+    /// them for another `SHARED_TTL`. Nothing to do on one node.
+    pub async fn refresh(&self) {
+        let Some((store, node)) = &self.shared else {
+            return;
+        };
+        let counts: Vec<(String, usize)> = self
+            .lock()
+            .iter()
+            .filter(|(_, n)| n.shared > 0)
+            .map(|(p, n)| (p.clone(), n.shared))
+            .collect();
+        if counts.is_empty() {
+            return;
+        }
+        if let Err(e) = store.refresh_connections(node, &counts, SHARED_TTL).await {
+            tracing::warn!(error = %e, "refreshing the cluster-wide connection counts failed");
+        }
     }
 }
 
 impl Drop for PartySlot {
     fn drop(&mut self) {
-        let mut counts = self.owner.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.party) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.party);
+        {
+            let mut counts = self.owner.lock();
+            if let Some(n) = counts.get_mut(&self.party) {
+                n.open -= 1;
+                if self.shared {
+                    n.shared -= 1;
+                }
+                if n.open == 0 {
+                    counts.remove(&self.party);
+                }
             }
         }
+        if !self.shared {
+            return;
+        }
+        let Some((store, node)) = self.owner.shared.clone() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the node is going away; its counts lapse with SHARED_TTL
+        };
+        let party = std::mem::take(&mut self.party);
+        runtime.spawn(async move {
+            if let Err(e) = store.release_connection(&party, &node).await {
+                tracing::debug!(error = %e, "giving back a cluster-wide connection count failed");
+            }
+        });
+    }
+}
+
+/// Refreshes the node's cluster-wide counts for as long as the node runs.
+pub async fn refresh_loop(parties: Arc<PartyConnections>) {
+    if parties.shared.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(SHARED_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        parties.refresh().await;
     }
 }
 
@@ -63,18 +175,21 @@ impl Drop for PartySlot {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_party_gets_at_most_limit_slots_and_freed_slots_come_back() {
+    #[tokio::test]
+    async fn a_party_gets_at_most_limit_slots_and_freed_slots_come_back() {
         let conns = PartyConnections::new(2);
-        let a = conns.acquire("p").expect("first");
-        let _b = conns.acquire("p").expect("second");
-        assert!(conns.acquire("p").is_none(), "third is refused");
+        let a = conns.acquire("p").await.expect("first");
+        let _b = conns.acquire("p").await.expect("second");
+        assert!(conns.acquire("p").await.is_none(), "third is refused");
         assert!(
-            conns.acquire("q").is_some(),
+            conns.acquire("q").await.is_some(),
             "other parties are not affected"
         );
         drop(a);
         assert_eq!(conns.count("p"), 1);
-        assert!(conns.acquire("p").is_some(), "a freed slot is reusable");
+        assert!(
+            conns.acquire("p").await.is_some(),
+            "a freed slot is reusable"
+        );
     }
 }

@@ -64,7 +64,7 @@ pub async fn stream(
     // invalid token gets its UNAUTHORIZED error from the operation.
     let claims = token.as_deref().and_then(|t| state.dialog_tokens.verify(t));
     let slot = match claims {
-        Some(c) => match state.parties.acquire(&c.c) {
+        Some(c) => match state.parties.acquire(&c.c).await {
             Some(slot) => Some(slot),
             None => {
                 return graphql_error(

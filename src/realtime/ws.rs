@@ -334,7 +334,7 @@ impl Connection {
             }
             return Step::Close(4403, "Forbidden".into());
         };
-        match self.state.parties.acquire(&claims.c) {
+        match self.state.parties.acquire(&claims.c).await {
             Some(slot) => self.slot = Some(slot),
             None => {
                 return Step::Close(

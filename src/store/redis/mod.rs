@@ -21,6 +21,7 @@
 //! - `{p}:node:{id}` a live node (expires unless refreshed)
 
 mod cluster;
+mod connections;
 mod dialogs;
 mod log;
 mod registry;
@@ -162,6 +163,7 @@ pub struct RedisStore {
     publish: redis::Script,
     lease: redis::Script,
     swap: redis::Script,
+    connections: connections::ConnectionScripts,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -210,6 +212,7 @@ impl RedisStore {
             publish: redis::Script::new(PUBLISH_LUA),
             lease: redis::Script::new(LEASE_LUA),
             swap: redis::Script::new(SWAP_LUA),
+            connections: connections::ConnectionScripts::new(),
         })
     }
 

@@ -1,0 +1,132 @@
+//! `RedisStore`: realtime connections per party across the cluster
+//! (`realtime.max_connections_per_party`).
+//!
+//! One hash per party, `conns:{party}`: field `{node}` holds that node's open connections of the
+//! party, field `{node}:exp` until when (Redis clock, ms) that count holds. A node refreshes its
+//! counts well before they lapse; the counts of a node that stopped refreshing (killed) stop
+//! counting at their expiry, and the hash itself expires with the last of them.
+
+use super::*;
+
+/// Counts the live connections of the party (dropping lapsed node counts) and takes one more
+/// for node ARGV[1] when fewer than ARGV[2] are open. ARGV[3]: how long the count holds (ms).
+/// 1 when taken, 0 when the party is at its limit.
+const ACQUIRE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local fields = {}
+for i = 1, #all, 2 do fields[all[i]] = all[i + 1] end
+local total = 0
+for f, v in pairs(fields) do
+  if string.sub(f, -4) ~= ':exp' then
+    if tonumber(fields[f .. ':exp'] or '0') > now then
+      total = total + tonumber(v)
+    else
+      redis.call('HDEL', KEYS[1], f, f .. ':exp')
+    end
+  end
+end
+if total >= tonumber(ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HSET', KEYS[1], ARGV[1] .. ':exp', now + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// Gives back one connection of node ARGV[1].
+const RELEASE_LUA: &str = r#"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1], ARGV[1] .. ':exp') end
+return n
+"#;
+
+/// Sets node ARGV[1]'s count of each party KEYS[i] to ARGV[i + 2], holding for ARGV[2] ms.
+const REFRESH_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, ARGV[1], ARGV[i + 2], ARGV[1] .. ':exp', until_ms)
+  if tonumber(redis.call('PTTL', key)) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', key, ARGV[2])
+  end
+end
+return #KEYS
+"#;
+
+/// Parties per refresh call.
+const REFRESH_CHUNK: usize = 500;
+
+/// The scripts of the connection counts.
+pub(super) struct ConnectionScripts {
+    acquire: redis::Script,
+    release: redis::Script,
+    refresh: redis::Script,
+}
+
+impl ConnectionScripts {
+    pub(super) fn new() -> Self {
+        ConnectionScripts {
+            acquire: redis::Script::new(ACQUIRE_LUA),
+            release: redis::Script::new(RELEASE_LUA),
+            refresh: redis::Script::new(REFRESH_LUA),
+        }
+    }
+}
+
+impl RedisStore {
+    fn connections_key(&self, party: &str) -> String {
+        self.key(&format!("conns:{party}"))
+    }
+
+    /// Takes one of `party`'s `limit` connections for `node`, counted for `ttl` unless refreshed;
+    /// false when the party already holds `limit` across the cluster.
+    pub async fn acquire_connection(
+        &self,
+        party: &str,
+        node: &str,
+        limit: usize,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.connections.acquire.prepare_invoke();
+        inv.key(self.connections_key(party))
+            .arg(node)
+            .arg(limit as u64)
+            .arg(ttl.as_millis() as u64);
+        let taken: i64 = self
+            .with(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// Gives back a connection `acquire_connection` took.
+    pub async fn release_connection(&self, party: &str, node: &str) -> Result<(), StoreError> {
+        let mut inv = self.connections.release.prepare_invoke();
+        inv.key(self.connections_key(party)).arg(node);
+        let _: i64 = self
+            .with(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Sets `node`'s counts of these parties (absolute, correcting any drift) for another `ttl`.
+    pub async fn refresh_connections(
+        &self,
+        node: &str,
+        counts: &[(String, usize)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        for chunk in counts.chunks(REFRESH_CHUNK) {
+            let mut inv = self.connections.refresh.prepare_invoke();
+            inv.arg(node).arg(ttl.as_millis() as u64);
+            for (party, n) in chunk {
+                inv.key(self.connections_key(party)).arg(*n as u64);
+            }
+            let _: i64 = self
+                .with(|mut c| async move { inv.invoke_async(&mut c).await })
+                .await?;
+        }
+        Ok(())
+    }
+}
