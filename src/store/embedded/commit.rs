@@ -65,134 +65,174 @@ impl PreparedCommit {
     }
 }
 
-/// Appends an event to the global log and its resource's log, inside `txn`.
-pub(super) fn append(
-    txn: &WriteTransaction,
-    resource: &str,
-    id: &str,
-    json: &[u8],
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    let mut meta = txn.open_table(META).map_err(unavailable)?;
-    let position = meta
-        .get("next_position")
-        .map_err(unavailable)?
-        .map(|v| v.value())
-        .unwrap_or(0)
-        + 1;
-    meta.insert("next_position", position)
-        .map_err(unavailable)?;
-    txn.open_table(GLOG)
-        .map_err(unavailable)?
-        .insert(position, entry_value(now_ms, resource, json).as_slice())
-        .map_err(unavailable)?;
-    txn.open_table(BY_RESOURCE)
-        .map_err(unavailable)?
-        .insert(str_num_key(resource, position).as_slice(), ())
-        .map_err(unavailable)?;
-    // Within one resource an id may repeat across sources; a cursor names the latest, so paging
-    // always advances.
-    txn.open_table(EV_INDEX)
-        .map_err(unavailable)?
-        .insert(str_key(&[resource, id]).as_slice(), position)
-        .map_err(unavailable)?;
-    Ok(())
+/// The tables a dialog commit, a published event or a saved cursor writes, opened once for a run
+/// of such writes in one transaction (opening a table costs a lookup, closing it an update of the
+/// table directory, so a batch opens each once rather than once per write).
+pub(super) struct LogTables<'t> {
+    dialogs: redb::Table<'t, u128, Bytes>,
+    dlog: redb::Table<'t, Bytes, Bytes>,
+    dch: redb::Table<'t, Bytes, Bytes>,
+    held: redb::Table<'t, Bytes, Bytes>,
+    held_until: redb::Table<'t, u128, i64>,
+    meta: redb::Table<'t, &'static str, u64>,
+    glog: redb::Table<'t, u64, Bytes>,
+    by_resource: redb::Table<'t, Bytes, ()>,
+    ev_index: redb::Table<'t, Bytes, u64>,
+    pub(super) cursors: redb::Table<'t, &'static str, u64>,
+    /// The last position given out in the global log, read once.
+    position: Option<u64>,
 }
 
-pub(super) fn apply_commit(
-    txn: &WriteTransaction,
-    c: &PreparedCommit,
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    let key = c.id.as_u128();
-    let mut dialogs = txn.open_table(DIALOGS).map_err(unavailable)?;
-    let current = dialogs
-        .get(key)
-        .map_err(unavailable)?
-        .map(|v| (dialog_sequence(v.value()), v.value().len() > 8));
-    match (c.create, current) {
-        (true, Some(_)) => return Err(StoreError::AlreadyExists),
-        (false, None) => return Err(StoreError::Conflict),
-        (false, Some((sequence, live))) if sequence != c.expected_sequence || !live => {
-            return Err(StoreError::Conflict);
-        }
-        _ => {}
+impl<'t> LogTables<'t> {
+    pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(LogTables {
+            dialogs: txn.open_table(DIALOGS).map_err(unavailable)?,
+            dlog: txn.open_table(DLOG).map_err(unavailable)?,
+            dch: txn.open_table(DCH).map_err(unavailable)?,
+            held: txn.open_table(HELD).map_err(unavailable)?,
+            held_until: txn.open_table(HELD_UNTIL).map_err(unavailable)?,
+            meta: txn.open_table(META).map_err(unavailable)?,
+            glog: txn.open_table(GLOG).map_err(unavailable)?,
+            by_resource: txn.open_table(BY_RESOURCE).map_err(unavailable)?,
+            ev_index: txn.open_table(EV_INDEX).map_err(unavailable)?,
+            cursors: txn.open_table(CURSORS).map_err(unavailable)?,
+            position: None,
+        })
     }
-    // Checked: from here on every failure is a storage failure, which drops the whole batch.
-    let new_sequence = c.expected_sequence + c.events.len() as u64;
-    dialogs
-        .insert(key, dialog_value(new_sequence, &c.state).as_slice())
-        .map_err(unavailable)?;
-    drop(dialogs);
-    let mut dlog = txn.open_table(DLOG).map_err(unavailable)?;
-    for e in &c.events {
-        dlog.insert(id_key(c.id, e.sequence).as_slice(), e.json.as_slice())
-            .map_err(unavailable)?;
-    }
-    let keep_from = new_sequence.saturating_sub(DIALOG_LOG_KEEP) + 1;
-    if keep_from > 1 {
-        let (lo, hi) = (id_key(c.id, 0), id_key(c.id, keep_from));
-        dlog.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
-            .map_err(unavailable)?;
-    }
-    drop(dlog);
-    if let Some((last, json)) = &c.change {
-        let mut dch = txn.open_table(DCH).map_err(unavailable)?;
-        dch.insert(id_key(c.id, *last).as_slice(), json.as_slice())
-            .map_err(unavailable)?;
-        if keep_from > 1 {
-            let (lo, hi) = (id_key(c.id, 0), id_key(c.id, keep_from));
-            dch.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
-                .map_err(unavailable)?;
-        }
-    }
-    if !c.publish || c.events.is_empty() {
-        return Ok(());
-    }
-    let mut held_until = txn.open_table(HELD_UNTIL).map_err(unavailable)?;
-    let pending = held_until
-        .get(key)
-        .map_err(unavailable)?
-        .map(|v| v.value())
-        .filter(|t| *t > now_ms);
-    let requested = c.hold_until_ms.filter(|t| *t > now_ms);
-    let hold = match (requested, pending) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    match hold {
-        Some(release_ms) => {
-            held_until.insert(key, release_ms).map_err(unavailable)?;
-            drop(held_until);
-            let mut meta = txn.open_table(META).map_err(unavailable)?;
-            let n = meta
-                .get("held_counter")
+
+    /// Appends an event to the global log and its resource's log.
+    pub(super) fn append(
+        &mut self,
+        resource: &str,
+        id: &str,
+        json: &[u8],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let last = match self.position {
+            Some(p) => p,
+            None => self
+                .meta
+                .get("next_position")
                 .map_err(unavailable)?
                 .map(|v| v.value())
-                .unwrap_or(0)
-                + 1;
-            meta.insert("held_counter", n).map_err(unavailable)?;
-            drop(meta);
-            // The held batch: its events as a JSON array.
-            let mut batch = b"[".to_vec();
-            for (i, e) in c.events.iter().enumerate() {
-                if i > 0 {
-                    batch.push(b',');
-                }
-                batch.extend_from_slice(&e.json);
+                .unwrap_or(0),
+        };
+        let position = last + 1;
+        self.meta
+            .insert("next_position", position)
+            .map_err(unavailable)?;
+        self.position = Some(position);
+        self.glog
+            .insert(position, entry_value(now_ms, resource, json).as_slice())
+            .map_err(unavailable)?;
+        self.by_resource
+            .insert(str_num_key(resource, position).as_slice(), ())
+            .map_err(unavailable)?;
+        // Within one resource an id may repeat across sources; a cursor names the latest, so paging
+        // always advances.
+        self.ev_index
+            .insert(str_key(&[resource, id]).as_slice(), position)
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Applies a dialog commit: checks its expected sequence (`Conflict`, `AlreadyExists`, with
+    /// nothing written), then writes the dialog, its logs, and the poll log or the hold-back queue.
+    pub(super) fn apply_commit(
+        &mut self,
+        c: &PreparedCommit,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let key = c.id.as_u128();
+        let current = self
+            .dialogs
+            .get(key)
+            .map_err(unavailable)?
+            .map(|v| (dialog_sequence(v.value()), v.value().len() > 8));
+        match (c.create, current) {
+            (true, Some(_)) => return Err(StoreError::AlreadyExists),
+            (false, None) => return Err(StoreError::Conflict),
+            (false, Some((sequence, live))) if sequence != c.expected_sequence || !live => {
+                return Err(StoreError::Conflict);
             }
-            batch.push(b']');
-            txn.open_table(HELD)
-                .map_err(unavailable)?
-                .insert(held_key(release_ms, n).as_slice(), batch.as_slice())
+            _ => {}
+        }
+        // Checked: from here on every failure is a storage failure, which drops the whole batch.
+        let new_sequence = c.expected_sequence + c.events.len() as u64;
+        self.dialogs
+            .insert(key, dialog_value(new_sequence, &c.state).as_slice())
+            .map_err(unavailable)?;
+        for e in &c.events {
+            self.dlog
+                .insert(id_key(c.id, e.sequence).as_slice(), e.json.as_slice())
                 .map_err(unavailable)?;
         }
-        None => {
-            drop(held_until);
-            for e in &c.events {
-                append(txn, &e.resource, &e.id, &e.json, now_ms)?;
+        let keep_from = new_sequence.saturating_sub(DIALOG_LOG_KEEP) + 1;
+        if keep_from > 1 {
+            let (lo, hi) = (id_key(c.id, 0), id_key(c.id, keep_from));
+            self.dlog
+                .retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
+                .map_err(unavailable)?;
+        }
+        if let Some((last, json)) = &c.change {
+            self.dch
+                .insert(id_key(c.id, *last).as_slice(), json.as_slice())
+                .map_err(unavailable)?;
+            if keep_from > 1 {
+                let (lo, hi) = (id_key(c.id, 0), id_key(c.id, keep_from));
+                self.dch
+                    .retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)
+                    .map_err(unavailable)?;
             }
         }
+        if !c.publish || c.events.is_empty() {
+            return Ok(());
+        }
+        let pending = self
+            .held_until
+            .get(key)
+            .map_err(unavailable)?
+            .map(|v| v.value())
+            .filter(|t| *t > now_ms);
+        let requested = c.hold_until_ms.filter(|t| *t > now_ms);
+        let hold = match (requested, pending) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        match hold {
+            Some(release_ms) => {
+                self.held_until
+                    .insert(key, release_ms)
+                    .map_err(unavailable)?;
+                let n = self
+                    .meta
+                    .get("held_counter")
+                    .map_err(unavailable)?
+                    .map(|v| v.value())
+                    .unwrap_or(0)
+                    + 1;
+                self.meta
+                    .insert("held_counter", n)
+                    .map_err(unavailable)?;
+                // The held batch: its events as a JSON array.
+                let mut batch = b"[".to_vec();
+                for (i, e) in c.events.iter().enumerate() {
+                    if i > 0 {
+                        batch.push(b',');
+                    }
+                    batch.extend_from_slice(&e.json);
+                }
+                batch.push(b']');
+                self.held
+                    .insert(held_key(release_ms, n).as_slice(), batch.as_slice())
+                    .map_err(unavailable)?;
+            }
+            None => {
+                for e in &c.events {
+                    self.append(&e.resource, &e.id, &e.json, now_ms)?;
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }

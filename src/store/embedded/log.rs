@@ -74,8 +74,7 @@ impl EventLog for EmbeddedStore {
                 }
                 ext.insert(marker.as_slice(), now_ms).map_err(unavailable)?;
             }
-            append(
-                txn,
+            LogTables::open(txn)?.append(
                 &prepared.resource,
                 &prepared.id,
                 &prepared.json,
@@ -117,12 +116,13 @@ impl EventLog for EmbeddedStore {
                 .retain(|_, t| t > now_ms)
                 .map_err(unavailable)?;
             let mut released = 0;
+            let mut tables = LogTables::open(txn)?;
             // Keys sort by release time, then commit order: one dialog's batches keep their order.
             for events in due {
                 for e in &events {
                     let resource = e["resource"].as_str().unwrap_or_default();
                     let id = e["id"].as_str().unwrap_or_default();
-                    append(txn, resource, id, &to_json(e)?, now_ms)?;
+                    tables.append(resource, id, &to_json(e)?, now_ms)?;
                     released += 1;
                 }
             }

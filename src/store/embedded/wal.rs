@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::commit::{PreparedCommit, PreparedEvent, apply_commit};
+use super::commit::{LogTables, PreparedCommit, PreparedEvent};
 use super::*;
 
 /// File name of the commit log inside `data_dir`.
@@ -56,13 +56,13 @@ pub(super) enum Logged {
 }
 
 impl Logged {
-    /// Applies the write to `txn` (see `apply_commit`).
-    pub(super) fn apply(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+    /// Applies the write (see `LogTables::apply_commit`).
+    pub(super) fn apply(&self, tables: &mut LogTables<'_>) -> Result<(), StoreError> {
         match self {
-            Logged::Commit { commit, now_ms } => apply_commit(txn, commit, *now_ms),
+            Logged::Commit { commit, now_ms } => tables.apply_commit(commit, *now_ms),
             Logged::Cursor { name, position } => {
-                txn.open_table(CURSORS)
-                    .map_err(unavailable)?
+                tables
+                    .cursors
                     .insert(name.as_str(), *position)
                     .map_err(unavailable)?;
                 Ok(())

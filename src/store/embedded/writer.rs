@@ -117,10 +117,27 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
     let mut fatal = false;
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut commits = Vec::new();
+    // Opened for a run of logged writes, closed before any other job opens tables itself.
+    let mut tables: Option<LogTables<'_>> = None;
     for job in batch {
         match job {
             Job::Logged { logged, answer } => {
-                let out = logged.apply(&txn);
+                if tables.is_none() {
+                    match LogTables::open(&txn) {
+                        Ok(t) => tables = Some(t),
+                        Err(e) => {
+                            fatal = true;
+                            answers.push(Box::new(move |_| {
+                                let _ = answer.send(Err(e));
+                            }));
+                            continue;
+                        }
+                    }
+                }
+                let out = match tables.as_mut() {
+                    Some(t) => logged.apply(t),
+                    None => Err(unavailable("the store's tables are not open")),
+                };
                 fatal |= matches!(out, Err(StoreError::Unavailable(_)));
                 answers.push(Box::new(move |committed: Result<(), StoreError>| {
                     let _ = answer.send(committed.and(out));
@@ -128,12 +145,14 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
                 commits.push(logged);
             }
             Job::Other(job) => {
+                tables = None;
                 let applied = job(&txn);
                 fatal |= applied.fatal;
                 answers.push(applied.answer);
             }
         }
     }
+    drop(tables);
     let committed = if fatal {
         drop(txn);
         Err(unavailable(
@@ -188,12 +207,13 @@ pub(super) fn recover(
         .unwrap_or(0);
     let mut replayed = 0;
     let mut last = applied_upto;
+    let mut tables = LogTables::open(&txn)?;
     for (batch, commits) in batches {
         if batch <= applied_upto {
             continue;
         }
         for c in &commits {
-            match c.apply(&txn) {
+            match c.apply(&mut tables) {
                 // A commit refused when it was first applied is refused again.
                 Ok(()) | Err(StoreError::Conflict) | Err(StoreError::AlreadyExists) => {}
                 Err(e) => anyhow::bail!("applying the commit log failed: {e}"),
@@ -202,6 +222,7 @@ pub(super) fn recover(
         }
         last = batch;
     }
+    drop(tables);
     txn.open_table(META)?.insert("wal_batch", last)?;
     txn.set_quick_repair(true);
     txn.commit()?;
