@@ -9,4 +9,4 @@ pub mod subscribers;
 pub use actor::{DialogActor, DialogDeps};
 pub use command::{Access, Command, CommandError, Outcome};
 pub use registry::{DialogRegistry, SubscriptionGuard};
-pub use subscribers::{ConnectionBudget, SubscriberQueue};
+pub use subscribers::{ConnectionBudget, Popped, SubscriberQueue};

@@ -28,6 +28,9 @@ pub struct ConnectionBudget {
     too_slow: AtomicBool,
     /// Woken when the connection is flagged too slow; the transport awaits it and closes.
     pub slow: Notify,
+    /// Woken on a push to any queue the connection drains itself (`SubscriberQueue::drained`):
+    /// one wake-up of the connection's task per change, with no task per subscription between.
+    pub ready: Notify,
     /// Node-wide gauge of buffered bytes, kept in step with `used`.
     gauge: Option<prometheus::IntGauge>,
 }
@@ -39,6 +42,7 @@ impl ConnectionBudget {
             used: AtomicUsize::new(0),
             too_slow: AtomicBool::new(false),
             slow: Notify::new(),
+            ready: Notify::new(),
             gauge,
         })
     }
@@ -89,21 +93,52 @@ struct QueueState {
     ended: Option<&'static str>,
 }
 
+/// What `try_pop` found.
+pub enum Popped {
+    /// The next change, and whether it is a resync.
+    Change(Arc<Change>, bool),
+    /// Nothing queued now.
+    Empty,
+    /// The subscription has ended and everything queued before was taken.
+    Ended,
+}
+
 /// One subscription's queue. The dialog actor pushes (never blocks); the stream pops.
 pub struct SubscriberQueue {
     state: std::sync::Mutex<QueueState>,
     /// Woken on every push; the consumer awaits it when the queue is empty.
     ready: Notify,
     budget: Arc<ConnectionBudget>,
+    /// Drained by its connection's task on `budget.ready` (instead of `pop` on `ready`).
+    drained: bool,
 }
 
 impl SubscriberQueue {
+    /// A queue its consumer awaits with `pop`.
     pub fn new(budget: Arc<ConnectionBudget>) -> Arc<Self> {
+        Self::build(budget, false)
+    }
+
+    /// A queue the connection drains itself with `try_pop` whenever `budget.ready` wakes it.
+    pub fn drained(budget: Arc<ConnectionBudget>) -> Arc<Self> {
+        Self::build(budget, true)
+    }
+
+    fn build(budget: Arc<ConnectionBudget>, drained: bool) -> Arc<Self> {
         Arc::new(SubscriberQueue {
             state: Default::default(),
             ready: Notify::new(),
             budget,
+            drained,
         })
+    }
+
+    fn wake(&self) {
+        if self.drained {
+            self.budget.ready.notify_one();
+        } else {
+            self.ready.notify_one();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
@@ -132,7 +167,7 @@ impl SubscriberQueue {
             }
         }
         drop(st);
-        self.ready.notify_one();
+        self.wake();
     }
 
     /// Queues a change only if nothing newer was delivered (replay hand-over), as `push`.
@@ -146,13 +181,13 @@ impl SubscriberQueue {
         self.budget.refund(dropped * CHANGE_COST);
         st.resync = Some(change);
         drop(st);
-        self.ready.notify_one();
+        self.wake();
     }
 
     /// Ends the subscription: nothing more is queued; `pop` returns what is queued, then `None`.
     pub fn end(&self, reason: &'static str) {
         self.lock().ended.get_or_insert(reason);
-        self.ready.notify_one();
+        self.wake();
     }
 
     /// Why the subscription ended, once it has.
@@ -164,24 +199,31 @@ impl SubscriberQueue {
     /// the subscription has ended and its queue is drained.
     pub async fn pop(&self) -> Option<(Arc<Change>, bool)> {
         loop {
-            {
-                let mut st = self.lock();
-                if let Some(change) = st.resync.take() {
-                    return Some((change, true));
-                }
-                if let Some(change) = st.items.pop_front() {
-                    self.budget.refund(CHANGE_COST);
-                    if st.items.is_empty() {
-                        st.overflows = 0;
-                    }
-                    return Some((change, false));
-                }
-                if st.ended.is_some() {
-                    return None;
-                }
+            match self.try_pop() {
+                Popped::Change(change, resync) => return Some((change, resync)),
+                Popped::Ended => return None,
+                Popped::Empty => self.ready.notified().await,
             }
-            self.ready.notified().await;
         }
+    }
+
+    /// What the queue holds next, without waiting.
+    pub fn try_pop(&self) -> Popped {
+        let mut st = self.lock();
+        if let Some(change) = st.resync.take() {
+            return Popped::Change(change, true);
+        }
+        if let Some(change) = st.items.pop_front() {
+            self.budget.refund(CHANGE_COST);
+            if st.items.is_empty() {
+                st.overflows = 0;
+            }
+            return Popped::Change(change, false);
+        }
+        if st.ended.is_some() {
+            return Popped::Ended;
+        }
+        Popped::Empty
     }
 }
 

@@ -8,10 +8,10 @@ use juniper::http::GraphQLRequest;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::schema::{GqlContext, Schema};
+use super::schema::{DialogEventPayload, FastSubscription, GqlContext, Schema};
+use crate::dialogs::Popped;
 
 /// What an operation produced, as JSON text of the protocol's `payload`.
-#[derive(Debug)]
 pub enum OpEvent {
     /// `{"data": …}` (possibly with `errors`).
     Next(String),
@@ -19,6 +19,48 @@ pub enum OpEvent {
     Error(String),
     /// The operation's stream ended.
     Complete,
+    /// The subscription is attached and its payloads are framed by the transport itself: the
+    /// connection's task drains the queue (`drain`) whenever the connection's budget wakes it.
+    Fast(FastSubscription),
+}
+
+/// The `next` payload that ends a subscription whose reader lost access (or whose dialog was
+/// purged): an `UNAUTHORIZED` error; `complete` follows.
+fn ended_payload(reason: &str) -> String {
+    json!({"data": null, "errors": [{
+        "message": reason,
+        "extensions": {"code": "UNAUTHORIZED"},
+    }]})
+    .to_string()
+}
+
+/// Hands out what `fast` holds now, in order, as payloads: a `Next` per change; once the
+/// subscription has ended, its error `Next` and `Complete`. True when it has ended.
+pub fn drain(
+    fast: &FastSubscription,
+    latency: Option<&prometheus::Histogram>,
+    mut emit: impl FnMut(OpEvent),
+) -> bool {
+    loop {
+        match fast.queue.try_pop() {
+            Popped::Change(change, resync) => {
+                if let Some(h) = latency {
+                    let elapsed = chrono::Utc::now() - change.at;
+                    h.observe(elapsed.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                }
+                emit(OpEvent::Next(
+                    fast.plan.encode(&DialogEventPayload::of(&change, resync)),
+                ));
+            }
+            Popped::Empty => return false,
+            Popped::Ended => {
+                let reason = fast.queue.ended().unwrap_or("the subscription has ended");
+                emit(OpEvent::Next(ended_payload(reason)));
+                emit(OpEvent::Complete);
+                return true;
+            }
+        }
+    }
 }
 
 /// Operation results tagged with the operation id, for the connection's writer.
@@ -37,7 +79,6 @@ pub fn spawn(
         let slot: super::schema::FastSlot = Default::default();
         let mut ctx = ctx;
         ctx.fast = Some(slot.clone());
-        let latency = ctx.fanout_latency.clone();
         let resolved = juniper::http::resolve_into_stream(&request, &schema, &ctx).await;
         let (value, errors) = match resolved {
             Ok(v) => v,
@@ -59,39 +100,12 @@ pub fn spawn(
         }
         let fast = slot.lock().ok().and_then(|mut s| s.take());
         if let Some(fast) = fast {
-            // Juniper's part is done: free its execution state for the life of the subscription
-            // (memory per idle subscriber).
+            // Juniper's part is done: its execution state goes, and so does this task; the
+            // connection frames each change itself (memory per idle subscriber, one wake-up
+            // per change).
             drop(value);
-            // Frame each change directly: a queue pop and one small encode per subscriber.
-            loop {
-                let Some((change, resync)) = fast.queue.pop().await else {
-                    // Access ended (or the dialog was purged): an UNAUTHORIZED error, then complete.
-                    let reason = fast.queue.ended().unwrap_or("the subscription has ended");
-                    let payload = json!({"data": null, "errors": [{
-                        "message": reason,
-                        "extensions": {"code": "UNAUTHORIZED"},
-                    }]});
-                    let _ = out
-                        .send((id.clone(), OpEvent::Next(payload.to_string())))
-                        .await;
-                    let _ = out.send((id, OpEvent::Complete)).await;
-                    return;
-                };
-                if let Some(h) = &latency {
-                    let elapsed = chrono::Utc::now() - change.at;
-                    h.observe(elapsed.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
-                }
-                let payload = fast
-                    .plan
-                    .encode(&super::schema::DialogEventPayload::of(&change, resync));
-                if out
-                    .send((id.clone(), OpEvent::Next(payload)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
+            let _ = out.send((id, OpEvent::Fast(fast))).await;
+            return;
         }
         // Validation admits exactly one root field per subscription operation; its value is the stream.
         let root = value.into_object().and_then(|mut fields| {

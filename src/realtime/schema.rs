@@ -330,7 +330,13 @@ impl Subscription {
             .budget
             .clone()
             .unwrap_or_else(|| ConnectionBudget::new(usize::MAX / 2, None));
-        let queue = SubscriberQueue::new(budget);
+        // A transport that frames payloads itself drains the queue from its own task.
+        let drained = ctx.fast.is_some() && plan.is_some();
+        let queue = if drained {
+            SubscriberQueue::drained(budget)
+        } else {
+            SubscriberQueue::new(budget)
+        };
         let grant = match (
             Party::parse(&claims.c),
             Party::parse(&claims.p),

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::RealtimeState;
 use super::operation::{self, OpEvent};
+use super::schema::FastSubscription;
 use crate::dialogs::ConnectionBudget;
 
 /// Chunks buffered between the stream task and the HTTP response body.
@@ -89,15 +90,42 @@ pub async fn stream(
         let mut ping = tokio::time::interval(state.settings.ping_interval);
         ping.reset();
         let mut shutdown = state.shutdown.clone();
+        // The attached subscription, once resolved: drained here whenever the budget wakes.
+        let mut fast: Option<FastSubscription> = None;
+        let latency = state.metrics.fanout_latency.clone();
         loop {
             let chunk = tokio::select! {
-                result = op_rx.recv() => match result {
+                result = op_rx.recv(), if fast.is_none() => match result {
                     Some((_, OpEvent::Next(p))) => sse_event("next", &p),
                     Some((_, OpEvent::Error(errors))) => {
                         let _ = body_tx.send(sse_event("next", &format!(r#"{{"errors":{errors}}}"#))).await;
                         break;
                     }
+                    Some((_, OpEvent::Fast(f))) => {
+                        fast = Some(f);
+                        // Whatever was queued before the hand-over.
+                        budget.ready.notify_one();
+                        continue;
+                    }
                     Some((_, OpEvent::Complete)) | None => break,
+                },
+                _ = budget.ready.notified(), if fast.is_some() => {
+                    let mut chunk = Vec::new();
+                    let mut ended = false;
+                    if let Some(f) = &fast {
+                        ended = operation::drain(f, Some(&latency), |e| {
+                            if let OpEvent::Next(p) = e {
+                                chunk.extend_from_slice(&sse_event("next", &p));
+                            }
+                        });
+                    }
+                    if !chunk.is_empty() && body_tx.send(Bytes::from(chunk)).await.is_err() {
+                        break; // the client went away
+                    }
+                    if ended {
+                        break;
+                    }
+                    continue;
                 },
                 _ = ping.tick() => Bytes::from_static(b": keep-alive\n\n"),
                 _ = shutdown.changed() => break,
@@ -113,6 +141,7 @@ pub async fn stream(
             }
         }
         op.abort();
+        drop(fast);
         let _ = body_tx.send(sse_event("complete", "")).await;
         gauge.dec();
         drop(slot);

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::RealtimeState;
 use super::operation::{self, OpEvent};
+use super::schema::FastSubscription;
 use crate::dialogs::ConnectionBudget;
 
 /// Capacity of the channel from a connection's operations to its writer; with actix-ws's own
@@ -93,6 +94,21 @@ pub async fn upgrade(
     Ok(response)
 }
 
+/// One operation of a connection.
+enum Op {
+    Running(actix_web::rt::task::JoinHandle<()>),
+    /// Detaches from its dialog when dropped.
+    Fast(FastSubscription),
+}
+
+impl Op {
+    fn stop(self) {
+        if let Op::Running(task) = self {
+            task.abort();
+        }
+    }
+}
+
 /// What handling one client message asks of the connection.
 enum Step {
     Continue,
@@ -106,9 +122,10 @@ struct Connection {
     token: Option<String>,
     acked: bool,
     budget: std::sync::Arc<ConnectionBudget>,
-    /// Running operations by client id; each task reports through `out` and is aborted on
-    /// `complete`/`stop` or when the connection ends.
-    ops: HashMap<String, actix_web::rt::task::JoinHandle<()>>,
+    /// Operations by client id: resolving (or streaming through juniper) in a task that reports
+    /// through `out` and is aborted on `complete`/`stop` or when the connection ends; or attached
+    /// subscriptions this task drains itself.
+    ops: HashMap<String, Op>,
     out: operation::OpSender,
     /// The party's connection slot, taken when `connection_init` is accepted; freed on drop.
     slot: Option<super::limits::PartySlot>,
@@ -158,7 +175,7 @@ async fn run(
     let reason = conn.serve(stream, &mut results).await;
     gauge.dec();
     for (_, op) in conn.ops.drain() {
-        op.abort();
+        op.stop();
     }
     if let Some((code, text)) = reason {
         let _ = conn.session.close(Some(close_reason(code, &text))).await;
@@ -217,6 +234,11 @@ impl Connection {
                         return None;
                     }
                 }
+                _ = budget.ready.notified() => {
+                    if self.drain().await.is_err() {
+                        return None;
+                    }
+                }
                 _ = ping.tick(), if self.acked => {
                     let keep_alive = match self.protocol {
                         Protocol::TransportWs => r#"{"type":"ping"}"#,
@@ -238,12 +260,38 @@ impl Connection {
         self.session.text(v.to_string()).await
     }
 
+    /// Writes what the attached subscriptions hold now, back to back.
+    async fn drain(&mut self) -> Result<(), actix_ws::Closed> {
+        let latency = &self.state.metrics.fanout_latency;
+        let mut events = Vec::new();
+        for (id, op) in &self.ops {
+            if let Op::Fast(fast) = op {
+                operation::drain(fast, Some(latency), |e| events.push((id.clone(), e)));
+            }
+        }
+        for (id, event) in events {
+            self.write_result(id, event).await?;
+        }
+        Ok(())
+    }
+
     async fn write_result(&mut self, id: String, event: OpEvent) -> Result<(), actix_ws::Closed> {
+        if let OpEvent::Fast(fast) = event {
+            // Attached: this task drains it from now on (a client `complete` that came first
+            // leaves no entry, and dropping `fast` detaches it).
+            if let Some(op) = self.ops.get_mut(&id) {
+                *op = Op::Fast(fast);
+                // Whatever was queued before the hand-over goes out on the next turn.
+                self.budget.ready.notify_one();
+            }
+            return Ok(());
+        }
         let (kind, payload, done) = match (&event, self.protocol) {
             (OpEvent::Next(p), Protocol::TransportWs) => ("next", Some(p.as_str()), false),
             (OpEvent::Next(p), Protocol::Legacy) => ("data", Some(p.as_str()), false),
             (OpEvent::Error(p), _) => ("error", Some(p.as_str()), true),
             (OpEvent::Complete, _) => ("complete", None, true),
+            (OpEvent::Fast(_), _) => return Ok(()),
         };
         if done && self.ops.remove(&id).is_none() {
             // Completed by the client already: nothing more may be sent for this id.
@@ -287,7 +335,7 @@ impl Connection {
                     .and_then(Value::as_str)
                     .and_then(|id| self.ops.remove(id))
                 {
-                    op.abort();
+                    op.stop();
                 }
                 Step::Continue
             }
@@ -296,7 +344,7 @@ impl Connection {
                     return Step::Close(4400, "Invalid message received".into());
                 };
                 if let Some(op) = self.ops.remove(id) {
-                    op.abort();
+                    op.stop();
                     return self.reply(json!({"type": "complete", "id": id})).await;
                 }
                 Step::Continue
@@ -397,7 +445,7 @@ impl Connection {
             id.to_owned(),
             self.out.clone(),
         );
-        self.ops.insert(id.to_owned(), task);
+        self.ops.insert(id.to_owned(), Op::Running(task));
         Step::Continue
     }
 }
