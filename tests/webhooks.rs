@@ -1095,6 +1095,94 @@ async fn a_failing_dialog_blocks_only_its_own_later_events_which_then_arrive_in_
 
 // 11. Authorization re-checked at delivery.
 
+/// The node's count of endpoints whose circuit is open.
+async fn open_circuits(node: &TestNode) -> f64 {
+    metric(
+        &node.metrics().await,
+        "dialog_events_webhook_open_circuits",
+        "",
+    )
+}
+
+#[actix_web::test]
+async fn a_failing_endpoint_opens_its_circuit_and_a_trial_after_the_cooldown_closes_it() {
+    let schedule = vec!["\"300ms\""; 20].join(", ");
+    let node = start(&hooks(&format!(
+        "retry_schedule = [{schedule}]\ncircuit_failures = 3\ncircuit_cooldown = \"1500ms\""
+    )))
+    .await;
+    let rx = Receiver::start().await;
+    subscribe_validated(
+        &node,
+        &node.tokens.owner_a,
+        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
+    )
+    .await;
+    rx.answer(500);
+    let mut wanted = Vec::new();
+    for _ in 0..3 {
+        let d = node.create_dialog(&dialog_body()).await;
+        wanted.extend(ids(&node.dialog_events(&d).await));
+    }
+    assert_eq!(wanted.len(), 3);
+    eventually(SOON, "the circuit to open", || async {
+        open_circuits(&node).await == 1.0
+    })
+    .await;
+    // While it is open, retries fail fast without reaching the endpoint.
+    let before = rx.events().len();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        rx.events().len(),
+        before,
+        "requests while the circuit was open"
+    );
+    // The endpoint recovers: the first attempt after the cooldown is a trial, it succeeds, the
+    // circuit closes and every lane delivers.
+    rx.answer(200);
+    rx.wait_for("every event after the circuit closed", SOON, |r| {
+        has_all(r, &wanted)
+    })
+    .await;
+    // The receiver records a request before it answers: the dispatcher sees the answer after.
+    eventually(SOON, "the circuit to close", || async {
+        open_circuits(&node).await == 0.0
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_4xx_for_one_dialog_does_not_open_the_endpoints_circuit() {
+    let node = start(&hooks(
+        "retry_schedule = [\"300ms\", \"300ms\", \"300ms\", \"300ms\"]\ncircuit_failures = 1\ncircuit_cooldown = \"30s\"",
+    ))
+    .await;
+    let rx = Receiver::start().await;
+    subscribe_validated(
+        &node,
+        &node.tokens.owner_a,
+        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
+    )
+    .await;
+    let bad = Uuid::now_v7().to_string();
+    rx.answer_for_dialog(&bad, Some(404));
+    node.create_dialog(&dialog_with_id(&bad)).await;
+    rx.wait_for("two refused attempts", SOON, |_| {
+        of_dialog(&rx, &bad).len() >= 2
+    })
+    .await;
+    // Another dialog on the same endpoint is delivered at once: no 30 s cooldown in the way.
+    let started = Instant::now();
+    let good = node.create_dialog(&dialog_body()).await;
+    let events = ids(&node.dialog_events(&good).await);
+    rx.wait_for("the other dialog's event", Duration::from_secs(5), |r| {
+        has_all(r, &events)
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(open_circuits(&node).await, 0.0);
+}
+
 #[actix_web::test]
 async fn revoking_a_delegation_stops_deliveries_to_the_delegate() {
     let node = start(&hooks(

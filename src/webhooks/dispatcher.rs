@@ -117,6 +117,10 @@ enum Outcome {
         status: Option<u16>,
         error: String,
         retry_after: Option<Duration>,
+        /// The failure says the endpoint as a whole is in trouble (no connection, a timeout, a
+        /// 5xx or 429) and counts toward its circuit breaker; a 4xx about one delivery, or a
+        /// refusal before any request was made, does not.
+        endpoint_wide: bool,
     },
     Gone,
     /// The subscription is gone, disabled, or no longer authorized: drop silently.
@@ -300,6 +304,7 @@ impl Dispatcher {
                         status: None,
                         error: e.to_string(),
                         retry_after: None,
+                        endpoint_wide: false,
                     };
                     return (None, failed);
                 }
@@ -319,6 +324,7 @@ impl Dispatcher {
                             status: None,
                             error: e.to_string(),
                             retry_after: None,
+                            endpoint_wide: false,
                         };
                         return (Some(sub), failed);
                     }
@@ -332,6 +338,7 @@ impl Dispatcher {
                         status: None,
                         error,
                         retry_after: None,
+                        endpoint_wide: false,
                     },
                 );
             }
@@ -343,6 +350,7 @@ impl Dispatcher {
                         status: None,
                         error,
                         retry_after: None,
+                        endpoint_wide: false,
                     },
                 );
             }
@@ -509,12 +517,15 @@ impl Dispatcher {
                 status,
                 error,
                 retry_after,
+                endpoint_wide,
             } => {
                 self.metrics
                     .webhook_deliveries
                     .with_label_values(&["failed"])
                     .inc();
-                self.endpoint_result(endpoint, false);
+                if endpoint_wide {
+                    self.endpoint_result(endpoint, false);
+                }
                 match policy.next_delay(delivery.attempts, retry_after) {
                     Some(delay) => {
                         self.log(
@@ -872,6 +883,7 @@ async fn send(client: &awc::Client, sub: &Subscription, d: &Delivery) -> Outcome
                 status: None,
                 error: e.to_string(),
                 retry_after: None,
+                endpoint_wide: true,
             };
         }
     };
@@ -893,6 +905,8 @@ async fn send(client: &awc::Client, sub: &Subscription, d: &Delivery) -> Outcome
         status: Some(status.as_u16()),
         error: format!("endpoint answered {status}"),
         retry_after,
+        endpoint_wide: status.is_server_error()
+            || status == awc::http::StatusCode::TOO_MANY_REQUESTS,
     }
 }
 

@@ -211,9 +211,7 @@ impl<'t> LogTables<'t> {
                     .map(|v| v.value())
                     .unwrap_or(0)
                     + 1;
-                self.meta
-                    .insert("held_counter", n)
-                    .map_err(unavailable)?;
+                self.meta.insert("held_counter", n).map_err(unavailable)?;
                 // The held batch: its events as a JSON array.
                 let mut batch = b"[".to_vec();
                 for (i, e) in c.events.iter().enumerate() {
