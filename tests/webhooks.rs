@@ -50,6 +50,18 @@ async fn subscribe_validated(node: &TestNode, token: &str, body: &Value) -> Valu
     r.body
 }
 
+/// A receiver with a validated subscription of ORG_A to every event of RESOURCE.
+async fn subscribed_receiver(node: &TestNode) -> Receiver {
+    let rx = Receiver::start().await;
+    subscribe_validated(
+        node,
+        &node.tokens.owner_a,
+        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
+    )
+    .await;
+    rx
+}
+
 /// The id of a subscription create response.
 fn id_of(sub: &Value) -> String {
     sub["id"].as_str().expect("subscription id").to_owned()
@@ -841,13 +853,7 @@ async fn retry_after_is_honoured_but_clamped_between_the_delay_and_twice_the_del
         "retry_schedule = [\"200ms\", \"200ms\"]\njitter = 0.1",
     ))
     .await;
-    let rx = Receiver::start().await;
-    subscribe_validated(
-        &node,
-        &node.tokens.owner_a,
-        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-    )
-    .await;
+    let rx = subscribed_receiver(&node).await;
     rx.then(vec![
         // Wish 1s: clamped down to 2 × 200ms.
         Answer::status(503).with_header("Retry-After", "1"),
@@ -1038,13 +1044,7 @@ async fn a_failing_dialog_blocks_only_its_own_later_events_which_then_arrive_in_
         "retry_schedule = [{schedule}]\ncircuit_failures = 1000"
     )))
     .await;
-    let rx = Receiver::start().await;
-    subscribe_validated(
-        &node,
-        &node.tokens.owner_a,
-        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-    )
-    .await;
+    let rx = subscribed_receiver(&node).await;
     let x = Uuid::now_v7().to_string();
     rx.answer_for_dialog(&x, Some(500));
     node.create_dialog(&dialog_with_id(&x)).await;
@@ -1111,13 +1111,7 @@ async fn a_failing_endpoint_opens_its_circuit_and_a_trial_after_the_cooldown_clo
         "retry_schedule = [{schedule}]\ncircuit_failures = 3\ncircuit_cooldown = \"1500ms\""
     )))
     .await;
-    let rx = Receiver::start().await;
-    subscribe_validated(
-        &node,
-        &node.tokens.owner_a,
-        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-    )
-    .await;
+    let rx = subscribed_receiver(&node).await;
     rx.answer(500);
     let mut wanted = Vec::new();
     for _ in 0..3 {
@@ -1157,13 +1151,7 @@ async fn a_4xx_for_one_dialog_does_not_open_the_endpoints_circuit() {
         "retry_schedule = [\"300ms\", \"300ms\", \"300ms\", \"300ms\"]\ncircuit_failures = 1\ncircuit_cooldown = \"30s\"",
     ))
     .await;
-    let rx = Receiver::start().await;
-    subscribe_validated(
-        &node,
-        &node.tokens.owner_a,
-        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-    )
-    .await;
+    let rx = subscribed_receiver(&node).await;
     let bad = Uuid::now_v7().to_string();
     rx.answer_for_dialog(&bad, Some(404));
     node.create_dialog(&dialog_with_id(&bad)).await;
@@ -1424,13 +1412,7 @@ async fn replay_redelivers_the_retained_events_of_a_time_range_with_their_origin
 #[actix_web::test]
 async fn attempt_and_dead_letter_metrics_count_deliveries() {
     let node = start(&hooks("retry_schedule = [\"100ms\"]")).await;
-    let rx = Receiver::start().await;
-    subscribe_validated(
-        &node,
-        &node.tokens.owner_a,
-        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-    )
-    .await;
+    let rx = subscribed_receiver(&node).await;
     let attempts = "dialog_events_webhook_attempts_total";
     let dead = "dialog_events_webhook_dead_letters_total";
     let text = node.metrics().await;
@@ -1470,13 +1452,7 @@ async fn attempt_and_dead_letter_metrics_count_deliveries() {
 #[actix_web::test]
 async fn an_endpoint_never_has_more_attempts_in_flight_than_its_limit() {
     let node = start(&hooks("max_in_flight_per_endpoint = 2")).await;
-    let rx = Receiver::start().await;
-    subscribe_validated(
-        &node,
-        &node.tokens.owner_a,
-        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-    )
-    .await;
+    let rx = subscribed_receiver(&node).await;
     rx.answer_with(Answer::status(200).delayed(Duration::from_millis(300)));
     rx.reset_max_in_flight();
     let mut all = Vec::new();
@@ -1791,13 +1767,7 @@ async fn events_committed_right_after_start_reach_a_subscription_made_before_the
         "[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = \"2s\"",
     )
     .await;
-    let rx = Receiver::start().await;
-    subscribe_validated(
-        &node,
-        &node.tokens.owner_a,
-        &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
-    )
-    .await;
+    let rx = subscribed_receiver(&node).await;
     let d = node.create_dialog(&dialog_body()).await;
     add_activity(&node, &d, "Information").await;
     let expected = ids(&node.dialog_events(&d).await);
