@@ -1686,10 +1686,27 @@ async fn a_re_post_never_returns_the_secret_and_a_rotated_secret_signs_beside_th
     let got = of_dialog(&rx, &d);
     assert_eq!(got.len(), 1);
     let req = &got[0];
-    let ts = req.header("webhook-timestamp");
+    assert_eq!(req.header("webhook-signature").split(' ').count(), 2);
+    assert_signed_by(req, &[&new, &old]);
+}
+
+/// A subscription of ORG_A whose validation request has arrived and is answered (200) only a
+/// second later; with the create response.
+async fn slowly_validated(node: &TestNode) -> (Receiver, Value) {
+    let rx = Receiver::start().await;
+    rx.then(vec![Answer::status(200).delayed(Duration::from_secs(1))]);
+    let body = json!({"endPoint": rx.url, "resourceFilter": RESOURCE});
+    let created = node.post(SUBS, &node.tokens.owner_a, &body).await;
+    assert_eq!(created.status.as_u16(), 201, "{}", created.body);
+    rx.wait_for("the validation", SOON, |r| r.len() == 1).await;
+    (rx, created.body)
+}
+
+/// Asserts that `req` carries a valid `webhook-signature` by each of `secrets`.
+fn assert_signed_by(req: &Received, secrets: &[&str]) {
     let signatures: Vec<&str> = req.header("webhook-signature").split(' ').collect();
-    assert_eq!(signatures.len(), 2, "{signatures:?}");
-    for secret in [&new, &old] {
+    let ts = req.header("webhook-timestamp");
+    for secret in secrets {
         let want = expected_signature(secret, req.header("webhook-id"), ts, &req.body);
         assert!(signatures.contains(&want.as_str()), "{signatures:?}");
     }
@@ -1698,15 +1715,10 @@ async fn a_re_post_never_returns_the_secret_and_a_rotated_secret_signs_beside_th
 #[actix_web::test]
 async fn a_validation_that_completes_after_a_rotation_keeps_both_secrets() {
     let node = start(&hooks("")).await;
-    let rx = Receiver::start().await;
     // The validation is answered only after the secret has been rotated.
-    rx.then(vec![Answer::status(200).delayed(Duration::from_secs(1))]);
-    let body = json!({"endPoint": rx.url, "resourceFilter": RESOURCE});
-    let created = node.post(SUBS, &node.tokens.owner_a, &body).await;
-    assert_eq!(created.status.as_u16(), 201, "{}", created.body);
-    let sub = id_of(&created.body);
-    let old = created.body["secret"].as_str().expect("secret").to_owned();
-    rx.wait_for("the validation", SOON, |r| r.len() == 1).await;
+    let (rx, created) = slowly_validated(&node).await;
+    let sub = id_of(&created);
+    let old = created["secret"].as_str().expect("secret").to_owned();
     let r = node
         .post(
             &format!("{}/secret/rotate", sub_path(&sub)),
@@ -1728,24 +1740,14 @@ async fn a_validation_that_completes_after_a_rotation_keeps_both_secrets() {
         .await;
     let got = of_dialog(&rx, &d);
     let req = &got[0];
-    let signatures: Vec<&str> = req.header("webhook-signature").split(' ').collect();
-    for secret in [&new, &old] {
-        let ts = req.header("webhook-timestamp");
-        let want = expected_signature(secret, req.header("webhook-id"), ts, &req.body);
-        assert!(signatures.contains(&want.as_str()), "{signatures:?}");
-    }
+    assert_signed_by(req, &[&new, &old]);
 }
 
 #[actix_web::test]
 async fn a_subscription_deleted_during_its_validation_stays_deleted() {
     let node = start(&hooks("")).await;
-    let rx = Receiver::start().await;
-    rx.then(vec![Answer::status(200).delayed(Duration::from_secs(1))]);
-    let body = json!({"endPoint": rx.url, "resourceFilter": RESOURCE});
-    let created = node.post(SUBS, &node.tokens.owner_a, &body).await;
-    assert_eq!(created.status.as_u16(), 201, "{}", created.body);
-    let sub = id_of(&created.body);
-    rx.wait_for("the validation", SOON, |r| r.len() == 1).await;
+    let (_rx, created) = slowly_validated(&node).await;
+    let sub = id_of(&created);
     let owner = node.tokens.owner_a.as_str();
     let r = node
         .send("DELETE", &sub_path(&sub), Some(owner), &[], None)
