@@ -13,9 +13,10 @@ use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::client::{self, Outcome};
+use super::endpoint::{Admission, CircuitChange, Endpoint, endpoint_key};
 use super::guard::{self, GuardedResolver};
-use super::retry::{RetryPolicy, parse_retry_after};
-use super::signing;
+use super::retry::RetryPolicy;
 use crate::config::WebhookSettings;
 use crate::domain::{
     CloudEvent, DeadLetter, DeliveryRecord, Party, PendingDelivery, ResourceUrn, Subscription,
@@ -26,8 +27,6 @@ use crate::telemetry::Metrics;
 
 /// Events read from the global log per poll.
 const READ_BATCH: usize = 500;
-/// Largest response body read from an endpoint; the rest is ignored.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// Where a delivery belongs: one lane per (subscription, dialog) keeps that pair in order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -102,31 +101,6 @@ struct Lane {
     generation: u64,
 }
 
-#[derive(Default)]
-struct Endpoint {
-    in_flight: usize,
-    failures: u32,
-    open_until: Option<Instant>,
-    /// Lanes waiting for an in-flight slot.
-    waiting: VecDeque<LaneKey>,
-}
-
-enum Outcome {
-    Delivered(u16),
-    Failed {
-        status: Option<u16>,
-        error: String,
-        retry_after: Option<Duration>,
-        /// The failure says the endpoint as a whole is in trouble (no connection, a timeout, a
-        /// 5xx or 429) and counts toward its circuit breaker; a 4xx about one delivery, or a
-        /// refusal before any request was made, does not.
-        endpoint_wide: bool,
-    },
-    Gone,
-    /// The subscription is gone, disabled, or no longer authorized: drop silently.
-    Dropped(&'static str),
-}
-
 /// The lease that makes one node of a cluster the dispatcher, and how long it lasts unrenewed.
 const LEASE: &str = "webhook-dispatcher";
 const LEASE_TTL: Duration = Duration::from_secs(5);
@@ -153,7 +127,7 @@ pub struct Dispatcher {
     /// Subscriptions as of the last poll (endpoint accounting); attempts re-read the store.
     subs: HashMap<Uuid, Subscription>,
     lanes: HashMap<LaneKey, Lane>,
-    endpoints: HashMap<String, Endpoint>,
+    endpoints: HashMap<String, Endpoint<LaneKey>>,
 }
 
 impl Dispatcher {
@@ -262,17 +236,18 @@ impl Dispatcher {
         if let Some(k) = &endpoint {
             let limit = self.settings.max_in_flight_per_endpoint;
             let e = self.endpoints.entry(k.clone()).or_default();
-            if e.in_flight >= limit {
-                if let Some(lane) = self.lanes.get_mut(&key)
-                    && !lane.waiting
-                {
-                    lane.waiting = true;
-                    e.waiting.push_back(key);
+            match e.admit(limit, Instant::now()) {
+                Admission::Start { circuit_open: open } => circuit_open = open,
+                Admission::Wait => {
+                    if let Some(lane) = self.lanes.get_mut(&key)
+                        && !lane.waiting
+                    {
+                        lane.waiting = true;
+                        e.wait(key);
+                    }
+                    return;
                 }
-                return;
             }
-            e.in_flight += 1;
-            circuit_open = e.open_until.is_some_and(|t| t > Instant::now());
         }
         self.attempt(key, head, endpoint, circuit_open, ctx);
     }
@@ -300,13 +275,7 @@ impl Dispatcher {
                 Ok(Some(s)) if !s.disabled => s,
                 Ok(_) => return (None, Outcome::Dropped("subscription deleted or disabled")),
                 Err(e) => {
-                    let failed = Outcome::Failed {
-                        status: None,
-                        error: e.to_string(),
-                        retry_after: None,
-                        endpoint_wide: false,
-                    };
-                    return (None, failed);
+                    return (None, Outcome::refused(e.to_string()));
                 }
             };
             if let Some(event) = &d.event {
@@ -320,41 +289,19 @@ impl Dispatcher {
                         }
                     }
                     Err(e) => {
-                        let failed = Outcome::Failed {
-                            status: None,
-                            error: e.to_string(),
-                            retry_after: None,
-                            endpoint_wide: false,
-                        };
-                        return (Some(sub), failed);
+                        return (Some(sub), Outcome::refused(e.to_string()));
                     }
                 }
             }
             if circuit_open {
-                let error = "circuit open: the endpoint keeps failing".to_owned();
-                return (
-                    Some(sub),
-                    Outcome::Failed {
-                        status: None,
-                        error,
-                        retry_after: None,
-                        endpoint_wide: false,
-                    },
-                );
+                let refused = Outcome::refused("circuit open: the endpoint keeps failing");
+                return (Some(sub), refused);
             }
             if guard::forbidden_literal(&sub.end_point, allow_private) {
-                let error = "endpoint address is not public".to_owned();
-                return (
-                    Some(sub),
-                    Outcome::Failed {
-                        status: None,
-                        error,
-                        retry_after: None,
-                        endpoint_wide: false,
-                    },
-                );
+                let refused = Outcome::refused("endpoint address is not public");
+                return (Some(sub), refused);
             }
-            let outcome = send(&client, &sub, &d).await;
+            let outcome = client::send(&client, &sub, &d.id, &d.body).await;
             (Some(sub), outcome)
         };
         ctx.spawn(fut.into_actor(self).map(move |(sub, outcome), act, ctx| {
@@ -635,20 +582,14 @@ impl Dispatcher {
         let Some(e) = endpoint.and_then(|k| self.endpoints.get_mut(k)) else {
             return;
         };
-        if ok {
-            e.failures = 0;
-            if e.open_until.take().is_some() {
-                self.metrics.webhook_open_circuits.dec();
-            }
-        } else {
-            e.failures += 1;
-            if e.failures >= self.settings.circuit_failures {
-                // Opens, or re-opens after a failed trial once the cooldown had passed.
-                if e.open_until.is_none() {
-                    self.metrics.webhook_open_circuits.inc();
-                }
-                e.open_until = Some(Instant::now() + self.settings.circuit_cooldown);
-            }
+        let (failures, cooldown) = (
+            self.settings.circuit_failures,
+            self.settings.circuit_cooldown,
+        );
+        match e.record(ok, failures, cooldown, Instant::now()) {
+            CircuitChange::Opened => self.metrics.webhook_open_circuits.inc(),
+            CircuitChange::Closed => self.metrics.webhook_open_circuits.dec(),
+            CircuitChange::Unchanged => {}
         }
     }
 
@@ -657,14 +598,10 @@ impl Dispatcher {
         let Some(e) = self.endpoints.get_mut(k) else {
             return;
         };
-        e.in_flight = e.in_flight.saturating_sub(1);
+        e.release();
         // Hand the slot to the first waiting lane that still has work (lanes of a disabled or
         // deleted subscription may have gone meanwhile).
-        while let Some(lane) = self
-            .endpoints
-            .get_mut(k)
-            .and_then(|e| e.waiting.pop_front())
-        {
+        while let Some(lane) = self.endpoints.get_mut(k).and_then(|e| e.next_waiting()) {
             let Some(l) = self.lanes.get_mut(&lane) else {
                 continue;
             };
@@ -839,75 +776,6 @@ fn may_receive(policy: &crate::auth::Policy, sub: &Subscription, event: &CloudEv
         return false;
     };
     policy.may_receive(&party, &resource, event.subject.as_deref())
-}
-
-fn endpoint_key(url: &str) -> String {
-    match url.parse::<awc::http::Uri>() {
-        Ok(u) => format!(
-            "{}://{}:{}",
-            u.scheme_str().unwrap_or(""),
-            u.host().unwrap_or(""),
-            u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            })
-        ),
-        Err(_) => url.to_owned(),
-    }
-}
-
-/// One HTTP attempt.
-async fn send(client: &awc::Client, sub: &Subscription, d: &Delivery) -> Outcome {
-    let now = Utc::now();
-    let timestamp = now.timestamp();
-    // Standard Webhooks: several signatures are separated by spaces; the receiver accepts any.
-    let signature = sub
-        .signing_secrets(now)
-        .map(|secret| signing::sign(secret, &d.id, timestamp, &d.body))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let request = client
-        .post(&sub.end_point)
-        .insert_header((
-            "Content-Type",
-            "application/cloudevents+json; charset=utf-8",
-        ))
-        .insert_header(("webhook-id", d.id.as_str()))
-        .insert_header(("webhook-timestamp", timestamp.to_string()))
-        .insert_header(("webhook-signature", signature));
-    let mut resp = match request.send_body(d.body.as_ref().clone()).await {
-        Ok(r) => r,
-        Err(e) => {
-            return Outcome::Failed {
-                status: None,
-                error: e.to_string(),
-                retry_after: None,
-                endpoint_wide: true,
-            };
-        }
-    };
-    let status = resp.status();
-    // Read (at most 64 KiB of) the body so the connection can be reused; its content is ignored.
-    let _ = resp.body().limit(MAX_RESPONSE_BYTES).await;
-    if status.is_success() {
-        return Outcome::Delivered(status.as_u16());
-    }
-    if status == awc::http::StatusCode::GONE {
-        return Outcome::Gone;
-    }
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    Outcome::Failed {
-        status: Some(status.as_u16()),
-        error: format!("endpoint answered {status}"),
-        retry_after,
-        endpoint_wide: status.is_server_error()
-            || status == awc::http::StatusCode::TOO_MANY_REQUESTS,
-    }
 }
 
 impl Actor for Dispatcher {
