@@ -80,10 +80,10 @@ impl PartyConnections {
             shared: false,
         };
         if let Some((store, node)) = &self.shared {
-            match store
-                .acquire_connection(party, node, self.limit, SHARED_TTL)
-                .await
-            {
+            // Boxed: the Redis call's future is large, and inline it would size every
+            // connection's task (held for the connection's life) for it.
+            let shared = Box::pin(store.acquire_connection(party, node, self.limit, SHARED_TTL));
+            match shared.await {
                 Ok(true) => {
                     slot.shared = true;
                     if let Some(n) = self.lock().get_mut(party) {

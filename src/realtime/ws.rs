@@ -216,7 +216,9 @@ impl Connection {
                             Step::Close(1009, "Message too big".into())
                         }
                         Some(Err(e)) => Step::Close(4400, format!("Invalid message received: {e}")),
-                        Some(Ok(AggregatedMessage::Text(text))) => self.on_text(&text).await,
+                        // Boxed: handling a message is rare, and inline its future would size the
+                        // connection's task for as long as the connection lives.
+                        Some(Ok(AggregatedMessage::Text(text))) => Box::pin(self.on_text(&text)).await,
                         Some(Ok(AggregatedMessage::Binary(_))) => Step::Close(4400, "Invalid message received".into()),
                         Some(Ok(AggregatedMessage::Ping(bytes))) => {
                             if self.session.pong(&bytes).await.is_err() { return None; }
