@@ -196,51 +196,40 @@ async fn a_nodes_connection_counts_stop_counting_when_it_stops_refreshing_them()
         dialog_events::store::RedisStore::new(&redis.url, "limits", Duration::from_secs(60))
             .expect("store");
     let ttl = Duration::from_millis(500);
-    let party = "urn:altinn:person:identifier-no:08895699684";
     // Node "dead" takes both slots and then never refreshes nor releases them (killed).
-    for _ in 0..2 {
-        assert!(
-            store
-                .acquire_connection(party, "dead", 2, ttl)
-                .await
-                .expect("acquire")
-        );
-    }
-    assert!(
-        !store
-            .acquire_connection(party, "live", 2, ttl)
-            .await
-            .expect("acquire")
-    );
+    assert_eq!(take(&store, "dead", 1, ttl).await, 1);
+    // A block asks for more than is left: it gets what is left.
+    assert_eq!(take(&store, "dead", 8, ttl).await, 1);
+    assert_eq!(take(&store, "live", 1, ttl).await, 0);
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-    assert!(
-        store
-            .acquire_connection(party, "live", 2, ttl)
-            .await
-            .expect("acquire")
-    );
+    assert_eq!(take(&store, "live", 1, ttl).await, 1);
     // A refreshed count keeps counting past its first expiry.
     store
-        .refresh_connections("live", &[(party.to_owned(), 2)], Duration::from_secs(30))
+        .refresh_connections("live", &[(PARTY.to_owned(), 2)], Duration::from_secs(30))
         .await
         .expect("refresh");
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-    assert!(
-        !store
-            .acquire_connection(party, "other", 2, ttl)
-            .await
-            .expect("acquire")
-    );
+    assert_eq!(take(&store, "other", 1, ttl).await, 0);
     store
-        .release_connection(party, "live")
+        .release_connections(PARTY, "live", 1)
         .await
         .expect("release");
-    assert!(
-        store
-            .acquire_connection(party, "other", 2, ttl)
-            .await
-            .expect("acquire")
-    );
+    assert_eq!(take(&store, "other", 1, ttl).await, 1);
+}
+
+const PARTY: &str = "urn:altinn:person:identifier-no:08895699684";
+
+/// Up to `want` of PARTY's 2 cluster-wide slots for `node`.
+async fn take(
+    store: &dialog_events::store::RedisStore,
+    node: &str,
+    want: usize,
+    ttl: Duration,
+) -> usize {
+    store
+        .acquire_connections(PARTY, node, 2, want, ttl)
+        .await
+        .expect("acquire")
 }
 
 #[actix_web::test]

@@ -26,13 +26,21 @@ pub struct DialogRegistry {
     shards: Vec<Mutex<HashMap<Uuid, Addr<DialogActor>>>>,
     arbiters: Vec<ArbiterHandle>,
     deps: Arc<DialogDeps>,
+    /// The policy as last read, and when: realtime subscriptions check their grant against it
+    /// at attach (at most one store read per `POLICY_FRESH`, however many clients connect).
+    policy: Mutex<Option<(std::time::Instant, Arc<Policy>)>>,
 }
+
+/// How long a read policy serves attaches. A delegation revoked within it may still let a stream
+/// attach; the access watcher (which compares policies every second) ends that stream then.
+const POLICY_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl DialogRegistry {
     pub fn new(deps: Arc<DialogDeps>, arbiters: Vec<ArbiterHandle>) -> Arc<Self> {
         Arc::new(DialogRegistry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             arbiters,
+            policy: Mutex::new(None),
             deps,
         })
     }
@@ -115,6 +123,21 @@ impl DialogRegistry {
         Err(CommandError::Unavailable("dialog actor unavailable".into()))
     }
 
+    /// The registry's policy, read from the store at most once per `POLICY_FRESH`.
+    pub async fn policy(&self) -> Result<Arc<Policy>, crate::store::StoreError> {
+        let now = std::time::Instant::now();
+        if let Some((at, p)) = self.policy.lock().ok().and_then(|c| c.clone())
+            && now.duration_since(at) < POLICY_FRESH
+        {
+            return Ok(p);
+        }
+        let p = self.deps.store.policy().await?;
+        if let Ok(mut c) = self.policy.lock() {
+            *c = Some((now, p.clone()));
+        }
+        Ok(p)
+    }
+
     /// Removes `addr` as the actor of `id` (only if it still is).
     pub fn forget(&self, id: Uuid, addr: &Addr<DialogActor>) {
         let mut shard = self.shard(&id);
@@ -133,6 +156,9 @@ impl DialogRegistry {
 
     /// The policy changed: every live actor ends the subscribers it no longer grants.
     pub fn check_access(&self, policy: Arc<Policy>) {
+        if let Ok(mut c) = self.policy.lock() {
+            *c = Some((std::time::Instant::now(), policy.clone()));
+        }
         self.each(|addr| addr.do_send(CheckAccess(policy.clone())));
     }
 

@@ -2,6 +2,9 @@
 //! slot when its dialog token is accepted and gives it back when it ends. In Redis mode the limit
 //! holds across the cluster: each node keeps its counts in Redis, refreshed every
 //! `SHARED_REFRESH`, so the connections of a node that died stop counting within `SHARED_TTL`.
+//! A node takes slots from Redis in small blocks (`block`), so a burst of connections of one
+//! party costs one Redis call per block, not per connection; up to a block per node may be held
+//! unused, so the cluster can refuse a party slightly before it truly holds `limit`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,8 @@ struct Count {
     open: usize,
     /// Of those, the ones counted in Redis (the rest were taken while Redis was unreachable).
     shared: usize,
+    /// Slots this node holds in Redis: `shared` plus a spare block at most.
+    reserved: usize,
 }
 
 /// Open realtime connections by authenticated party (the dialog token's `c`).
@@ -30,6 +35,8 @@ pub struct PartyConnections {
     counts: Mutex<HashMap<String, Count>>,
     /// The cluster-wide counts (Redis mode) and this node's id in them.
     shared: Option<(Arc<RedisStore>, String)>,
+    /// Slots taken from Redis at once: a sixteenth of the limit, 1 to 8.
+    block: usize,
 }
 
 /// One connection's slot; dropping it frees the slot.
@@ -55,6 +62,7 @@ impl PartyConnections {
             limit,
             counts: Mutex::new(HashMap::new()),
             shared,
+            block: (limit / 16).clamp(1, 8),
         })
     }
 
@@ -66,6 +74,11 @@ impl PartyConnections {
     /// across the cluster in Redis mode). Should Redis be unreachable, only this node's count
     /// applies: a connection is not refused for an outage.
     pub async fn acquire(self: &Arc<Self>, party: &str) -> Option<PartySlot> {
+        let mut slot = PartySlot {
+            owner: self.clone(),
+            party: party.to_owned(),
+            shared: false,
+        };
         {
             let mut counts = self.lock();
             let n = counts.entry(party.to_owned()).or_default();
@@ -73,25 +86,28 @@ impl PartyConnections {
                 return None;
             }
             n.open += 1;
+            if n.shared < n.reserved {
+                // A slot of the block already held in Redis.
+                n.shared += 1;
+                slot.shared = true;
+                return Some(slot);
+            }
         }
-        let mut slot = PartySlot {
-            owner: self.clone(),
-            party: party.to_owned(),
-            shared: false,
-        };
         if let Some((store, node)) = &self.shared {
             // Boxed: the Redis call's future is large, and inline it would size every
             // connection's task (held for the connection's life) for it.
-            let shared = Box::pin(store.acquire_connection(party, node, self.limit, SHARED_TTL));
-            match shared.await {
-                Ok(true) => {
+            let taken = Box::pin(
+                store.acquire_connections(party, node, self.limit, self.block, SHARED_TTL),
+            );
+            match taken.await {
+                Ok(0) => return None, // dropping the slot gives back the local count
+                Ok(taken) => {
                     slot.shared = true;
                     if let Some(n) = self.lock().get_mut(party) {
                         n.shared += 1;
+                        n.reserved += taken;
                     }
                 }
-                // Dropping the slot gives back the local count.
-                Ok(false) => return None,
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster-wide connection count unavailable; counting on this node only")
                 }
@@ -114,8 +130,8 @@ impl PartyConnections {
         let counts: Vec<(String, usize)> = self
             .lock()
             .iter()
-            .filter(|(_, n)| n.shared > 0)
-            .map(|(p, n)| (p.clone(), n.shared))
+            .filter(|(_, n)| n.reserved > 0)
+            .map(|(p, n)| (p.clone(), n.reserved))
             .collect();
         if counts.is_empty() {
             return;
@@ -128,6 +144,9 @@ impl PartyConnections {
 
 impl Drop for PartySlot {
     fn drop(&mut self) {
+        // Slots to give back to Redis: all once the party has no connection here, else what
+        // exceeds one spare block.
+        let mut give_back = 0;
         {
             let mut counts = self.owner.lock();
             if let Some(n) = counts.get_mut(&self.party) {
@@ -136,11 +155,15 @@ impl Drop for PartySlot {
                     n.shared -= 1;
                 }
                 if n.open == 0 {
+                    give_back = n.reserved;
                     counts.remove(&self.party);
+                } else if n.reserved > n.shared + self.owner.block {
+                    give_back = n.reserved - n.shared - self.owner.block;
+                    n.reserved -= give_back;
                 }
             }
         }
-        if !self.shared {
+        if give_back == 0 {
             return;
         }
         let Some((store, node)) = self.owner.shared.clone() else {
@@ -151,7 +174,7 @@ impl Drop for PartySlot {
         };
         let party = std::mem::take(&mut self.party);
         runtime.spawn(async move {
-            if let Err(e) = store.release_connection(&party, &node).await {
+            if let Err(e) = store.release_connections(&party, &node, give_back).await {
                 tracing::debug!(error = %e, "giving back a cluster-wide connection count failed");
             }
         });

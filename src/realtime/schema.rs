@@ -352,7 +352,7 @@ impl Subscription {
         if let Some(grant) = &grant {
             // A token issued before a delegation was revoked no longer opens a stream.
             let policy = ctx
-                .store
+                .registry
                 .policy()
                 .await
                 .map_err(|e| coded(&e.to_string(), "UNAVAILABLE"))?;

@@ -8,9 +8,9 @@
 
 use super::*;
 
-/// Counts the live connections of the party (dropping lapsed node counts) and takes one more
-/// for node ARGV[1] when fewer than ARGV[2] are open. ARGV[3]: how long the count holds (ms).
-/// 1 when taken, 0 when the party is at its limit.
+/// Counts the live connections of the party (dropping lapsed node counts) and takes up to ARGV[4]
+/// more for node ARGV[1], as many as keep the total within ARGV[2]. ARGV[3]: how long the count
+/// holds (ms). Returns how many were taken (0 when the party is at its limit).
 const ACQUIRE_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -27,16 +27,17 @@ for f, v in pairs(fields) do
     end
   end
 end
-if total >= tonumber(ARGV[2]) then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local take = math.min(tonumber(ARGV[4]), tonumber(ARGV[2]) - total)
+if take <= 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], take)
 redis.call('HSET', KEYS[1], ARGV[1] .. ':exp', now + tonumber(ARGV[3]))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+return take
 "#;
 
-/// Gives back one connection of node ARGV[1].
+/// Gives back ARGV[2] connections of node ARGV[1].
 const RELEASE_LUA: &str = r#"
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
 if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1], ARGV[1] .. ':exp') end
 return n
 "#;
@@ -80,30 +81,37 @@ impl RedisStore {
         self.key(&format!("conns:{party}"))
     }
 
-    /// Takes one of `party`'s `limit` connections for `node`, counted for `ttl` unless refreshed;
-    /// false when the party already holds `limit` across the cluster.
-    pub async fn acquire_connection(
+    /// Takes up to `want` of `party`'s `limit` connections for `node` (as many as the cluster has
+    /// left), counted for `ttl` unless refreshed; returns how many (0: the party is at its limit).
+    pub async fn acquire_connections(
         &self,
         party: &str,
         node: &str,
         limit: usize,
+        want: usize,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<usize, StoreError> {
         let mut inv = self.connections.acquire.prepare_invoke();
         inv.key(self.connections_key(party))
             .arg(node)
             .arg(limit as u64)
-            .arg(ttl.as_millis() as u64);
+            .arg(ttl.as_millis() as u64)
+            .arg(want as u64);
         let taken: i64 = self
             .with(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        Ok(taken == 1)
+        Ok(usize::try_from(taken).unwrap_or(0))
     }
 
-    /// Gives back a connection `acquire_connection` took.
-    pub async fn release_connection(&self, party: &str, node: &str) -> Result<(), StoreError> {
+    /// Gives back `n` connections `acquire_connections` took.
+    pub async fn release_connections(
+        &self,
+        party: &str,
+        node: &str,
+        n: usize,
+    ) -> Result<(), StoreError> {
         let mut inv = self.connections.release.prepare_invoke();
-        inv.key(self.connections_key(party)).arg(node);
+        inv.key(self.connections_key(party)).arg(node).arg(n as u64);
         let _: i64 = self
             .with(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
