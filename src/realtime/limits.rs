@@ -74,11 +74,6 @@ impl PartyConnections {
     /// across the cluster in Redis mode). Should Redis be unreachable, only this node's count
     /// applies: a connection is not refused for an outage.
     pub async fn acquire(self: &Arc<Self>, party: &str) -> Option<PartySlot> {
-        let mut slot = PartySlot {
-            owner: self.clone(),
-            party: party.to_owned(),
-            shared: false,
-        };
         {
             let mut counts = self.lock();
             let n = counts.entry(party.to_owned()).or_default();
@@ -86,6 +81,18 @@ impl PartyConnections {
                 return None;
             }
             n.open += 1;
+        }
+        // Counted from here on: dropping the slot gives the count back.
+        let mut slot = PartySlot {
+            owner: self.clone(),
+            party: party.to_owned(),
+            shared: false,
+        };
+        {
+            let mut counts = self.lock();
+            let Some(n) = counts.get_mut(party) else {
+                return Some(slot);
+            };
             if n.shared < n.reserved {
                 // A slot of the block already held in Redis.
                 n.shared += 1;
