@@ -648,11 +648,39 @@ impl Dispatcher {
                 let saved = store.init_cursor(LEASE, 0).await?;
                 (saved, store.pending().await?)
             };
+            let mut read_subs = None;
+            if inherited.is_empty() {
+                // With no subscription that may receive anything, the events need not be read:
+                // the position moves to the head. The head is read first, so a subscription made
+                // after that read lies beyond it (it would be seen below otherwise).
+                let head = store.global_head().await?;
+                if head <= cursor {
+                    return Ok(Polled {
+                        leader: true,
+                        cursor,
+                        ..Polled::default()
+                    });
+                }
+                let subs = store.subscriptions().await?;
+                if !subs.iter().any(|s| s.validated && !s.disabled) {
+                    return Ok(Polled {
+                        leader: true,
+                        cursor: head,
+                        skipped: true,
+                        ..Polled::default()
+                    });
+                }
+                read_subs = Some(subs);
+            }
             let events = store.read_global(cursor, READ_BATCH).await?;
             let (subs, policy) = if events.is_empty() && inherited.is_empty() {
                 (Vec::new(), None)
             } else {
-                (store.subscriptions().await?, Some(store.policy().await?))
+                let subs = match read_subs {
+                    Some(subs) => subs,
+                    None => store.subscriptions().await?,
+                };
+                (subs, Some(store.policy().await?))
             };
             Ok::<_, crate::store::StoreError>(Polled {
                 leader: true,
@@ -661,6 +689,7 @@ impl Dispatcher {
                 inherited,
                 subs,
                 policy,
+                skipped: false,
             })
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
@@ -675,6 +704,21 @@ impl Dispatcher {
             act.leader = polled.leader;
             act.cursor = polled.cursor;
             let Some(policy) = polled.policy else {
+                if polled.skipped {
+                    // Nothing to deliver up to the head: only the position is saved.
+                    let (store, position) = (act.store.clone(), act.cursor);
+                    let persist = async move { store.set_cursor(LEASE, position).await };
+                    ctx.spawn(persist.into_actor(act).map(|saved, act, ctx| {
+                        act.polling = false;
+                        if let Err(e) = saved {
+                            tracing::warn!(error = %e, "saving the dispatcher's position failed");
+                        }
+                        if std::mem::take(&mut act.woken) {
+                            act.poll(ctx);
+                        }
+                    }));
+                    return;
+                }
                 act.polling = false;
                 if std::mem::take(&mut act.woken) {
                     act.poll(ctx);
@@ -761,6 +805,8 @@ struct Polled {
     inherited: Vec<PendingDelivery>,
     subs: Vec<Subscription>,
     policy: Option<Arc<crate::auth::Policy>>,
+    /// No subscription could receive anything: `cursor` moved to the log's head unread.
+    skipped: bool,
 }
 
 /// The subscription's consumer may receive `event` under the current registry and delegations.

@@ -81,6 +81,8 @@ pub(super) struct LogTables<'t> {
     pub(super) cursors: redb::Table<'t, &'static str, u64>,
     /// The last position given out in the global log, read once.
     position: Option<u64>,
+    /// `position` moved since it was read: `finish` saves it.
+    moved: bool,
 }
 
 impl<'t> LogTables<'t> {
@@ -97,7 +99,25 @@ impl<'t> LogTables<'t> {
             ev_index: txn.open_table(EV_INDEX).map_err(unavailable)?,
             cursors: txn.open_table(CURSORS).map_err(unavailable)?,
             position: None,
+            moved: false,
         })
+    }
+
+    /// Saves the last position given out (once for a run of appends, not once per event) and
+    /// closes the tables. Must be called before the transaction commits; an error means the
+    /// transaction must not commit.
+    pub(super) fn finish(mut self) -> Result<(), StoreError> {
+        self.save_position()
+    }
+
+    fn save_position(&mut self) -> Result<(), StoreError> {
+        if let (true, Some(position)) = (self.moved, self.position) {
+            self.meta
+                .insert("next_position", position)
+                .map_err(unavailable)?;
+            self.moved = false;
+        }
+        Ok(())
     }
 
     /// Appends an event to the global log and its resource's log.
@@ -118,10 +138,8 @@ impl<'t> LogTables<'t> {
                 .unwrap_or(0),
         };
         let position = last + 1;
-        self.meta
-            .insert("next_position", position)
-            .map_err(unavailable)?;
         self.position = Some(position);
+        self.moved = true;
         self.glog
             .insert(position, entry_value(now_ms, resource, json).as_slice())
             .map_err(unavailable)?;
@@ -232,5 +250,15 @@ impl<'t> LogTables<'t> {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for LogTables<'_> {
+    fn drop(&mut self) {
+        // A path that closes the tables without `finish` (an error on the way, which drops the
+        // transaction) still records the positions it gave out.
+        if let Err(e) = self.save_position() {
+            tracing::error!(error = %e, "the log position could not be saved");
+        }
     }
 }

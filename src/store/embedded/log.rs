@@ -74,12 +74,9 @@ impl EventLog for EmbeddedStore {
                 }
                 ext.insert(marker.as_slice(), now_ms).map_err(unavailable)?;
             }
-            LogTables::open(txn)?.append(
-                &prepared.resource,
-                &prepared.id,
-                &prepared.json,
-                now_ms,
-            )?;
+            let mut tables = LogTables::open(txn)?;
+            tables.append(&prepared.resource, &prepared.id, &prepared.json, now_ms)?;
+            tables.finish()?;
             Ok(true)
         })
         .await
@@ -126,6 +123,7 @@ impl EventLog for EmbeddedStore {
                     released += 1;
                 }
             }
+            tables.finish()?;
             Ok(released)
         })
         .await

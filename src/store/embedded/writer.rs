@@ -145,12 +145,17 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
                 commits.push(logged);
             }
             Job::Other(job) => {
-                tables = None;
+                if let Some(t) = tables.take() {
+                    fatal |= t.finish().is_err();
+                }
                 let applied = job(&txn);
                 fatal |= applied.fatal;
                 answers.push(applied.answer);
             }
         }
+    }
+    if let Some(t) = tables.take() {
+        fatal |= t.finish().is_err();
     }
     drop(tables);
     let committed = if fatal {
@@ -222,7 +227,7 @@ pub(super) fn recover(
         }
         last = batch;
     }
-    drop(tables);
+    tables.finish()?;
     txn.open_table(META)?.insert("wal_batch", last)?;
     txn.set_quick_repair(true);
     txn.commit()?;
