@@ -160,6 +160,23 @@ impl Connection {
     }
 }
 
+/// One protocol message for operation `id_json` (the id as JSON). The payload is JSON text
+/// already: it is spliced in, not parsed again.
+fn frame(id_json: &str, kind: &str, payload: Option<&str>) -> String {
+    let mut out = String::with_capacity(32 + id_json.len() + payload.map_or(0, str::len));
+    out.push_str(r#"{"id":"#);
+    out.push_str(id_json);
+    out.push_str(r#","type":""#);
+    out.push_str(kind);
+    out.push('"');
+    if let Some(p) = payload {
+        out.push_str(r#","payload":"#);
+        out.push_str(p);
+    }
+    out.push('}');
+    out
+}
+
 /// Serves one connection to its end, then stops its operations and closes the socket.
 async fn run(
     mut conn: Connection,
@@ -262,17 +279,40 @@ impl Connection {
         self.session.text(v.to_string()).await
     }
 
-    /// Writes what the attached subscriptions hold now, back to back.
+    /// Writes what the attached subscriptions hold now, back to back. Each frame is built once,
+    /// in one allocation: the operation's framing around the payload.
     async fn drain(&mut self) -> Result<(), actix_ws::Closed> {
         let latency = &self.state.metrics.fanout_latency;
-        let mut events = Vec::new();
+        let next = match self.protocol {
+            Protocol::TransportWs => "next",
+            Protocol::Legacy => "data",
+        };
+        let mut frames: Vec<String> = Vec::new();
+        let mut ended: Vec<String> = Vec::new();
         for (id, op) in &self.ops {
-            if let Op::Fast(fast) = op {
-                operation::drain(fast, Some(latency), |e| events.push((id.clone(), e)));
+            let Op::Fast(fast) = op else { continue };
+            // Made on the first frame: most wake-ups find most subscriptions empty.
+            let mut id_json: Option<String> = None;
+            let done = operation::drain(fast, Some(latency), |e| {
+                let (kind, payload) = match &e {
+                    OpEvent::Next(p) => (next, Some(p.as_str())),
+                    OpEvent::Complete => ("complete", None),
+                    // A drained subscription yields payloads and its end only.
+                    OpEvent::Error(_) | OpEvent::Fast(_) => return,
+                };
+                let id_json = id_json.get_or_insert_with(|| Value::String(id.clone()).to_string());
+                frames.push(frame(id_json, kind, payload));
+            });
+            if done {
+                ended.push(id.clone());
             }
         }
-        for (id, event) in events {
-            self.write_result(id, event).await?;
+        // An ended subscription's id is free again once its `complete` is queued.
+        for id in ended {
+            self.ops.remove(&id);
+        }
+        for f in frames {
+            self.session.text(f).await?;
         }
         Ok(())
     }
@@ -302,13 +342,8 @@ impl Connection {
         if !done && !self.ops.contains_key(&id) {
             return Ok(());
         }
-        // The payload is already JSON text: splice it instead of parsing it again.
         let id_json = Value::String(id).to_string();
-        let frame = match payload {
-            Some(p) => format!(r#"{{"id":{id_json},"type":"{kind}","payload":{p}}}"#),
-            None => format!(r#"{{"id":{id_json},"type":"{kind}"}}"#),
-        };
-        self.session.text(frame).await
+        self.session.text(frame(&id_json, kind, payload)).await
     }
 
     async fn on_text(&mut self, text: &str) -> Step {
