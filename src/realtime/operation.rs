@@ -63,8 +63,18 @@ pub fn drain(
     }
 }
 
-/// Operation results tagged with the operation id, for the connection's writer.
-pub type OpSender = mpsc::Sender<(String, OpEvent)>;
+/// An operation's result tagged with its operation id, for the connection's writer. Boxed: a
+/// channel allocates a block of 32 slots when it is made, and with a pointer-sized slot that block
+/// is 0.3 KiB per connection instead of 3.6 KiB.
+pub type OpResult = Box<(String, OpEvent)>;
+
+/// Operation results for the connection's writer.
+pub type OpSender = mpsc::Sender<OpResult>;
+
+/// Sends one result; false when the connection is gone.
+async fn report(out: &OpSender, id: String, event: OpEvent) -> bool {
+    out.send(Box::new((id, event))).await.is_ok()
+}
 
 /// Starts `request` as a local task; it ends by itself on error or completion, or when aborted
 /// (the client completed/stopped the operation, or the connection ended).
@@ -85,17 +95,13 @@ pub fn spawn(
             Err(e) => {
                 // A `GraphQLError` serializes as the GraphQL errors array itself.
                 let errors = serde_json::to_string(&e).unwrap_or_else(|_| "[]".into());
-                let _ = out.send((id, OpEvent::Error(errors))).await;
+                report(&out, id, OpEvent::Error(errors)).await;
                 return;
             }
         };
         if !errors.is_empty() {
-            let _ = out
-                .send((
-                    id,
-                    OpEvent::Error(serde_json::to_string(&errors).unwrap_or_default()),
-                ))
-                .await;
+            let errors = serde_json::to_string(&errors).unwrap_or_default();
+            report(&out, id, OpEvent::Error(errors)).await;
             return;
         }
         let fast = slot.lock().ok().and_then(|mut s| s.take());
@@ -104,7 +110,7 @@ pub fn spawn(
             // connection frames each change itself (memory per idle subscriber, one wake-up
             // per change).
             drop(value);
-            let _ = out.send((id, OpEvent::Fast(fast))).await;
+            report(&out, id, OpEvent::Fast(fast)).await;
             return;
         }
         // Validation admits exactly one root field per subscription operation; its value is the stream.
@@ -118,9 +124,7 @@ pub fn spawn(
         let Some((name, mut stream)) = root else {
             let not_subscription =
                 json!([{"message": "only subscription operations are served here"}]);
-            let _ = out
-                .send((id, OpEvent::Error(not_subscription.to_string())))
-                .await;
+            report(&out, id, OpEvent::Error(not_subscription.to_string())).await;
             return;
         };
         while let Some(item) = stream.next().await {
@@ -128,14 +132,10 @@ pub fn spawn(
                 Ok(v) => json!({ "data": { name.as_str(): v } }),
                 Err(errors) => json!({ "data": null, "errors": errors }),
             };
-            if out
-                .send((id.clone(), OpEvent::Next(payload.to_string())))
-                .await
-                .is_err()
-            {
+            if !report(&out, id.clone(), OpEvent::Next(payload.to_string())).await {
                 return;
             }
         }
-        let _ = out.send((id, OpEvent::Complete)).await;
+        report(&out, id, OpEvent::Complete).await;
     })
 }

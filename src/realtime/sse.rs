@@ -95,7 +95,7 @@ pub async fn stream(
         let latency = state.metrics.fanout_latency.clone();
         loop {
             let chunk = tokio::select! {
-                result = op_rx.recv(), if fast.is_none() => match result {
+                result = op_rx.recv(), if fast.is_none() => match result.map(|r| *r) {
                     Some((_, OpEvent::Next(p))) => sse_event("next", &p),
                     Some((_, OpEvent::Error(errors))) => {
                         let _ = body_tx.send(sse_event("next", &format!(r#"{{"errors":{errors}}}"#))).await;

@@ -137,7 +137,7 @@ impl Connection {
         session: Session,
         state: std::sync::Arc<RealtimeState>,
         token: Option<String>,
-    ) -> (Self, mpsc::Receiver<(String, OpEvent)>) {
+    ) -> (Self, mpsc::Receiver<operation::OpResult>) {
         let (out, results) = mpsc::channel(WRITER_CHANNEL);
         let budget = ConnectionBudget::new(
             state.settings.client_queue_bytes,
@@ -180,7 +180,7 @@ fn frame(id_json: &str, kind: &str, payload: Option<&str>) -> String {
 /// Serves one connection to its end, then stops its operations and closes the socket.
 async fn run(
     mut conn: Connection,
-    mut results: mpsc::Receiver<(String, OpEvent)>,
+    mut results: mpsc::Receiver<operation::OpResult>,
     stream: actix_ws::MessageStream,
 ) {
     let gauge = conn
@@ -204,7 +204,7 @@ impl Connection {
     async fn serve(
         &mut self,
         stream: actix_ws::MessageStream,
-        results: &mut mpsc::Receiver<(String, OpEvent)>,
+        results: &mut mpsc::Receiver<operation::OpResult>,
     ) -> Option<(u16, String)> {
         let max = self.state.settings.max_frame_bytes;
         let mut stream = stream
@@ -248,7 +248,8 @@ impl Connection {
                         return Some((code, text));
                     }
                 }
-                Some((id, event)) = results.recv() => {
+                Some(result) = results.recv() => {
+                    let (id, event) = *result;
                     if self.write_result(id, event).await.is_err() {
                         return None;
                     }
