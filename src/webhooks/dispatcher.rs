@@ -648,27 +648,24 @@ impl Dispatcher {
                 let saved = store.init_cursor(LEASE, 0).await?;
                 (saved, store.pending().await?)
             };
+            let active = |subs: &[Subscription]| subs.iter().any(|s| s.validated && !s.disabled);
             let mut read_subs = None;
             if inherited.is_empty() {
-                // With no subscription that may receive anything, the events need not be read:
-                // the position moves to the head. The head is read first, so a subscription made
-                // after that read lies beyond it (it would be seen below otherwise).
-                let head = store.global_head().await?;
-                if head <= cursor {
-                    return Ok(Polled {
-                        leader: true,
-                        cursor,
-                        ..Polled::default()
-                    });
-                }
-                let subs = store.subscriptions().await?;
-                if !subs.iter().any(|s| s.validated && !s.disabled) {
-                    return Ok(Polled {
-                        leader: true,
-                        cursor: head,
-                        skipped: true,
-                        ..Polled::default()
-                    });
+                let mut subs = store.subscriptions().await?;
+                if !active(&subs) {
+                    // Nothing can receive anything: the events need not be read, the position
+                    // moves to the head. The subscriptions are read again after the head, so one
+                    // validated before that read is seen, and one validated later lies beyond it.
+                    let head = store.global_head().await?;
+                    subs = store.subscriptions().await?;
+                    if !active(&subs) {
+                        return Ok(Polled {
+                            leader: true,
+                            cursor: cursor.max(head),
+                            skipped: head > cursor,
+                            ..Polled::default()
+                        });
+                    }
                 }
                 read_subs = Some(subs);
             }
@@ -706,17 +703,7 @@ impl Dispatcher {
             let Some(policy) = polled.policy else {
                 if polled.skipped {
                     // Nothing to deliver up to the head: only the position is saved.
-                    let (store, position) = (act.store.clone(), act.cursor);
-                    let persist = async move { store.set_cursor(LEASE, position).await };
-                    ctx.spawn(persist.into_actor(act).map(|saved, act, ctx| {
-                        act.polling = false;
-                        if let Err(e) = saved {
-                            tracing::warn!(error = %e, "saving the dispatcher's position failed");
-                        }
-                        if std::mem::take(&mut act.woken) {
-                            act.poll(ctx);
-                        }
-                    }));
+                    act.save_and_go_on(Vec::new(), false, ctx);
                     return;
                 }
                 act.polling = false;
@@ -770,20 +757,26 @@ impl Dispatcher {
                     act.enqueue(key, delivery, ctx);
                 }
             }
-            let (store, position) = (act.store.clone(), act.cursor);
-            let persist = async move {
-                store.put_pending(&fresh).await?;
-                store.set_cursor(LEASE, position).await
-            };
-            ctx.spawn(persist.into_actor(act).map(move |saved, act, ctx| {
-                act.polling = false;
-                if let Err(e) = saved {
-                    tracing::warn!(error = %e, "saving the dispatcher's pending deliveries failed");
-                }
-                if more || std::mem::take(&mut act.woken) {
-                    act.poll(ctx);
-                }
-            }));
+            act.save_and_go_on(fresh, more, ctx);
+        }));
+    }
+
+    /// Saves the queued deliveries as pending, then the read position; polls again when the
+    /// read was cut at `READ_BATCH` (`more`) or a commit woke the dispatcher meanwhile.
+    fn save_and_go_on(&mut self, fresh: Vec<PendingDelivery>, more: bool, ctx: &mut Context<Self>) {
+        let (store, position) = (self.store.clone(), self.cursor);
+        let persist = async move {
+            store.put_pending(&fresh).await?;
+            store.set_cursor(LEASE, position).await
+        };
+        ctx.spawn(persist.into_actor(self).map(move |saved, act, ctx| {
+            act.polling = false;
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "saving the dispatcher's pending deliveries failed");
+            }
+            if more || std::mem::take(&mut act.woken) {
+                act.poll(ctx);
+            }
         }));
     }
 }

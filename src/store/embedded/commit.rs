@@ -79,10 +79,9 @@ pub(super) struct LogTables<'t> {
     by_resource: redb::Table<'t, Bytes, ()>,
     ev_index: redb::Table<'t, Bytes, u64>,
     pub(super) cursors: redb::Table<'t, &'static str, u64>,
-    /// The last position given out in the global log, read once.
+    /// The last position given out in the global log and not saved yet (read on the first
+    /// append, saved by `finish`).
     position: Option<u64>,
-    /// `position` moved since it was read: `finish` saves it.
-    moved: bool,
 }
 
 impl<'t> LogTables<'t> {
@@ -99,7 +98,6 @@ impl<'t> LogTables<'t> {
             ev_index: txn.open_table(EV_INDEX).map_err(unavailable)?,
             cursors: txn.open_table(CURSORS).map_err(unavailable)?,
             position: None,
-            moved: false,
         })
     }
 
@@ -111,11 +109,10 @@ impl<'t> LogTables<'t> {
     }
 
     fn save_position(&mut self) -> Result<(), StoreError> {
-        if let (true, Some(position)) = (self.moved, self.position) {
+        if let Some(position) = self.position.take() {
             self.meta
                 .insert("next_position", position)
                 .map_err(unavailable)?;
-            self.moved = false;
         }
         Ok(())
     }
@@ -139,7 +136,6 @@ impl<'t> LogTables<'t> {
         };
         let position = last + 1;
         self.position = Some(position);
-        self.moved = true;
         self.glog
             .insert(position, entry_value(now_ms, resource, json).as_slice())
             .map_err(unavailable)?;

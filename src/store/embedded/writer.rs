@@ -157,6 +157,7 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
     if let Some(t) = tables.take() {
         fatal |= t.finish().is_err();
     }
+    // Ends the borrow of `txn` (the tables' `Drop` would otherwise hold it to the scope's end).
     drop(tables);
     let committed = if fatal {
         drop(txn);
