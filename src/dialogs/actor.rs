@@ -49,7 +49,6 @@ pub struct DialogActor {
     /// Local realtime subscribers by id; each queue is drained by one subscription stream, which
     /// sends `Detach` when dropped.
     subscribers: std::collections::HashMap<u64, Subscriber>,
-    next_subscriber: u64,
 }
 
 /// A local realtime subscriber: its queue and what its dialog token grants.
@@ -69,7 +68,6 @@ impl DialogActor {
             delivered: 0,
             last_used: Instant::now(),
             subscribers: Default::default(),
-            next_subscriber: 0,
         }
     }
 
@@ -239,19 +237,21 @@ impl DialogActor {
 }
 
 /// Attaches a realtime subscriber; with `after`, first queues the retained changes after that
-/// sequence (or one resync marker when the history no longer reaches it). Returns the subscriber id.
+/// sequence (or one resync marker when the history no longer reaches it).
 pub struct Attach {
+    /// The subscriber's id, chosen by the caller (unique on the node).
+    pub sub: u64,
     pub after: Option<u64>,
     pub queue: Arc<SubscriberQueue>,
     pub grant: Option<ReadGrant>,
 }
 
 impl Message for Attach {
-    type Result = Result<u64, CommandError>;
+    type Result = Result<(), CommandError>;
 }
 
 impl Handler<Attach> for DialogActor {
-    type Result = AtomicResponse<Self, Result<u64, CommandError>>;
+    type Result = AtomicResponse<Self, Result<(), CommandError>>;
 
     fn handle(&mut self, msg: Attach, _ctx: &mut Self::Context) -> Self::Result {
         self.last_used = Instant::now();
@@ -284,20 +284,18 @@ impl Handler<Attach> for DialogActor {
                 if let Some(n) = after {
                     act.replay(&msg.queue, &all, n);
                 }
-                act.next_subscriber += 1;
-                let sub = act.next_subscriber;
                 if act.subscribers.is_empty() {
                     act.deps.bus.subscribe(act.id);
                 }
                 act.subscribers.insert(
-                    sub,
+                    msg.sub,
                     Subscriber {
                         queue: msg.queue,
                         grant: msg.grant,
                     },
                 );
                 act.deps.metrics.subscriptions.inc();
-                Ok(sub)
+                Ok(())
             },
         )))
     }

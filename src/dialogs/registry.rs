@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
@@ -29,6 +30,9 @@ pub struct DialogRegistry {
     /// The policy as last read, and when: realtime subscriptions check their grant against it
     /// at attach (at most one store read per `POLICY_FRESH`, however many clients connect).
     policy: Mutex<Option<(std::time::Instant, Arc<Policy>)>>,
+    /// Realtime subscriber ids, unique on this node. The caller picks the id before it asks the
+    /// actor to attach, so that its guard exists even while the answer is on its way.
+    next_subscriber: AtomicU64,
 }
 
 /// How long a read policy serves attaches. A delegation revoked within it may still let a stream
@@ -41,6 +45,7 @@ impl DialogRegistry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             arbiters,
             policy: Mutex::new(None),
+            next_subscriber: AtomicU64::new(0),
             deps,
         })
     }
@@ -107,15 +112,22 @@ impl DialogRegistry {
     ) -> Result<SubscriptionGuard, CommandError> {
         for _ in 0..MAX_SEND_ATTEMPTS {
             let addr = self.actor(id);
+            // The guard comes first: a caller that goes away while the actor attaches (its
+            // connection closed) drops it, and the detach queues behind the attach.
+            let guard = SubscriptionGuard {
+                addr: addr.clone(),
+                sub: self.next_subscriber.fetch_add(1, Ordering::Relaxed) + 1,
+            };
             match addr
                 .send(Attach {
+                    sub: guard.sub,
                     after,
                     queue: queue.clone(),
                     grant: grant.clone(),
                 })
                 .await
             {
-                Ok(result) => return result.map(|sub| SubscriptionGuard { addr, sub }),
+                Ok(result) => return result.map(|()| guard),
                 Err(MailboxError::Closed) => self.forget(id, &addr),
                 Err(MailboxError::Timeout) => break,
             }
@@ -207,5 +219,57 @@ pub struct SubscriptionGuard {
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
         self.addr.do_send(Detach(self.sub));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::dialogs::subscribers::ConnectionBudget;
+    use crate::store::memory::MemoryStore;
+    use crate::telemetry::Metrics;
+
+    async fn wait_gauge(metrics: &Metrics, n: i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while metrics.subscriptions.get() != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expected {n} subscriptions, have {}",
+                metrics.subscriptions.get()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_caller_gone_while_the_actor_attaches_leaves_no_subscriber_behind() {
+        let (sink, _envelopes) = tokio::sync::mpsc::unbounded_channel();
+        let metrics = Metrics::new("test");
+        let deps = Arc::new(DialogDeps {
+            store: Arc::new(MemoryStore::new(Policy::new(vec![], vec![]))),
+            bus: Arc::new(MemoryBus::new(sink)),
+            metrics: metrics.clone(),
+            base_url: "http://127.0.0.1".into(),
+            node_id: "test".into(),
+            idle_timeout: Duration::from_secs(60),
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+        });
+        let arbiter = Arbiter::new();
+        let registry = DialogRegistry::new(deps, vec![arbiter.handle()]);
+        let queue = SubscriberQueue::new(ConnectionBudget::new(1 << 20, None));
+        // One poll sends the attach; its answer is never read, as when the client's connection
+        // closes while the actor is attaching it.
+        let mut attach = Box::pin(registry.attach(Uuid::new_v4(), None, queue, None));
+        assert!((&mut attach).now_or_never().is_none());
+        wait_gauge(&metrics, 1).await;
+        drop(attach);
+        wait_gauge(&metrics, 0).await;
+        arbiter.stop();
     }
 }
