@@ -428,6 +428,9 @@ async fn execute(
             expected_sequence: base,
             create,
             state: next.clone(),
+            children_before: current
+                .as_ref()
+                .map_or((0, 0), |d| (d.activities.len(), d.transmissions.len())),
             events: events.clone(),
             publish: !silent,
             hold_until,

@@ -43,6 +43,9 @@ pub struct Commit {
     pub create: bool,
     /// The state after the change; `None` purges the dialog (its id stays taken).
     pub state: Option<Dialog>,
+    /// How many activities and transmissions the state the change was computed from holds
+    /// ((0, 0) for a create). Both lists are append-only, so a store may write only what follows.
+    pub children_before: (usize, usize),
     /// Events numbered `expected_sequence + 1 ..`, appended to the dialog's own log.
     pub events: Vec<Arc<CloudEvent>>,
     /// Whether the events also go to the global log (false for silent updates).

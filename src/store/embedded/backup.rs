@@ -27,6 +27,7 @@ pub(super) fn copy_snapshot(src: &ReadTransaction, to: &Path) -> Result<u64, Sto
     let dst = Database::create(to).map_err(unavailable)?;
     let txn = dst.begin_write().map_err(unavailable)?;
     copy(src, &txn, DIALOGS)?;
+    copy(src, &txn, CHILDREN)?;
     copy(src, &txn, DLOG)?;
     copy(src, &txn, DCH)?;
     copy(src, &txn, GLOG)?;

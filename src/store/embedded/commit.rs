@@ -22,13 +22,103 @@ impl PreparedEvent {
     }
 }
 
+/// A dialog's state as a commit writes it: its JSON without activities and transmissions, and the
+/// children it adds (each list is append-only, so those before `base` are stored already).
+pub(super) struct PreparedState {
+    pub(super) header: Vec<u8>,
+    /// The stored dialog's (activities, transmissions) counts the new children follow.
+    pub(super) base: (u32, u32),
+    pub(super) activities: Vec<Vec<u8>>,
+    pub(super) transmissions: Vec<Vec<u8>>,
+    /// The stored children are removed first and these replace them (`base` is (0, 0)).
+    pub(super) replace: bool,
+}
+
+impl PreparedState {
+    /// `dialog` after a change made from a state with `before` (activities, transmissions).
+    pub(super) fn of(mut dialog: Dialog, before: (usize, usize)) -> Result<Self, StoreError> {
+        let activities = std::mem::take(&mut dialog.activities);
+        let transmissions = std::mem::take(&mut dialog.transmissions);
+        // Lists that shrank were not appended to: write them whole.
+        let replace = activities.len() < before.0 || transmissions.len() < before.1;
+        let (a, t) = if replace { (0, 0) } else { before };
+        Ok(PreparedState {
+            header: to_json(&dialog)?,
+            base: (a as u32, t as u32),
+            activities: activities[a..]
+                .iter()
+                .map(to_json)
+                .collect::<Result<_, _>>()?,
+            transmissions: transmissions[t..]
+                .iter()
+                .map(to_json)
+                .collect::<Result<_, _>>()?,
+            replace,
+        })
+    }
+
+    /// A whole dialog's JSON (format 1, and its commit log records), split to replace what is
+    /// stored.
+    pub(super) fn whole(json: &[u8]) -> Result<Self, StoreError> {
+        let mut state = Self::of(from_json(json)?, (0, 0))?;
+        state.replace = true;
+        Ok(state)
+    }
+
+    /// The counts and header to store once this is applied.
+    pub(super) fn stored(&self) -> (u32, u32, &[u8]) {
+        (
+            self.base.0 + self.activities.len() as u32,
+            self.base.1 + self.transmissions.len() as u32,
+            &self.header,
+        )
+    }
+
+    /// Writes the new children of dialog `id` (first removing the stored ones with `replace`).
+    pub(super) fn write_children(
+        &self,
+        id: Uuid,
+        children: &mut redb::Table<'_, Bytes, Bytes>,
+    ) -> Result<(), StoreError> {
+        if self.replace {
+            let (lo, hi) = children_of(id);
+            children
+                .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
+                .map_err(unavailable)?;
+        }
+        for (kind, base, rows) in [
+            (ACTIVITY, self.base.0, &self.activities),
+            (TRANSMISSION, self.base.1, &self.transmissions),
+        ] {
+            for (i, json) in rows.iter().enumerate() {
+                children
+                    .insert(
+                        child_key(id, kind, base + i as u32).as_slice(),
+                        json.as_slice(),
+                    )
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a commit does to the dialog's state.
+pub(super) enum StateWrite {
+    /// Purged: the state and its children go, the id and sequence stay.
+    Purge,
+    /// A whole dialog's JSON, as format 1 logged it: replaces the stored state and children.
+    Whole(Vec<u8>),
+    /// The state without children, and the children the change adds.
+    Split(PreparedState),
+}
+
 /// A dialog commit with everything serialized, so the writer thread only checks and copies.
 pub(super) struct PreparedCommit {
     pub(super) id: Uuid,
     pub(super) create: bool,
     pub(super) expected_sequence: u64,
-    /// The dialog's JSON after the change; empty after a purge.
-    pub(super) state: Vec<u8>,
+    pub(super) state: StateWrite,
     pub(super) events: Vec<PreparedEvent>,
     /// The change's last sequence and JSON.
     pub(super) change: Option<(u64, Vec<u8>)>,
@@ -37,7 +127,7 @@ pub(super) struct PreparedCommit {
 }
 
 impl PreparedCommit {
-    pub(super) fn of(commit: &Commit, now: DateTime<Utc>) -> Result<Self, StoreError> {
+    pub(super) fn of(commit: Commit, now: DateTime<Utc>) -> Result<Self, StoreError> {
         let change = Change::of(
             &commit.events,
             commit.state.as_ref().map(|d| d.revision),
@@ -45,19 +135,20 @@ impl PreparedCommit {
         )
         .map(|c| to_json(&c).map(|j| (c.last, j)))
         .transpose()?;
+        let events = commit
+            .events
+            .iter()
+            .map(|e| PreparedEvent::of(e))
+            .collect::<Result<_, _>>()?;
         Ok(PreparedCommit {
             id: commit.dialog_id,
             create: commit.create,
             expected_sequence: commit.expected_sequence,
-            state: match &commit.state {
-                Some(d) => to_json(d)?,
-                None => Vec::new(),
+            state: match commit.state {
+                Some(d) => StateWrite::Split(PreparedState::of(d, commit.children_before)?),
+                None => StateWrite::Purge,
             },
-            events: commit
-                .events
-                .iter()
-                .map(|e| PreparedEvent::of(e))
-                .collect::<Result<_, _>>()?,
+            events,
             change,
             publish: commit.publish,
             hold_until_ms: commit.hold_until.map(|t| t.timestamp_millis()),
@@ -70,6 +161,7 @@ impl PreparedCommit {
 /// table directory, so a batch opens each once rather than once per write).
 pub(super) struct LogTables<'t> {
     dialogs: redb::Table<'t, u128, Bytes>,
+    children: redb::Table<'t, Bytes, Bytes>,
     dlog: redb::Table<'t, Bytes, Bytes>,
     dch: redb::Table<'t, Bytes, Bytes>,
     held: redb::Table<'t, Bytes, Bytes>,
@@ -88,6 +180,7 @@ impl<'t> LogTables<'t> {
     pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(LogTables {
             dialogs: txn.open_table(DIALOGS).map_err(unavailable)?,
+            children: txn.open_table(CHILDREN).map_err(unavailable)?,
             dlog: txn.open_table(DLOG).map_err(unavailable)?,
             dch: txn.open_table(DCH).map_err(unavailable)?,
             held: txn.open_table(HELD).map_err(unavailable)?,
@@ -162,20 +255,54 @@ impl<'t> LogTables<'t> {
             .dialogs
             .get(key)
             .map_err(unavailable)?
-            .map(|v| (dialog_sequence(v.value()), v.value().len() > 8));
-        match (c.create, current) {
+            .map(|v| (dialog_sequence(v.value()), dialog_counts(v.value())));
+        let stored = match (c.create, current) {
             (true, Some(_)) => return Err(StoreError::AlreadyExists),
-            (false, None) => return Err(StoreError::Conflict),
-            (false, Some((sequence, live))) if sequence != c.expected_sequence || !live => {
-                return Err(StoreError::Conflict);
+            (false, None) | (false, Some((_, None))) => return Err(StoreError::Conflict),
+            (false, Some((sequence, Some(counts)))) => {
+                if sequence != c.expected_sequence {
+                    return Err(StoreError::Conflict);
+                }
+                counts
             }
-            _ => {}
+            (true, None) => (0, 0),
+        };
+        let whole;
+        let state = match &c.state {
+            StateWrite::Purge => None,
+            StateWrite::Whole(json) => {
+                whole = PreparedState::whole(json)?;
+                Some(&whole)
+            }
+            StateWrite::Split(s) => Some(s),
+        };
+        // The children follow what is stored (the sequence matched, so they do unless the
+        // state was built from something else).
+        if let Some(s) = state
+            && !s.replace
+            && s.base != stored
+        {
+            return Err(StoreError::Conflict);
         }
         // Checked: from here on every failure is a storage failure, which drops the whole batch.
         let new_sequence = c.expected_sequence + c.events.len() as u64;
-        self.dialogs
-            .insert(key, dialog_value(new_sequence, &c.state).as_slice())
-            .map_err(unavailable)?;
+        match state {
+            Some(s) => {
+                s.write_children(c.id, &mut self.children)?;
+                self.dialogs
+                    .insert(key, dialog_value(new_sequence, Some(s.stored())).as_slice())
+                    .map_err(unavailable)?;
+            }
+            None => {
+                let (lo, hi) = children_of(c.id);
+                self.children
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
+                    .map_err(unavailable)?;
+                self.dialogs
+                    .insert(key, dialog_value(new_sequence, None).as_slice())
+                    .map_err(unavailable)?;
+            }
+        }
         for e in &c.events {
             self.dlog
                 .insert(id_key(c.id, e.sequence).as_slice(), e.json.as_slice())

@@ -8,8 +8,9 @@ impl DialogStore for EmbeddedStore {
     async fn load_dialog(&self, id: Uuid) -> Result<Option<Dialog>, StoreError> {
         self.read(|txn| {
             let t = txn.open_table(DIALOGS).map_err(unavailable)?;
+            let children = txn.open_table(CHILDREN).map_err(unavailable)?;
             match t.get(id.as_u128()).map_err(unavailable)? {
-                Some(v) => dialog_state(v.value()),
+                Some(v) => dialog_state(id, v.value(), &children),
                 None => Ok(None),
             }
         })
@@ -17,8 +18,7 @@ impl DialogStore for EmbeddedStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let now = Utc::now();
-        let prepared = PreparedCommit::of(&commit, now)?;
-        drop(commit);
+        let prepared = PreparedCommit::of(commit, now)?;
         self.write_logged(super::wal::Logged::Commit {
             commit: prepared,
             now_ms: now.timestamp_millis(),
@@ -29,6 +29,7 @@ impl DialogStore for EmbeddedStore {
     async fn list_dialogs(&self, query: &DialogQuery) -> Result<Vec<Dialog>, StoreError> {
         self.read(|txn| {
             let t = txn.open_table(DIALOGS).map_err(unavailable)?;
+            let children = txn.open_table(CHILDREN).map_err(unavailable)?;
             let start = match query.after {
                 Some(after) => std::ops::Bound::Excluded(after.as_u128()),
                 None => std::ops::Bound::Unbounded,
@@ -38,8 +39,9 @@ impl DialogStore for EmbeddedStore {
                 .range::<u128>((start, std::ops::Bound::Unbounded))
                 .map_err(unavailable)?
             {
-                let (_, v) = row.map_err(unavailable)?;
-                let Some(d) = dialog_state(v.value())? else {
+                let (k, v) = row.map_err(unavailable)?;
+                let Some(d) = dialog_state(Uuid::from_u128(k.value()), v.value(), &children)?
+                else {
                     continue;
                 };
                 if query.admits(&d) {

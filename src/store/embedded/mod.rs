@@ -5,7 +5,8 @@
 //! with `store.sync = "always"`.
 //!
 //! Tables (composite keys are big-endian bytes, strings length-prefixed, so keys sort as wanted):
-//! `dialogs` id → {sequence, state}; `dlog` (id, seq) → event; `dch` (id, last) → change;
+//! `dialogs` id → {sequence, child counts, state without children}; `children` (id, kind, n) →
+//! activity or transmission; `dlog` (id, seq) → event; `dch` (id, last) → change;
 //! `glog` position → {resource, appended, event}; `by_resource` (resource, position);
 //! `ev_index` (resource, event id) → position; `ext` (resource, source, id) → appended;
 //! `held` (release ms, n) → events; `held_until` id → ms; `meta`, `cursors`; `registry`;
@@ -47,9 +48,11 @@ use crate::domain::{
     PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription, SubscriptionChange,
 };
 
-/// Version of the on-disk format, kept in `meta`. A binary opens its own version and refuses a
-/// newer one; an older one would be migrated here.
-pub const FORMAT_VERSION: u64 = 1;
+/// Version of the on-disk format, kept in `meta`. A binary opens its own version, migrates an
+/// older one at open (`migrate`), and refuses a newer one.
+/// 1: a dialog stored whole. 2: its activities and transmissions in rows of their own, so a
+/// change writes only what it adds.
+pub const FORMAT_VERSION: u64 = 2;
 /// File name of the database inside `data_dir`.
 pub const FILE_NAME: &str = "store.redb";
 /// Events and changes kept per dialog in its own logs (as the other stores).
@@ -59,6 +62,7 @@ const MAX_BATCH: usize = 2048;
 
 type Bytes = &'static [u8];
 const DIALOGS: TableDefinition<u128, Bytes> = TableDefinition::new("dialogs");
+const CHILDREN: TableDefinition<Bytes, Bytes> = TableDefinition::new("children");
 const DLOG: TableDefinition<Bytes, Bytes> = TableDefinition::new("dlog");
 const DCH: TableDefinition<Bytes, Bytes> = TableDefinition::new("dch");
 const GLOG: TableDefinition<u64, Bytes> = TableDefinition::new("glog");
@@ -120,13 +124,19 @@ fn held_key(release_ms: i64, n: u64) -> [u8; 16] {
     k
 }
 
-/// A `dialogs` value: the sequence (8 bytes, big-endian), then the dialog's JSON (nothing once
-/// purged: the id stays taken and its sequence keeps counting). The sequence check of a commit
-/// reads 8 bytes, not the dialog.
-fn dialog_value(sequence: u64, state: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + state.len());
+/// A `dialogs` value: the sequence (8 bytes, big-endian), then (while the dialog lives) how many
+/// activities and transmissions it has (4 bytes each) and its JSON without them; nothing more once
+/// purged: the id stays taken and its sequence keeps counting. The sequence check of a commit reads
+/// 8 bytes, not the dialog.
+fn dialog_value(sequence: u64, live: Option<(u32, u32, &[u8])>) -> Vec<u8> {
+    let Some((activities, transmissions, header)) = live else {
+        return sequence.to_be_bytes().to_vec();
+    };
+    let mut v = Vec::with_capacity(16 + header.len());
     v.extend_from_slice(&sequence.to_be_bytes());
-    v.extend_from_slice(state);
+    v.extend_from_slice(&activities.to_be_bytes());
+    v.extend_from_slice(&transmissions.to_be_bytes());
+    v.extend_from_slice(header);
     v
 }
 
@@ -137,12 +147,82 @@ fn dialog_sequence(value: &[u8]) -> u64 {
     u64::from_be_bytes(n)
 }
 
-fn dialog_state(value: &[u8]) -> Result<Option<Dialog>, StoreError> {
-    let state = value.get(8..).unwrap_or_default();
-    if state.is_empty() {
+/// A live dialog's (activities, transmissions) counts; `None` once purged.
+fn dialog_counts(value: &[u8]) -> Option<(u32, u32)> {
+    let counts = value.get(8..16)?;
+    let (a, t) = counts.split_at(4);
+    Some((
+        u32::from_be_bytes(a.try_into().ok()?),
+        u32::from_be_bytes(t.try_into().ok()?),
+    ))
+}
+
+/// Which list a `children` row belongs to.
+const ACTIVITY: u8 = 0;
+const TRANSMISSION: u8 = 1;
+
+/// (dialog, kind, n) as 21 sortable bytes: a dialog's activities, then its transmissions, in order.
+fn child_key(id: Uuid, kind: u8, n: u32) -> [u8; 21] {
+    let mut k = [0u8; 21];
+    k[..16].copy_from_slice(id.as_bytes());
+    k[16] = kind;
+    k[17..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The key range of all of a dialog's children.
+fn children_of(id: Uuid) -> ([u8; 21], [u8; 21]) {
+    (child_key(id, 0, 0), child_key(id, u8::MAX, u32::MAX))
+}
+
+/// The dialog stored under `value`, with its children read from `children`.
+fn dialog_state(
+    id: Uuid,
+    value: &[u8],
+    children: &impl ReadableTable<Bytes, Bytes>,
+) -> Result<Option<Dialog>, StoreError> {
+    let header = value.get(16..).unwrap_or_default();
+    if header.is_empty() {
         return Ok(None);
     }
-    from_json(state).map(Some)
+    let mut dialog: Dialog = from_json(header)?;
+    let (lo, hi) = children_of(id);
+    for row in children
+        .range(lo.as_slice()..=hi.as_slice())
+        .map_err(unavailable)?
+    {
+        let (k, v) = row.map_err(unavailable)?;
+        match k.value().get(16) {
+            Some(&ACTIVITY) => dialog.activities.push(from_json(v.value())?),
+            Some(&TRANSMISSION) => dialog.transmissions.push(from_json(v.value())?),
+            _ => return Err(unavailable("a dialog child of unknown kind")),
+        }
+    }
+    Ok(Some(dialog))
+}
+
+/// Format 1 → 2: every live dialog's activities and transmissions move to rows of their own.
+fn migrate_whole_dialogs(txn: &WriteTransaction) -> anyhow::Result<u64> {
+    let mut dialogs = txn.open_table(DIALOGS)?;
+    let mut children = txn.open_table(CHILDREN)?;
+    let mut whole = Vec::new();
+    for row in dialogs.iter()? {
+        let (k, v) = row?;
+        let v = v.value();
+        if v.len() > 8 {
+            whole.push((k.value(), dialog_sequence(v), v[8..].to_vec()));
+        }
+    }
+    for (key, sequence, json) in &whole {
+        let split = PreparedState::whole(json)?;
+        let id = Uuid::from_u128(*key);
+        split.write_children(id, &mut children)?;
+        dialogs.insert(
+            *key,
+            dialog_value(*sequence, Some(split.stored())).as_slice(),
+        )?;
+    }
+    Ok(whole.len() as u64)
 }
 
 /// A `glog` entry: when it was appended (ms, 8 bytes), its resource (length-prefixed), then the
@@ -236,6 +316,7 @@ impl EmbeddedStore {
             }
             // Create every table, so readers never meet a missing one.
             txn.open_table(DIALOGS)?;
+            txn.open_table(CHILDREN)?;
             txn.open_table(DLOG)?;
             txn.open_table(DCH)?;
             txn.open_table(GLOG)?;
@@ -287,6 +368,19 @@ impl EmbeddedStore {
                 "the store {} has format version {version}, newer than this binary's {FORMAT_VERSION}: \
                  run a newer dialog-events, or restore a backup made by this version",
                 path.display()
+            );
+        }
+        // Before the commit log's tail is applied: its records (of either format) write the
+        // current layout.
+        if version < 2 {
+            let dialogs = migrate_whole_dialogs(&txn)
+                .with_context(|| format!("failed to migrate the store {}", path.display()))?;
+            txn.open_table(META)?.insert("version", FORMAT_VERSION)?;
+            tracing::info!(
+                dialogs,
+                from = version,
+                to = FORMAT_VERSION,
+                "migrated the store's format"
             );
         }
         txn.commit()?;
@@ -424,6 +518,235 @@ fn id_range<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{ActivityInput, DialogInput};
+    use crate::store::DialogStore;
+
+    fn dialog() -> Dialog {
+        let input: DialogInput = serde_json::from_value(serde_json::json!({
+            "serviceResource": "urn:altinn:resource:test",
+            "party": "urn:altinn:person:identifier-no:08895699684",
+            "status": "InProgress",
+            "content": {"title": [{"value": "Hei", "languageCode": "nb"}]},
+            "activities": [{"type": "Information"}, {"type": "FormSubmitted"}],
+            "transmissions": [{"type": "Information", "sender": {"actorType": "ServiceOwner"},
+                "content": {"title": [{"value": "T", "languageCode": "nb"}]}}]
+        }))
+        .expect("valid input");
+        Dialog::create(input, Utc::now()).expect("create").0
+    }
+
+    fn with_activity(d: &Dialog) -> Dialog {
+        let input: ActivityInput =
+            serde_json::from_value(serde_json::json!({"type": "Information"})).expect("input");
+        d.add_activity(input, Utc::now(), false).expect("add").0
+    }
+
+    fn commit(state: Option<Dialog>, before: Option<&Dialog>) -> Commit {
+        let id = state.as_ref().or(before).expect("a dialog").id;
+        Commit {
+            dialog_id: id,
+            expected_sequence: before.map_or(0, |d| d.sequence),
+            create: before.is_none(),
+            children_before: before.map_or((0, 0), |d| (d.activities.len(), d.transmissions.len())),
+            state,
+            events: Vec::new(),
+            publish: false,
+            hold_until: None,
+        }
+    }
+
+    fn open(dir: &Path) -> EmbeddedStore {
+        EmbeddedStore::open(dir, SyncMode::Always, Duration::from_secs(1), &[], &[])
+            .expect("open the store")
+    }
+
+    /// The database file itself, once the dropped store's writer thread has let it go.
+    fn raw(dir: &Path) -> Database {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Database::create(dir.join(FILE_NAME)) {
+                Ok(db) => return db,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "the store stays open: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn child_rows(db: &Database, id: Uuid) -> usize {
+        let txn = db.begin_read().expect("read");
+        let t = txn.open_table(CHILDREN).expect("children");
+        let (lo, hi) = children_of(id);
+        t.range(lo.as_slice()..=hi.as_slice())
+            .expect("range")
+            .count()
+    }
+
+    #[test]
+    fn a_change_prepares_only_the_children_it_adds() {
+        let d0 = dialog();
+        let d1 = with_activity(&d0);
+        let Ok(PreparedCommit {
+            state: StateWrite::Split(s),
+            ..
+        }) = PreparedCommit::of(commit(Some(d1.clone()), Some(&d0)), Utc::now())
+        else {
+            panic!("a split state");
+        };
+        assert_eq!(
+            (s.base, s.activities.len(), s.transmissions.len()),
+            ((2, 1), 1, 0)
+        );
+        assert!(!s.replace);
+        assert_eq!(s.stored().0, 3);
+        let header: serde_json::Value = serde_json::from_slice(&s.header).expect("json");
+        assert_eq!(header["activities"], serde_json::json!([]));
+        assert_eq!(header["id"], serde_json::json!(d1.id));
+
+        // A list that shrank was not appended to: it is written whole.
+        let mut fewer = d1.clone();
+        fewer.activities.truncate(1);
+        let s = PreparedState::of(fewer, (3, 1)).expect("prepare");
+        assert!(s.replace);
+        assert_eq!(
+            (s.base, s.activities.len(), s.transmissions.len()),
+            ((0, 0), 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dialog_reads_back_whole_after_changes_a_purge_and_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d0 = dialog();
+        let (d1, d2) = {
+            let d1 = with_activity(&d0);
+            (d1.clone(), with_activity(&d1))
+        };
+        let other = dialog();
+        let store = open(dir.path());
+        store
+            .commit(commit(Some(d0.clone()), None))
+            .await
+            .expect("create");
+        store
+            .commit(commit(Some(other.clone()), None))
+            .await
+            .expect("create");
+        store
+            .commit(commit(Some(d1.clone()), Some(&d0)))
+            .await
+            .expect("add");
+        store
+            .commit(commit(Some(d2.clone()), Some(&d1)))
+            .await
+            .expect("add");
+        assert_eq!(
+            store.load_dialog(d0.id).await.expect("load"),
+            Some(d2.clone())
+        );
+        // Children counted from another state than the stored one are refused.
+        assert!(matches!(
+            store.commit(commit(Some(d2.clone()), Some(&d0))).await,
+            Err(StoreError::Conflict)
+        ));
+        let listed = store
+            .list_dialogs(&DialogQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 2);
+        assert!(listed.contains(&d2) && listed.contains(&other));
+        store
+            .commit(commit(None, Some(&other)))
+            .await
+            .expect("purge");
+        assert_eq!(store.load_dialog(other.id).await.expect("load"), None);
+        drop(store);
+
+        let db = raw(dir.path());
+        assert_eq!(child_rows(&db, d0.id), 5, "4 activities and 1 transmission");
+        assert_eq!(child_rows(&db, other.id), 0, "a purge removes the children");
+        drop(db);
+        let store = open(dir.path());
+        assert_eq!(store.load_dialog(d0.id).await.expect("load"), Some(d2));
+    }
+
+    #[tokio::test]
+    async fn a_format_1_store_is_migrated_at_open_and_its_commit_log_tail_applied() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d0 = dialog();
+        let d1 = with_activity(&d0);
+        let store = open(dir.path());
+        store
+            .commit(commit(Some(d0.clone()), None))
+            .await
+            .expect("create");
+        drop(store);
+
+        // Rewrite it as format 1 wrote it: each dialog whole in its value, no children rows.
+        let db = raw(dir.path());
+        let (instance, wal_batch) = {
+            let txn = db.begin_write().expect("write");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert("version", 1).expect("version");
+                let mut dialogs = txn.open_table(DIALOGS).expect("dialogs");
+                let mut v1 = d0.sequence.to_be_bytes().to_vec();
+                v1.extend_from_slice(&serde_json::to_vec(&d0).expect("json"));
+                dialogs
+                    .insert(d0.id.as_u128(), v1.as_slice())
+                    .expect("insert");
+                let mut children = txn.open_table(CHILDREN).expect("children");
+                let (lo, hi) = children_of(d0.id);
+                children
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
+                    .expect("clear");
+            }
+            let meta = txn.open_table(META).expect("meta");
+            let get = |k| meta.get(k).expect("get").map_or(0, |v| v.value());
+            let saved = (get("instance"), get("wal_batch"));
+            drop(meta);
+            txn.commit().expect("commit");
+            saved
+        };
+        drop(db);
+        // And a crash left a format 1 record (the whole next state) in the commit log.
+        let (mut wal, _) = wal::Wal::open(&dir.path().join(WAL_FILE_NAME), instance).expect("log");
+        wal.reset();
+        let record = wal::Logged::Commit {
+            commit: PreparedCommit {
+                id: d0.id,
+                create: false,
+                expected_sequence: d0.sequence,
+                state: StateWrite::Whole(serde_json::to_vec(&d1).expect("json")),
+                events: Vec::new(),
+                change: None,
+                publish: false,
+                hold_until_ms: None,
+            },
+            now_ms: Utc::now().timestamp_millis(),
+        };
+        wal.append(wal_batch + 1, &[&record]).expect("append");
+        drop(wal);
+
+        let store = open(dir.path());
+        assert_eq!(
+            store.load_dialog(d0.id).await.expect("load"),
+            Some(d1.clone())
+        );
+        drop(store);
+        let db = raw(dir.path());
+        assert_eq!(child_rows(&db, d0.id), 4);
+        let txn = db.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        assert_eq!(
+            meta.get("version").expect("get").map(|v| v.value()),
+            Some(FORMAT_VERSION)
+        );
+    }
 
     #[test]
     fn composite_keys_sort_by_their_parts_and_never_collide() {

@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::commit::{LogTables, PreparedCommit, PreparedEvent};
+use super::commit::{LogTables, PreparedCommit, PreparedEvent, PreparedState, StateWrite};
 use super::*;
 
 /// File name of the commit log inside `data_dir`.
@@ -200,7 +200,12 @@ fn encode(buf: &mut Vec<u8>, logged: &Logged) {
             return;
         }
     };
-    buf.push(0);
+    // 0: a commit with its state whole (or purged), as format 1 wrote it; 2: with its state split.
+    buf.push(if matches!(p.state, StateWrite::Split(_)) {
+        2
+    } else {
+        0
+    });
     buf.extend_from_slice(&now_ms.to_le_bytes());
     buf.extend_from_slice(p.id.as_bytes());
     let flags = u8::from(p.create)
@@ -209,7 +214,22 @@ fn encode(buf: &mut Vec<u8>, logged: &Logged) {
         | (u8::from(p.hold_until_ms.is_some()) << 3);
     buf.push(flags);
     buf.extend_from_slice(&p.expected_sequence.to_le_bytes());
-    put_bytes(buf, &p.state);
+    match &p.state {
+        StateWrite::Purge => put_bytes(buf, &[]),
+        StateWrite::Whole(json) => put_bytes(buf, json),
+        StateWrite::Split(s) => {
+            put_bytes(buf, &s.header);
+            buf.extend_from_slice(&s.base.0.to_le_bytes());
+            buf.extend_from_slice(&s.base.1.to_le_bytes());
+            buf.push(u8::from(s.replace));
+            for rows in [&s.activities, &s.transmissions] {
+                buf.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+                for json in rows {
+                    put_bytes(buf, json);
+                }
+            }
+        }
+    }
     buf.extend_from_slice(&(p.events.len() as u32).to_le_bytes());
     for e in &p.events {
         buf.extend_from_slice(&e.sequence.to_le_bytes());
@@ -236,6 +256,10 @@ fn take_u64(rest: &mut &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(take(rest, 8)?.try_into().ok()?))
 }
 
+fn take_u32(rest: &mut &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(take(rest, 4)?.try_into().ok()?))
+}
+
 fn take_bytes(rest: &mut &[u8]) -> Option<Vec<u8>> {
     let len = u32::from_le_bytes(take(rest, 4)?.try_into().ok()?) as usize;
     Some(take(rest, len)?.to_vec())
@@ -246,8 +270,9 @@ fn take_string(rest: &mut &[u8]) -> Option<String> {
 }
 
 fn decode(rest: &mut &[u8]) -> Option<Logged> {
-    match take(rest, 1)?[0] {
-        0 => {}
+    let split = match take(rest, 1)?[0] {
+        0 => false,
+        2 => true,
         1 => {
             return Some(Logged::Cursor {
                 name: take_string(rest)?,
@@ -255,13 +280,36 @@ fn decode(rest: &mut &[u8]) -> Option<Logged> {
             });
         }
         _ => return None,
-    }
+    };
     let now_ms = take_u64(rest)? as i64;
     let id = Uuid::from_slice(take(rest, 16)?).ok()?;
     let flags = take(rest, 1)?[0];
     let expected_sequence = take_u64(rest)?;
-    let state = take_bytes(rest)?;
-    let count = u32::from_le_bytes(take(rest, 4)?.try_into().ok()?);
+    let state = if split {
+        let header = take_bytes(rest)?;
+        let base = (take_u32(rest)?, take_u32(rest)?);
+        let replace = take(rest, 1)?[0] != 0;
+        let mut lists = [Vec::new(), Vec::new()];
+        for rows in &mut lists {
+            for _ in 0..take_u32(rest)? {
+                rows.push(take_bytes(rest)?);
+            }
+        }
+        let [activities, transmissions] = lists;
+        StateWrite::Split(PreparedState {
+            header,
+            base,
+            activities,
+            transmissions,
+            replace,
+        })
+    } else {
+        match take_bytes(rest)? {
+            json if json.is_empty() => StateWrite::Purge,
+            json => StateWrite::Whole(json),
+        }
+    };
+    let count = take_u32(rest)?;
     let mut events = Vec::new();
     for _ in 0..count {
         events.push(PreparedEvent {
@@ -306,7 +354,18 @@ mod tests {
                 id: Uuid::now_v7(),
                 create: n == 0,
                 expected_sequence: n,
-                state: format!("{{\"n\":{n}}}").into_bytes(),
+                // Both layouts: a whole dialog (format 1's records) and a split one.
+                state: if n.is_multiple_of(2) {
+                    StateWrite::Whole(format!("{{\"n\":{n}}}").into_bytes())
+                } else {
+                    StateWrite::Split(PreparedState {
+                        header: format!("{{\"n\":{n}}}").into_bytes(),
+                        base: (n as u32, 1),
+                        activities: vec![b"{\"a\":1}".to_vec(), b"{\"a\":2}".to_vec()],
+                        transmissions: vec![],
+                        replace: false,
+                    })
+                },
                 events: vec![PreparedEvent {
                     sequence: n + 1,
                     id: format!("e{n}"),
@@ -357,6 +416,19 @@ mod tests {
         assert_eq!(read.hold_until_ms, Some(1_700_000_000_000));
         assert_eq!(now_ms, at);
         assert_eq!(read.events[0].id, "e1");
+        let StateWrite::Split(split) = &read.state else {
+            panic!("the second write's state is split");
+        };
+        assert_eq!(split.header, b"{\"n\":1}");
+        assert_eq!(split.base, (1, 1));
+        assert_eq!(
+            split.activities,
+            [b"{\"a\":1}".to_vec(), b"{\"a\":2}".to_vec()]
+        );
+        assert!(split.transmissions.is_empty() && !split.replace);
+        assert!(
+            matches!(&first[0], Logged::Commit { commit, .. } if matches!(&commit.state, StateWrite::Whole(j) if j == b"{\"n\":0}"))
+        );
         assert!(matches!(&first[2], Logged::Cursor { name, position: 42 } if name == "dispatcher"));
         let (Logged::Commit { commit: read, .. }, Logged::Commit { commit: wrote, .. }) =
             (&batches[1].1[0], &c)
