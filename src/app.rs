@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Arbiter};
+use actix::Arbiter;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web};
 use anyhow::Context;
@@ -186,18 +186,23 @@ impl App {
                 metrics.clone(),
                 node_id.clone(),
             );
-            crate::webhooks::Dispatcher::start_in_arbiter(&dispatcher_arbiter.handle(), move |_| {
-                crate::webhooks::Dispatcher::new(store, hooks, base, m, node)
-            })
+            crate::webhooks::dispatcher::DispatchWaker::start(
+                &dispatcher_arbiter.handle(),
+                move || crate::webhooks::Dispatcher::new(store, hooks, base, m, node),
+            )
         };
+        let (dispatcher, wake) = dispatcher;
         let mut tasks = Vec::new();
         let router = registry.clone();
-        let wake = dispatcher.clone();
         tasks.push(actix_web::rt::spawn(async move {
             while let Some(event) = envelopes.recv().await {
                 router.on_bus(event);
+                // Whatever else has arrived meanwhile, before one wake-up for all of it.
+                while let Ok(event) = envelopes.try_recv() {
+                    router.on_bus(event);
+                }
                 // A committed change may hold events for webhooks: look now, not at the next poll.
-                wake.do_send(crate::webhooks::dispatcher::Wake);
+                wake.wake();
             }
         }));
         tasks.push(actix_web::rt::spawn(maintain_log(

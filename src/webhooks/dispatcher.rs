@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -121,6 +122,8 @@ pub struct Dispatcher {
     polling: bool,
     /// A wake-up came while a poll was running: poll again when it ends.
     woken: bool,
+    /// Set by a `DispatchWaker` that sent a `Wake` not handled yet (see there).
+    wake_pending: Arc<AtomicBool>,
     /// Deliveries a previous dispatcher left unfinished (subscription, position), loaded when this
     /// node took over: log events already among them are not queued twice.
     inherited: std::collections::HashSet<(Uuid, LogPosition)>,
@@ -153,6 +156,7 @@ impl Dispatcher {
             cursor: 0,
             polling: false,
             woken: false,
+            wake_pending: Arc::default(),
             subs: HashMap::new(),
             inherited: Default::default(),
             lanes: HashMap::new(),
@@ -831,10 +835,46 @@ impl Actor for Dispatcher {
 #[rtype(result = "()")]
 pub struct Wake;
 
+/// Wakes the dispatcher for new events with at most one `Wake` waiting, however many commits
+/// ask: each poll reads everything new, so one wake-up per poll is enough (at thousands of
+/// commits a second, a message per commit kept its thread busy handling them).
+#[derive(Clone)]
+pub struct DispatchWaker {
+    to: Recipient<Wake>,
+    /// Cleared by the receiver when it handles the `Wake`, before it reads.
+    pending: Arc<AtomicBool>,
+}
+
+impl DispatchWaker {
+    /// Starts `make()`'s dispatcher on `arbiter`, with its waker.
+    pub fn start(
+        arbiter: &actix::ArbiterHandle,
+        make: impl FnOnce() -> Dispatcher + Send + 'static,
+    ) -> (Addr<Dispatcher>, DispatchWaker) {
+        let pending = Arc::new(AtomicBool::new(false));
+        let flag = pending.clone();
+        let addr = Dispatcher::start_in_arbiter(arbiter, move |_| Dispatcher {
+            wake_pending: flag,
+            ..make()
+        });
+        let to = addr.clone().recipient();
+        (addr, DispatchWaker { to, pending })
+    }
+
+    /// Call after a commit is visible in the store.
+    pub fn wake(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            self.to.do_send(Wake);
+        }
+    }
+}
+
 impl Handler<Wake> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        // Cleared before the poll reads: a commit that finds it still set is read by that poll.
+        self.wake_pending.store(false, Ordering::SeqCst);
         // A node standing by learns of its turn from its periodic poll; waking it would only
         // ask for the lease again and again.
         if !self.leader {
@@ -919,5 +959,55 @@ impl Handler<Redeliver> for Dispatcher {
             }
         });
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts wake-ups and clears the flag as the dispatcher does.
+    struct Counter {
+        pending: Arc<AtomicBool>,
+        woken: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Actor for Counter {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Wake> for Counter {
+        type Result = ();
+
+        fn handle(&mut self, _: Wake, _: &mut Self::Context) {
+            self.pending.store(false, Ordering::SeqCst);
+            self.woken.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[actix_web::test]
+    async fn many_commits_before_a_poll_send_one_wake_and_a_later_one_sends_another() {
+        let pending = Arc::new(AtomicBool::new(false));
+        let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Counter {
+            pending: pending.clone(),
+            woken: woken.clone(),
+        }
+        .start();
+        let waker = DispatchWaker {
+            to: counter.recipient(),
+            pending,
+        };
+        // Nothing runs the actor between these calls: one message waits for all of them.
+        for _ in 0..1000 {
+            waker.wake();
+        }
+        let settle = || actix_web::rt::time::sleep(Duration::from_millis(50));
+        settle().await;
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        // Handled: the next commit wakes it again.
+        waker.wake();
+        settle().await;
+        assert_eq!(woken.load(Ordering::SeqCst), 2);
     }
 }
