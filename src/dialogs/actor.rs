@@ -42,7 +42,7 @@ pub struct DialogActor {
     registry: Weak<DialogRegistry>,
     /// The dialog as last committed or loaded; `None` inside means absent (or purged).
     /// The outer `None` means not loaded (or unknown after a store failure): load before use.
-    cached: Option<Option<Dialog>>,
+    cached: Option<Option<Arc<Dialog>>>,
     /// Highest `dialogsequence` this node has delivered to local subscribers.
     delivered: u64,
     last_used: Instant,
@@ -365,7 +365,7 @@ impl Handler<Detach> for DialogActor {
 enum Plan {
     Read(Outcome),
     Write {
-        next: Option<Dialog>,
+        next: Option<Box<Dialog>>,
         drafts: Drafts,
         child_id: Option<Uuid>,
         create: bool,
@@ -374,7 +374,7 @@ enum Plan {
 }
 
 type Executed = (
-    Option<Option<Dialog>>,
+    Option<Option<Arc<Dialog>>>,
     Result<Outcome, CommandError>,
     Option<Arc<Change>>,
 );
@@ -382,13 +382,13 @@ type Executed = (
 async fn execute(
     deps: &DialogDeps,
     id: Uuid,
-    cached: Option<Option<Dialog>>,
+    cached: Option<Option<Arc<Dialog>>>,
     msg: DialogCommand,
 ) -> Executed {
     let mut current = match cached {
         Some(c) => c,
         None => match deps.store.load_dialog(id).await {
-            Ok(d) => d,
+            Ok(d) => d.map(Arc::new),
             Err(e) => return (None, Err(unavailable(e)), None),
         },
     };
@@ -414,7 +414,9 @@ async fn execute(
         if let Some(n) = next.as_mut() {
             n.sequence = last;
         }
-        let Some(describe) = next.as_ref().or(current.as_ref()) else {
+        // Shared from here on by the store's commit, the answer and the cache.
+        let next: Option<Arc<Dialog>> = next.map(|d| Arc::new(*d));
+        let Some(describe) = next.as_deref().or(current.as_deref()) else {
             return (Some(current), Err(CommandError::NotFound), None);
         };
         let events: Vec<_> = drafts
@@ -466,7 +468,7 @@ async fn execute(
                 let pause = rand::random::<u64>() % 3_000;
                 tokio::time::sleep(Duration::from_micros(pause)).await;
                 match deps.store.load_dialog(id).await {
-                    Ok(d) => current = d,
+                    Ok(d) => current = d.map(Arc::new),
                     Err(e) => return (None, Err(unavailable(e)), None),
                 }
             }
@@ -498,7 +500,7 @@ fn check_revision(d: &Dialog, if_match: Option<Uuid>) -> Result<(), CommandError
 
 /// Authorizes `msg` against the loaded dialog and computes the change, without side effects.
 fn plan(
-    current: Option<&Dialog>,
+    current: Option<&Arc<Dialog>>,
     msg: &DialogCommand,
     id: Uuid,
     now: chrono::DateTime<Utc>,
@@ -511,7 +513,7 @@ fn plan(
         input.id = Some(id);
         let (dialog, drafts) = Dialog::create(input, now)?;
         return Ok(Plan::Write {
-            next: Some(dialog),
+            next: Some(Box::new(dialog)),
             drafts,
             child_id: None,
             create: true,
@@ -542,7 +544,7 @@ fn plan(
         }
     }
     let write = |next: Dialog, drafts: Drafts, child_id: Option<Uuid>, silent: bool| Plan::Write {
-        next: Some(next),
+        next: Some(Box::new(next)),
         drafts,
         child_id,
         create: false,

@@ -76,8 +76,8 @@ impl actix::Message for DialogCommand {
 
 #[derive(Clone, Debug)]
 pub struct Outcome {
-    /// The dialog after the command (`None` after a purge).
-    pub dialog: Option<Dialog>,
+    /// The dialog after the command (`None` after a purge), shared with the actor's cache.
+    pub dialog: Option<Arc<Dialog>>,
     /// Id of the activity or transmission the command added.
     pub child_id: Option<Uuid>,
 }

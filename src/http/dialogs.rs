@@ -279,7 +279,7 @@ async fn replace(
             },
         )
         .await?;
-    no_content(outcome.dialog.as_ref())
+    no_content(outcome.dialog.as_deref())
 }
 
 #[utoipa::path(post, path = "/api/v1/serviceowner/dialogs/{id}/activities", tag = "dialogs",
@@ -420,7 +420,7 @@ async fn delete(
         .registry
         .send(id, access, Command::Delete { if_match, silent })
         .await?;
-    no_content(outcome.dialog.as_ref())
+    no_content(outcome.dialog.as_deref())
 }
 
 #[utoipa::path(post, path = "/api/v1/serviceowner/dialogs/{id}/actions/restore", tag = "dialogs",
@@ -448,7 +448,7 @@ async fn restore(
         .registry
         .send(id, access, Command::Restore { silent })
         .await?;
-    no_content(outcome.dialog.as_ref())
+    no_content(outcome.dialog.as_deref())
 }
 
 #[utoipa::path(post, path = "/api/v1/serviceowner/dialogs/{id}/actions/purge", tag = "dialogs",

@@ -42,7 +42,7 @@ pub struct Commit {
     pub expected_sequence: u64,
     pub create: bool,
     /// The state after the change; `None` purges the dialog (its id stays taken).
-    pub state: Option<Dialog>,
+    pub state: Option<Arc<Dialog>>,
     /// How many activities and transmissions the state the change was computed from holds
     /// ((0, 0) for a create). Both lists are append-only, so a store may write only what follows.
     pub children_before: (usize, usize),

@@ -36,14 +36,13 @@ pub(super) struct PreparedState {
 
 impl PreparedState {
     /// `dialog` after a change made from a state with `before` (activities, transmissions).
-    pub(super) fn of(mut dialog: Dialog, before: (usize, usize)) -> Result<Self, StoreError> {
-        let activities = std::mem::take(&mut dialog.activities);
-        let transmissions = std::mem::take(&mut dialog.transmissions);
+    pub(super) fn of(dialog: &Dialog, before: (usize, usize)) -> Result<Self, StoreError> {
+        let (activities, transmissions) = (&dialog.activities, &dialog.transmissions);
         // Lists that shrank were not appended to: write them whole.
         let replace = activities.len() < before.0 || transmissions.len() < before.1;
         let (a, t) = if replace { (0, 0) } else { before };
         Ok(PreparedState {
-            header: to_json(&dialog)?,
+            header: to_json(&dialog.without_children())?,
             base: (a as u32, t as u32),
             activities: activities[a..]
                 .iter()
@@ -60,7 +59,7 @@ impl PreparedState {
     /// A whole dialog's JSON (format 1, and its commit log records), split to replace what is
     /// stored.
     pub(super) fn whole(json: &[u8]) -> Result<Self, StoreError> {
-        let mut state = Self::of(from_json(json)?, (0, 0))?;
+        let mut state = Self::of(&from_json(json)?, (0, 0))?;
         state.replace = true;
         Ok(state)
     }
@@ -144,7 +143,7 @@ impl PreparedCommit {
             id: commit.dialog_id,
             create: commit.create,
             expected_sequence: commit.expected_sequence,
-            state: match commit.state {
+            state: match &commit.state {
                 Some(d) => StateWrite::Split(PreparedState::of(d, commit.children_before)?),
                 None => StateWrite::Purge,
             },

@@ -548,7 +548,7 @@ mod tests {
             expected_sequence: before.map_or(0, |d| d.sequence),
             create: before.is_none(),
             children_before: before.map_or((0, 0), |d| (d.activities.len(), d.transmissions.len())),
-            state,
+            state: state.map(Arc::new),
             events: Vec::new(),
             publish: false,
             hold_until: None,
@@ -607,7 +607,7 @@ mod tests {
         // A list that shrank was not appended to: it is written whole.
         let mut fewer = d1.clone();
         fewer.activities.truncate(1);
-        let s = PreparedState::of(fewer, (3, 1)).expect("prepare");
+        let s = PreparedState::of(&fewer, (3, 1)).expect("prepare");
         assert!(s.replace);
         assert_eq!(
             (s.base, s.activities.len(), s.transmissions.len()),

@@ -6,7 +6,11 @@ use crate::store::DialogStore;
 #[async_trait]
 impl DialogStore for MemoryStore {
     async fn load_dialog(&self, id: Uuid) -> Result<Option<Dialog>, StoreError> {
-        Ok(self.lock().dialogs.get(&id).and_then(|s| s.dialog.clone()))
+        Ok(self
+            .lock()
+            .dialogs
+            .get(&id)
+            .and_then(|s| s.dialog.as_deref().cloned()))
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
@@ -94,7 +98,7 @@ impl DialogStore for MemoryStore {
         Ok(inner
             .dialogs
             .range((start, std::ops::Bound::Unbounded))
-            .filter_map(|(_, s)| s.dialog.as_ref())
+            .filter_map(|(_, s)| s.dialog.as_deref())
             .filter(|d| query.admits(d))
             .take(query.limit)
             .cloned()

@@ -29,7 +29,7 @@ const DIALOG_LOG_KEEP: usize = 1000;
 
 struct Slot {
     /// `None` once purged: the id stays taken and its sequence keeps counting.
-    dialog: Option<Dialog>,
+    dialog: Option<Arc<Dialog>>,
     sequence: u64,
     log: std::collections::VecDeque<Arc<CloudEvent>>,
     changes: std::collections::VecDeque<Arc<Change>>,
