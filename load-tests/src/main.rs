@@ -75,6 +75,11 @@ enum Scenario {
         /// Subscribe on this node instead (cross-node through Redis).
         #[arg(long)]
         subscribe_target: Option<String>,
+        /// Also open this many subscribers, and drop all of them at once half-way through the
+        /// run (their TCP connections closed): the latency of the others is reported for the
+        /// second after it as well.
+        #[arg(long, default_value_t = 0)]
+        disconnect: usize,
     },
     /// Webhooks: K subscriptions to a built-in loopback receiver, E published events; deliveries/s,
     /// publish → delivery latency, and retries when the receiver fails a share of requests.
@@ -546,15 +551,77 @@ async fn writes(
     Ok(())
 }
 
-async fn fanout(
-    cli: &Cli,
-    t: &Tokens,
+/// Subscribers held open on a thread (and runtime) of their own until `drop_all`.
+struct Leaving {
+    go: std::sync::mpsc::Sender<()>,
+}
+
+impl Leaving {
+    fn open(
+        count: usize,
+        target: &str,
+        ids: &[String],
+        tokens: &[String],
+    ) -> anyhow::Result<Leaving> {
+        let (target, ids, tokens) = (target.to_owned(), ids.to_vec(), tokens.to_vec());
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let c = client();
+                let mut sockets = Vec::with_capacity(count);
+                for batch in (0..count).collect::<Vec<_>>().chunks(100) {
+                    let opened = futures::future::join_all(batch.iter().map(|i| {
+                        let d = i % ids.len();
+                        subscribe(&c, &target, &ids[d], &tokens[d])
+                    }))
+                    .await;
+                    for s in opened {
+                        match s {
+                            Ok(s) => sockets.push(s),
+                            Err(e) => {
+                                let _ = opened_tx.send(Err(e));
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = opened_tx.send(Ok(()));
+                // Nothing here needs polling meanwhile: the sockets are never read.
+                let _ = go_rx.recv();
+                drop(sockets);
+            });
+        });
+        opened_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the leaving subscribers' thread ended"))??;
+        Ok(Leaving { go })
+    }
+
+    fn drop_all(self) {
+        let _ = self.go.send(());
+    }
+}
+
+/// The `fanout` scenario's shape.
+struct FanoutLoad {
     subscribers: usize,
     dialogs: usize,
     rate: u64,
     seconds: u64,
     sub_target: Option<String>,
-) -> anyhow::Result<()> {
+    disconnect: usize,
+}
+
+async fn fanout(cli: &Cli, t: &Tokens, load: FanoutLoad) -> anyhow::Result<()> {
+    let FanoutLoad {
+        subscribers,
+        dialogs,
+        rate,
+        seconds,
+        sub_target,
+        disconnect,
+    } = load;
     let c = client();
     let ids = setup(&c, &cli.target, t, dialogs).await?;
     let sub_target = sub_target.unwrap_or_else(|| cli.target.clone());
@@ -575,6 +642,12 @@ async fn fanout(
             sockets.push((i % ids.len(), s?));
         }
     }
+    // The subscribers that leave together half-way through, held by a thread of their own (as
+    // clients elsewhere would be): dropping thousands of sockets takes this thread a while, which
+    // must not delay the readers measured here.
+    let leaving = (disconnect > 0)
+        .then(|| Leaving::open(disconnect, &sub_target, &ids, &dialog_tokens))
+        .transpose()?;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let total = (rate * seconds) as usize;
@@ -648,7 +721,18 @@ async fn fanout(
             while inflight.next().await.is_some() {}
         }
     };
-    let (results, ()) = futures::future::join(futures::future::join_all(readers), writer).await;
+    // Half-way through, every leaving subscriber's socket is dropped at once (its reads were
+    // never polled: what it was sent stays unread, as with a client that vanished).
+    let leaving_count = if leaving.is_some() { disconnect } else { 0 };
+    let leaver = async move {
+        let leaving = leaving?;
+        tokio::time::sleep(Duration::from_secs_f64(seconds as f64 / 2.0)).await;
+        let at = chrono::Utc::now();
+        leaving.drop_all();
+        Some(at)
+    };
+    let (results, (), left_at) =
+        futures::future::join3(futures::future::join_all(readers), writer, leaver).await;
     let secs = started.elapsed().as_secs_f64();
     // Commit times from the poll API (server wall clock, same machine), on a fresh client: the
     // run's pool may hold connections the node closed meanwhile. A page is asked again on a
@@ -693,6 +777,8 @@ async fn fanout(
             .to_owned();
     }
     let (mut lat, mut frames, mut lost, mut out_of_order) = (Vec::new(), 0usize, 0usize, 0usize);
+    // Changes committed in the second after the mass disconnect.
+    let mut lat_after_disconnect = Vec::new();
     let mut samples = Vec::new();
     for (d, got) in &results {
         frames += got.len();
@@ -702,6 +788,12 @@ async fn fanout(
             if let Some(c) = commit.get(&(ids[*d].clone(), *seq)) {
                 let ms = ((*at - *c).num_microseconds().unwrap_or(0).max(0)) as f64 / 1000.0;
                 lat.push(ms);
+                if let Some(left) = left_at
+                    && *c >= left
+                    && *c < left + chrono::Duration::seconds(1)
+                {
+                    lat_after_disconnect.push(ms);
+                }
                 samples.push((
                     ((*at - wall0).num_microseconds().unwrap_or(0)) as f64 / 1e6,
                     ms,
@@ -715,6 +807,8 @@ async fn fanout(
         "lost": lost,
         "out_of_order": out_of_order,
         "latency_commit_to_receive": percentiles(lat),
+        "disconnected": leaving_count,
+        "latency_in_the_second_after_the_disconnect": percentiles(lat_after_disconnect),
         "connect_seconds": connect_secs,
         "seconds": secs,
         "client_cpu_seconds": cpu_seconds("self").zip(self_cpu0).map(|(a, b)| a - b),
@@ -727,7 +821,7 @@ async fn fanout(
     };
     save(
         scenario,
-        json!({"target": cli.target, "subscribe_target": sub_target, "subscribers": subscribers, "dialogs": dialogs, "rate": rate, "seconds": seconds}),
+        json!({"target": cli.target, "subscribe_target": sub_target, "subscribers": subscribers, "dialogs": dialogs, "rate": rate, "seconds": seconds, "disconnect": disconnect}),
         figures,
         &samples,
         "frames",
@@ -1135,15 +1229,19 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 seconds,
                 subscribe_target,
+                disconnect,
             } => {
                 fanout(
                     &cli,
                     &t,
-                    *subscribers,
-                    *dialogs,
-                    *rate,
-                    *seconds,
-                    subscribe_target.clone(),
+                    FanoutLoad {
+                        subscribers: *subscribers,
+                        dialogs: *dialogs,
+                        rate: *rate,
+                        seconds: *seconds,
+                        sub_target: subscribe_target.clone(),
+                        disconnect: *disconnect,
+                    },
                 )
                 .await
             }
