@@ -219,6 +219,133 @@ async fn a_nodes_connection_counts_stop_counting_when_it_stops_refreshing_them()
 
 const PARTY: &str = "urn:altinn:person:identifier-no:08895699684";
 
+/// A dialog's state as the actor hands it to the store: changed from `before`.
+fn commit_of(
+    next: Option<&dialog_events::domain::Dialog>,
+    before: &dialog_events::domain::Dialog,
+    children_before: (usize, usize),
+) -> dialog_events::store::Commit {
+    dialog_events::store::Commit {
+        dialog_id: before.id,
+        expected_sequence: before.sequence,
+        create: false,
+        state: next.map(|d| std::sync::Arc::new(d.clone())),
+        children_before,
+        events: Vec::new(),
+        publish: false,
+        hold_until: None,
+    }
+}
+
+#[actix_web::test]
+async fn a_change_appends_only_its_children_and_a_dialog_stored_whole_is_rewritten_once() {
+    use ::redis::AsyncCommands;
+    use dialog_events::domain::{ActivityInput, Dialog, DialogInput};
+    use dialog_events::store::DialogStore;
+    let redis = common::redis::RedisServer::start();
+    let store = dialog_events::store::RedisStore::new(&redis.url, "split", Duration::from_secs(60))
+        .expect("store");
+    let mut raw = ::redis::Client::open(redis.url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let input: DialogInput = serde_json::from_value(json!({
+        "serviceResource": "urn:altinn:resource:test",
+        "party": PARTY,
+        "status": "InProgress",
+        "content": {"title": [{"value": "Hei", "languageCode": "nb"}]},
+        "activities": [{"type": "Information"}, {"type": "FormSubmitted"}],
+        "transmissions": [{"type": "Information", "sender": {"actorType": "ServiceOwner"},
+            "content": {"title": [{"value": "T", "languageCode": "nb"}]}}]
+    }))
+    .expect("input");
+    let added = |d: &Dialog| {
+        let a: ActivityInput = serde_json::from_value(json!({"type": "Information"})).expect("a");
+        d.add_activity(a, chrono::Utc::now(), false).expect("add").0
+    };
+    let d0 = Dialog::create(input, chrono::Utc::now()).expect("create").0;
+    let d1 = added(&d0);
+    let d2 = added(&d1);
+    let key = |k: &str| format!("split:{k}:{}", d0.id);
+    // As an older version stored it: the whole dialog in `state`, no lists.
+    let _: () = raw
+        .hset_multiple(
+            key("d"),
+            &[
+                ("state", serde_json::to_string(&d0).expect("json")),
+                ("seq", "0".to_owned()),
+            ],
+        )
+        .await
+        .expect("hset");
+    assert_eq!(
+        store.load_dialog(d0.id).await.expect("load"),
+        Some(d0.clone())
+    );
+
+    // Its first change writes the lists whole.
+    store
+        .commit(commit_of(Some(&d1), &d0, (2, 1)))
+        .await
+        .expect("commit");
+    assert_eq!(
+        store.load_dialog(d0.id).await.expect("load"),
+        Some(d1.clone())
+    );
+    let lens: (usize, usize) = (
+        raw.llen(key("da")).await.expect("llen"),
+        raw.llen(key("dt")).await.expect("llen"),
+    );
+    assert_eq!(lens, (3, 1));
+    let state: String = raw.hget(key("d"), "state").await.expect("state");
+    let stored: serde_json::Value = serde_json::from_str(&state).expect("json");
+    assert_eq!(
+        stored["activities"],
+        json!([]),
+        "the state no longer holds the lists"
+    );
+
+    // The next one pushes only the activity it adds.
+    let mut d1_stored = d1.clone();
+    d1_stored.sequence = 0;
+    store
+        .commit(commit_of(Some(&d2), &d1_stored, (3, 1)))
+        .await
+        .expect("commit");
+    let da: Vec<String> = raw.lrange(key("da"), 0, -1).await.expect("lrange");
+    assert_eq!(da.len(), 4);
+    assert_eq!(
+        store.load_dialog(d0.id).await.expect("load"),
+        Some(d2.clone())
+    );
+    // Counts that do not match what is stored are a conflict, with nothing written.
+    assert!(matches!(
+        store.commit(commit_of(Some(&d2), &d1_stored, (2, 1))).await,
+        Err(dialog_events::store::StoreError::Conflict)
+    ));
+    let listed = store
+        .list_dialogs(&dialog_events::store::DialogQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert!(
+        listed.is_empty(),
+        "only indexed (created) dialogs are listed: {listed:?}"
+    );
+
+    // A purge removes the lists with the state.
+    store
+        .commit(commit_of(None, &d1_stored, (4, 1)))
+        .await
+        .expect("purge");
+    assert_eq!(store.load_dialog(d0.id).await.expect("load"), None);
+    let exists: bool = raw.exists(key("da")).await.expect("exists");
+    assert!(!exists);
+}
+
 /// Up to `want` of PARTY's 2 cluster-wide slots for `node`.
 async fn take(
     store: &dialog_events::store::RedisStore,

@@ -6,14 +6,12 @@ use crate::store::DialogStore;
 #[async_trait]
 impl DialogStore for RedisStore {
     async fn load_dialog(&self, id: Uuid) -> Result<Option<Dialog>, StoreError> {
-        let key = self.key(&format!("d:{id}"));
-        let state: Option<String> = self
-            .with(|mut c| async move { c.hget(&key, "state").await })
+        let mut pipe = redis::pipe();
+        self.read_dialog(&mut pipe, id);
+        let (state, activities, transmissions): (Option<String>, Vec<String>, Vec<String>) = self
+            .with(|mut c| async move { pipe.query_async(&mut c).await })
             .await?;
-        match state.filter(|s| !s.is_empty()) {
-            Some(s) => serde_json::from_str(&s).map(Some).map_err(unavailable),
-            None => Ok(None),
-        }
+        assemble(state, activities, transmissions)
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
@@ -27,10 +25,7 @@ impl DialogStore for RedisStore {
             ),
             (None, None) => (String::new(), String::new()),
         };
-        let state = match &commit.state {
-            Some(d) => serde_json::to_string(d).map_err(unavailable)?,
-            None => String::new(),
-        };
+        let mut children = Children::of(commit.state.as_deref(), commit.children_before)?;
         let new_seq = commit.expected_sequence + commit.events.len() as u64;
         let change = Change::of(
             &commit.events,
@@ -41,47 +36,72 @@ impl DialogStore for RedisStore {
         .transpose()
         .map_err(unavailable)?
         .unwrap_or_default();
-        let mut inv = self.commit.prepare_invoke();
-        for k in [
-            format!("d:{id}"),
-            format!("dlog:{id}"),
-            format!("dch:{id}"),
-            "idx".to_owned(),
-            format!("idx:r:{resource}"),
-            format!("idx:p:{party}"),
-            format!("log:{resource}"),
-            "held".to_owned(),
-            "heldc".to_owned(),
-            format!("hu:{id}"),
-        ] {
-            inv.key(self.key(&k));
-        }
-        let hold_ms = commit.hold_until.map_or(0, |t| t.timestamp_millis().max(0));
-        inv.arg(commit.expected_sequence)
-            .arg(if commit.create { "1" } else { "0" })
-            .arg(state)
-            .arg(new_seq)
-            .arg(if commit.publish { "1" } else { "0" })
-            .arg(hold_ms)
-            .arg(change)
-            .arg(DIALOG_LOG_KEEP)
-            .arg(self.retention_ms())
-            .arg(id.to_string())
-            .arg(&resource)
-            .arg(&party)
-            .arg(&self.prefix)
-            .arg(commit.events.len());
-        for e in &commit.events {
-            inv.arg(serde_json::to_string(e.as_ref()).map_err(unavailable)?)
-                .arg(self.event_key(&resource, &e.id));
-        }
-        let result: String = self
-            .with(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await?;
-        match result.as_str() {
-            "OK" => Ok(()),
-            "EXISTS" => Err(StoreError::AlreadyExists),
-            _ => Err(StoreError::Conflict),
+        let events = commit
+            .events
+            .iter()
+            .map(|e| {
+                serde_json::to_string(e.as_ref())
+                    .map(|json| (json, self.event_key(&resource, &e.id)))
+                    .map_err(unavailable)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        loop {
+            let mut inv = self.commit.prepare_invoke();
+            for k in [
+                format!("d:{id}"),
+                format!("dlog:{id}"),
+                format!("dch:{id}"),
+                "idx".to_owned(),
+                format!("idx:r:{resource}"),
+                format!("idx:p:{party}"),
+                format!("log:{resource}"),
+                "held".to_owned(),
+                "heldc".to_owned(),
+                format!("hu:{id}"),
+                format!("da:{id}"),
+                format!("dt:{id}"),
+            ] {
+                inv.key(self.key(&k));
+            }
+            let hold_ms = commit.hold_until.map_or(0, |t| t.timestamp_millis().max(0));
+            inv.arg(commit.expected_sequence)
+                .arg(if commit.create { "1" } else { "0" })
+                .arg(&children.header)
+                .arg(new_seq)
+                .arg(if commit.publish { "1" } else { "0" })
+                .arg(hold_ms)
+                .arg(&change)
+                .arg(DIALOG_LOG_KEEP)
+                .arg(self.retention_ms())
+                .arg(id.to_string())
+                .arg(&resource)
+                .arg(&party)
+                .arg(&self.prefix)
+                .arg(events.len())
+                .arg(if children.replace { "1" } else { "0" })
+                .arg(children.base.0)
+                .arg(children.base.1)
+                .arg(children.activities.len())
+                .arg(children.transmissions.len());
+            for (json, key) in &events {
+                inv.arg(json).arg(key);
+            }
+            for json in children.activities.iter().chain(&children.transmissions) {
+                inv.arg(json);
+            }
+            let result: String = self
+                .with(|mut c| async move { inv.invoke_async(&mut c).await })
+                .await?;
+            return match result.as_str() {
+                "OK" => Ok(()),
+                "EXISTS" => Err(StoreError::AlreadyExists),
+                // Stored whole by an older version: write the lists in full this once.
+                "WHOLE" if !children.replace => {
+                    children = Children::of(commit.state.as_deref(), (usize::MAX, usize::MAX))?;
+                    continue;
+                }
+                _ => Err(StoreError::Conflict),
+            };
         }
     }
 
@@ -116,13 +136,23 @@ impl DialogStore for RedisStore {
             }
             let mut pipe = redis::pipe();
             for id in &ids {
-                pipe.hget(self.key(&format!("d:{id}")), "state");
+                self.read_dialog(&mut pipe, id);
             }
-            let states: Vec<Option<String>> = self
+            let rows: Vec<redis::Value> = self
                 .with(|mut c| async move { pipe.query_async(&mut c).await })
                 .await?;
-            for state in states.into_iter().flatten().filter(|s| !s.is_empty()) {
-                let d: Dialog = serde_json::from_str(&state).map_err(unavailable)?;
+            let mut rows = rows.into_iter();
+            while let (Some(state), Some(activities), Some(transmissions)) =
+                (rows.next(), rows.next(), rows.next())
+            {
+                let Some(d) = assemble(
+                    redis::from_redis_value(state).map_err(unavailable)?,
+                    redis::from_redis_value(activities).map_err(unavailable)?,
+                    redis::from_redis_value(transmissions).map_err(unavailable)?,
+                )?
+                else {
+                    continue;
+                };
                 if query.admits(&d) {
                     out.push(d);
                     if out.len() == query.limit {
@@ -192,5 +222,77 @@ impl DialogStore for RedisStore {
             }
             window = (window * 4).min(DIALOG_LOG_KEEP);
         }
+    }
+}
+
+/// A commit's dialog as the script takes it: the state without its lists, and the children the
+/// change adds (or all of them, with `replace`).
+struct Children {
+    header: String,
+    base: (usize, usize),
+    activities: Vec<String>,
+    transmissions: Vec<String>,
+    replace: bool,
+}
+
+impl Children {
+    /// The new children of `state`, changed from one with `before` (activities, transmissions);
+    /// counts it cannot follow (a list that shrank) write the lists whole.
+    fn of(state: Option<&Dialog>, before: (usize, usize)) -> Result<Children, StoreError> {
+        let Some(d) = state else {
+            return Ok(Children {
+                header: String::new(),
+                base: (0, 0),
+                activities: Vec::new(),
+                transmissions: Vec::new(),
+                replace: false,
+            });
+        };
+        let replace = d.activities.len() < before.0 || d.transmissions.len() < before.1;
+        let (a, t) = if replace { (0, 0) } else { before };
+        Ok(Children {
+            header: serde_json::to_string(&d.without_children()).map_err(unavailable)?,
+            base: (a, t),
+            activities: to_strings(&d.activities[a..])?,
+            transmissions: to_strings(&d.transmissions[t..])?,
+            replace,
+        })
+    }
+}
+
+fn to_strings<T: serde::Serialize>(items: &[T]) -> Result<Vec<String>, StoreError> {
+    items
+        .iter()
+        .map(|x| serde_json::to_string(x).map_err(unavailable))
+        .collect()
+}
+
+/// A dialog from its `state` and its lists (empty for one stored whole).
+fn assemble(
+    state: Option<String>,
+    activities: Vec<String>,
+    transmissions: Vec<String>,
+) -> Result<Option<Dialog>, StoreError> {
+    let Some(state) = state.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let mut d: Dialog = serde_json::from_str(&state).map_err(unavailable)?;
+    for a in &activities {
+        d.activities
+            .push(serde_json::from_str(a).map_err(unavailable)?);
+    }
+    for t in &transmissions {
+        d.transmissions
+            .push(serde_json::from_str(t).map_err(unavailable)?);
+    }
+    Ok(Some(d))
+}
+
+impl RedisStore {
+    /// Queues the three reads of a dialog (`assemble` takes their answers).
+    fn read_dialog(&self, pipe: &mut redis::Pipeline, id: impl std::fmt::Display) {
+        pipe.hget(self.key(&format!("d:{id}")), "state")
+            .lrange(self.key(&format!("da:{id}")), 0, -1)
+            .lrange(self.key(&format!("dt:{id}")), 0, -1);
     }
 }

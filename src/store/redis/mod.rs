@@ -3,7 +3,12 @@
 //! concurrent writers on different nodes produce one gap-free order.
 //!
 //! Key layout under `{p}` = `redis.prefix`:
-//! - `{p}:d:{id}` hash `state` (dialog JSON; empty after purge) and `seq`
+//! - `{p}:d:{id}` hash `state` (the dialog's JSON without its activities and transmissions; empty
+//!   after purge), `seq`, and `na`/`nt`, how many activities and transmissions its lists hold
+//!   (a dialog written whole by an older version has no `na`: its `state` holds everything
+//!   until its next change rewrites it)
+//! - `{p}:da:{id}`, `{p}:dt:{id}` lists of the dialog's activities and transmissions (JSON, in
+//!   order; both are append-only, so a change pushes only what it adds)
 //! - `{p}:dlog:{id}` list of event JSON, `{p}:dch:{id}` list of change JSON (newest 1000 each)
 //! - `{p}:idx`, `{p}:idx:r:{resource}`, `{p}:idx:p:{party}` sorted sets of dialog ids (lexical)
 //! - `{p}:log:{resource}` stream of published events (field `e`); `{p}:ev:{T(resource, event id)}`
@@ -52,18 +57,49 @@ const TAIL_WINDOW: usize = 16;
 /// Dialog ids fetched per round trip when listing.
 const LIST_BATCH: usize = 200;
 
+/// A dialog commit. KEYS: 1 `d:{id}`, 2 `dlog:{id}`, 3 `dch:{id}`, 4 `idx`, 5 `idx:r:{resource}`,
+/// 6 `idx:p:{party}`, 7 `log:{resource}`, 8 `held`, 9 `heldc`, 10 `hu:{id}`, 11 `da:{id}`,
+/// 12 `dt:{id}`. ARGV: 1 expected sequence, 2 create ('1'/'0'), 3 the state without children
+/// ('' purges), 4 new sequence, 5 publish ('1'/'0'), 6 hold until (ms, 0 for none), 7 the change
+/// JSON ('' for none), 8 entries kept per dialog log, 9 retention (ms), 10 dialog id,
+/// 11 resource, 12 party, 13 key prefix, 14 number of events n, 15 replace the children ('1':
+/// the lists are rewritten whole, else appended to), 16 and 17 the stored activities and
+/// transmissions the new ones follow, 18 and 19 how many new activities ka and transmissions kt;
+/// then n pairs (event JSON, its event-position key), then ka activities, then kt transmissions.
+/// Returns OK, EXISTS, CONFLICT, or WHOLE (the stored dialog predates the lists: send it again
+/// with replace).
 const COMMIT_LUA: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'seq')
 if ARGV[2] == '1' then
   if cur then return 'EXISTS' end
 else
   if (not cur) or cur ~= ARGV[1] then return 'CONFLICT' end
-  if redis.call('HGET', KEYS[1], 'state') == '' then return 'CONFLICT' end
+  if redis.call('HSTRLEN', KEYS[1], 'state') == 0 then return 'CONFLICT' end
+  if ARGV[3] ~= '' and ARGV[15] ~= '1' then
+    local counts = redis.call('HMGET', KEYS[1], 'na', 'nt')
+    if not counts[1] then return 'WHOLE' end
+    if counts[1] ~= ARGV[16] or counts[2] ~= ARGV[17] then return 'CONFLICT' end
+  end
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', ARGV[4])
 local n = tonumber(ARGV[14])
 local keep = tonumber(ARGV[8])
-for i = 1, n do redis.call('RPUSH', KEYS[2], ARGV[14 + 2 * i - 1]) end
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[11], KEYS[12])
+  redis.call('HDEL', KEYS[1], 'na', 'nt')
+  redis.call('HSET', KEYS[1], 'state', '', 'seq', ARGV[4])
+else
+  local ba, bt = tonumber(ARGV[16]), tonumber(ARGV[17])
+  if ARGV[15] == '1' then
+    redis.call('DEL', KEYS[11], KEYS[12])
+    ba, bt = 0, 0
+  end
+  local ka, kt = tonumber(ARGV[18]), tonumber(ARGV[19])
+  local c0 = 19 + 2 * n
+  for i = 1, ka do redis.call('RPUSH', KEYS[11], ARGV[c0 + i]) end
+  for i = 1, kt do redis.call('RPUSH', KEYS[12], ARGV[c0 + ka + i]) end
+  redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', ARGV[4], 'na', ba + ka, 'nt', bt + kt)
+end
+for i = 1, n do redis.call('RPUSH', KEYS[2], ARGV[19 + 2 * i - 1]) end
 if n > 0 then redis.call('LTRIM', KEYS[2], -keep, -1) end
 if ARGV[7] ~= '' then
   redis.call('RPUSH', KEYS[3], ARGV[7])
@@ -88,14 +124,14 @@ if ARGV[5] == '1' and n > 0 then
     redis.call('SET', KEYS[10], hold, 'PX', hold - now + 60000)
     for i = 1, n do
       local c = redis.call('INCR', KEYS[9])
-      local ev = ARGV[14 + 2 * i]
-      redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '|' .. #KEYS[7] .. '|' .. KEYS[7] .. #ev .. '|' .. ev .. ARGV[14 + 2 * i - 1])
+      local ev = ARGV[19 + 2 * i]
+      redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '|' .. #KEYS[7] .. '|' .. KEYS[7] .. #ev .. '|' .. ev .. ARGV[19 + 2 * i - 1])
     end
   else
     for i = 1, n do
-      local sid = redis.call('XADD', KEYS[7], '*', 'e', ARGV[14 + 2 * i - 1])
-      redis.call('SET', ARGV[14 + 2 * i], sid, 'PX', ARGV[9])
-      redis.call('XADD', ARGV[13] .. ':glog', '*', 'e', ARGV[14 + 2 * i - 1])
+      local sid = redis.call('XADD', KEYS[7], '*', 'e', ARGV[19 + 2 * i - 1])
+      redis.call('SET', ARGV[19 + 2 * i], sid, 'PX', ARGV[9])
+      redis.call('XADD', ARGV[13] .. ':glog', '*', 'e', ARGV[19 + 2 * i - 1])
     end
   end
 end
