@@ -69,16 +69,15 @@ const LIST_BATCH: usize = 200;
 /// Returns OK, EXISTS, CONFLICT, or WHOLE (the stored dialog predates the lists: send it again
 /// with replace).
 const COMMIT_LUA: &str = r#"
-local cur = redis.call('HGET', KEYS[1], 'seq')
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'na', 'nt')
 if ARGV[2] == '1' then
-  if cur then return 'EXISTS' end
+  if cur[1] then return 'EXISTS' end
 else
-  if (not cur) or cur ~= ARGV[1] then return 'CONFLICT' end
+  if (not cur[1]) or cur[1] ~= ARGV[1] then return 'CONFLICT' end
   if redis.call('HSTRLEN', KEYS[1], 'state') == 0 then return 'CONFLICT' end
   if ARGV[3] ~= '' and ARGV[15] ~= '1' then
-    local counts = redis.call('HMGET', KEYS[1], 'na', 'nt')
-    if not counts[1] then return 'WHOLE' end
-    if counts[1] ~= ARGV[16] or counts[2] ~= ARGV[17] then return 'CONFLICT' end
+    if not cur[2] then return 'WHOLE' end
+    if cur[2] ~= ARGV[16] or cur[3] ~= ARGV[17] then return 'CONFLICT' end
   end
 end
 local n = tonumber(ARGV[14])
