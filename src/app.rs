@@ -138,7 +138,7 @@ impl App {
                     redis
                         .seed_policy(&settings.resources, &settings.delegations)
                         .await?;
-                    let bus = RedisBus::start(url, &settings.redis.prefix, redis.pool(), sink)?;
+                    let bus = RedisBus::start(url, &settings.redis.prefix, redis.shared(), sink)?;
                     let keys = KeySource::new(&settings, Some(redis.clone()));
                     shared_redis = Some(redis.clone());
                     (redis, Arc::new(bus), keys)

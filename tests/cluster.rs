@@ -219,6 +219,48 @@ async fn a_nodes_connection_counts_stop_counting_when_it_stops_refreshing_them()
 
 const PARTY: &str = "urn:altinn:person:identifier-no:08895699684";
 
+#[actix_web::test]
+async fn writes_share_one_redis_connection_without_a_check_per_command() {
+    let (nodes, shared) = start_cluster(1, "").await;
+    let node = &nodes[0];
+    let id = node.create_dialog(&dialog_body()).await;
+    let calls = |stats: &str, command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let stats = || async {
+        let mut c = ::redis::Client::open(shared.redis.url.as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        ::redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async::<String>(&mut c)
+            .await
+            .expect("info")
+    };
+    let before = stats().await;
+    let writes = 50;
+    for _ in 0..writes {
+        assert_eq!(add_activity(node, &id).await, 201);
+    }
+    let after = stats().await;
+    let evals = calls(&after, "evalsha") - calls(&before, "evalsha");
+    assert!(
+        evals >= writes,
+        "every write ran the commit script: {evals}"
+    );
+    // A pooled connection is checked with UNWATCH and PING on every checkout (three checkouts
+    // per write); a shared one is not checked at all.
+    let checks = calls(&after, "unwatch") - calls(&before, "unwatch");
+    assert!(checks < 5, "{checks} connection checks for {writes} writes");
+}
+
 /// A dialog's state as the actor hands it to the store: changed from `before`.
 fn commit_of(
     next: Option<&dialog_events::domain::Dialog>,

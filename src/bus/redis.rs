@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::store::redis::SharedConnection;
 use async_trait::async_trait;
-use deadpool_redis::Pool;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -30,7 +30,7 @@ enum Interest {
 }
 
 pub struct RedisBus {
-    pool: Pool,
+    conn: Arc<SharedConnection>,
     prefix: String,
     /// To the subscriber task; closed when the bus is dropped, which ends the task.
     interest: mpsc::UnboundedSender<Interest>,
@@ -40,7 +40,12 @@ pub struct RedisBus {
 
 impl RedisBus {
     /// Starts the subscriber task on the current actix system.
-    pub fn start(url: &str, prefix: &str, pool: Pool, sink: EnvelopeSink) -> anyhow::Result<Self> {
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        conn: Arc<SharedConnection>,
+        sink: EnvelopeSink,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|e| anyhow::anyhow!("invalid configuration: redis.url: {e}"))?;
         let (interest, rx) = mpsc::unbounded_channel();
@@ -53,7 +58,7 @@ impl RedisBus {
             connected.clone(),
         ));
         Ok(RedisBus {
-            pool,
+            conn,
             prefix: prefix.to_owned(),
             interest,
             connected,
@@ -76,22 +81,26 @@ impl Bus for RedisBus {
             serde_json::to_vec(&envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
         let channel = self.channel(envelope.dialog_id);
         let send = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            let mut conn = self.conn.get().await.map_err(BusError::Unavailable)?;
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(payload)
                 .query_async::<i64>(&mut conn)
                 .await
-                .map_err(|e| BusError::Unavailable(e.to_string()))
+                .map_err(|e| {
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                        self.conn.forget();
+                    }
+                    BusError::Unavailable(e.to_string())
+                })
         };
-        tokio::time::timeout(OP_TIMEOUT, send)
-            .await
-            .map_err(|_| BusError::Unavailable("publish timed out".into()))?
-            .map(|_| ())
+        match tokio::time::timeout(OP_TIMEOUT, send).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => {
+                self.conn.forget();
+                Err(BusError::Unavailable("publish timed out".into()))
+            }
+        }
     }
 
     async fn ping(&self) -> Result<(), BusError> {

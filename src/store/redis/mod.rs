@@ -189,8 +189,46 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 "#;
 
-pub struct RedisStore {
+/// One multiplexed connection that every caller shares (redis-rs pipelines the commands of
+/// concurrent callers on it), taken out of the pool and replaced after a connection error. A pool
+/// checkout costs a round trip of its own (deadpool-redis checks each connection with UNWATCH and
+/// PING before handing it out): three per dialog write, more than the write itself. Nothing here
+/// uses WATCH/MULTI or blocking commands, which a shared connection could not serve.
+pub struct SharedConnection {
     pool: Pool,
+    current: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+}
+
+impl SharedConnection {
+    fn new(pool: Pool) -> Self {
+        SharedConnection {
+            pool,
+            current: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<redis::aio::MultiplexedConnection>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared connection, connecting first when there is none.
+    pub async fn get(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        if let Some(c) = self.current().clone() {
+            return Ok(c);
+        }
+        let taken =
+            deadpool_redis::Connection::take(self.pool.get().await.map_err(|e| e.to_string())?);
+        Ok(self.current().get_or_insert(taken).clone())
+    }
+
+    /// After an error that may have broken the connection: the next call connects again.
+    pub fn forget(&self) {
+        self.current().take();
+    }
+}
+
+pub struct RedisStore {
+    shared: Arc<SharedConnection>,
     prefix: String,
     retention: Duration,
     commit: redis::Script,
@@ -239,7 +277,7 @@ impl RedisStore {
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| anyhow::anyhow!("invalid configuration: redis.url: {e}"))?;
         Ok(RedisStore {
-            pool,
+            shared: Arc::new(SharedConnection::new(pool)),
             prefix: prefix.to_owned(),
             retention,
             commit: redis::Script::new(COMMIT_LUA),
@@ -251,8 +289,9 @@ impl RedisStore {
         })
     }
 
-    pub fn pool(&self) -> Pool {
-        self.pool.clone()
+    /// The connection the store's commands share (the bus publishes on it too).
+    pub fn shared(&self) -> Arc<SharedConnection> {
+        self.shared.clone()
     }
 
     fn key(&self, rest: &str) -> String {
@@ -264,23 +303,29 @@ impl RedisStore {
         self.key(&format!("ev:{}", tuple(&[resource, event_id])))
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        self.pool.get().await.map_err(unavailable)
-    }
-
-    /// Runs `f` with a pooled connection under the operation timeout.
+    /// Runs `f` on the shared connection under the operation timeout; a connection error or a
+    /// timeout makes the next call connect again.
     async fn with<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let run = async {
-            let conn = self.conn().await?;
-            f(conn).await.map_err(unavailable)
+            let conn = self.shared.get().await.map_err(unavailable)?;
+            f(conn).await.map_err(|e| {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    self.shared.forget();
+                }
+                unavailable(e)
+            })
         };
-        tokio::time::timeout(OP_TIMEOUT, run)
-            .await
-            .map_err(|_| unavailable("timed out"))?
+        match tokio::time::timeout(OP_TIMEOUT, run).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.shared.forget();
+                Err(unavailable("timed out"))
+            }
+        }
     }
 
     /// The generated keys shared by every node: stored once (first node wins), then read.
