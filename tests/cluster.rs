@@ -220,7 +220,7 @@ async fn a_nodes_connection_counts_stop_counting_when_it_stops_refreshing_them()
 const PARTY: &str = "urn:altinn:person:identifier-no:08895699684";
 
 #[actix_web::test]
-async fn writes_share_one_redis_connection_without_a_check_per_command() {
+async fn writes_share_one_redis_connection_and_read_the_registry_only_when_it_changed() {
     let (nodes, shared) = start_cluster(1, "").await;
     let node = &nodes[0];
     let id = node.create_dialog(&dialog_body()).await;
@@ -259,6 +259,9 @@ async fn writes_share_one_redis_connection_without_a_check_per_command() {
     // per write); a shared one is not checked at all.
     let checks = calls(&after, "unwatch") - calls(&before, "unwatch");
     assert!(checks < 5, "{checks} connection checks for {writes} writes");
+    // The registry and delegations are read again only when their version moves.
+    let reads = calls(&after, "hvals") - calls(&before, "hvals");
+    assert!(reads < 5, "the registry was read {reads} times for {writes} writes");
 }
 
 /// A dialog's state as the actor hands it to the store: changed from `before`.

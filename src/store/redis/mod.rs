@@ -18,7 +18,9 @@
 //! - `{p}:held` sorted set of held-back events by release time (member: counter, then the log and
 //!   event-position keys and the event JSON, length-prefixed), `{p}:heldc` its counter,
 //!   `{p}:hu:{id}` a dialog's current hold-until time
-//! - `{p}:res` hash of resources, `{p}:dlg` set of delegations, `{p}:keys` the generated keys
+//! - `{p}:res` hash of resources, `{p}:dlg` set of delegations, `{p}:policy:ver` counted up after
+//!   each change of either (a node reads them again only when it moved), `{p}:keys` the
+//!   generated keys
 //! - `{p}:glog` stream of every published event (the webhook dispatcher's feed)
 //! - `{p}:subs` hash of webhook subscriptions, `{p}:dlv:{sub}` recent attempts, `{p}:dead` dead letters
 //! - `{p}:pending` hash of unfinished webhook deliveries (`{sub}|{position}|{event id}` → JSON)
@@ -227,8 +229,16 @@ impl SharedConnection {
     }
 }
 
+/// How long a policy read serves while `policy:ver` stays the same (a safety net for edits made
+/// to the registry keys by hand, which do not count the version up).
+const POLICY_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// The policy as last read, with the `policy:ver` it was read at and when.
+type PolicyCache = Option<(Option<u64>, std::time::Instant, Arc<Policy>)>;
+
 pub struct RedisStore {
     shared: Arc<SharedConnection>,
+    policy: std::sync::Mutex<PolicyCache>,
     prefix: String,
     retention: Duration,
     commit: redis::Script,
@@ -278,6 +288,7 @@ impl RedisStore {
             .map_err(|e| anyhow::anyhow!("invalid configuration: redis.url: {e}"))?;
         Ok(RedisStore {
             shared: Arc::new(SharedConnection::new(pool)),
+            policy: std::sync::Mutex::new(None),
             prefix: prefix.to_owned(),
             retention,
             commit: redis::Script::new(COMMIT_LUA),
@@ -287,6 +298,10 @@ impl RedisStore {
             swap: redis::Script::new(SWAP_LUA),
             connections: connections::ConnectionScripts::new(),
         })
+    }
+
+    fn policy_cache(&self) -> std::sync::MutexGuard<'_, PolicyCache> {
+        self.policy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The connection the store's commands share (the bus publishes on it too).

@@ -6,10 +6,24 @@ use crate::store::RegistryStore;
 #[async_trait]
 impl RegistryStore for RedisStore {
     async fn policy(&self) -> Result<Arc<Policy>, StoreError> {
+        // Every change of the registry or the delegations counts `policy:ver` up after it is
+        // written, so the policy read with a version is at least as new as that version.
+        let ver = self.key("policy:ver");
+        let now: Option<u64> = {
+            let ver = ver.clone();
+            self.with(|mut c| async move { c.get(&ver).await }).await?
+        };
+        if let Some((cached, at, policy)) = self.policy_cache().as_ref()
+            && *cached == now
+            && at.elapsed() < POLICY_MAX_AGE
+        {
+            return Ok(policy.clone());
+        }
         let (res, dlg) = (self.key("res"), self.key("dlg"));
-        let (resources, delegations): (Vec<String>, Vec<String>) = self
+        let (version, resources, delegations): (Option<u64>, Vec<String>, Vec<String>) = self
             .with(|mut c| async move {
                 redis::pipe()
+                    .get(&ver)
                     .hvals(&res)
                     .smembers(&dlg)
                     .query_async(&mut c)
@@ -24,22 +38,43 @@ impl RegistryStore for RedisStore {
             .iter()
             .filter_map(|d| serde_json::from_str(d).ok())
             .collect();
-        Ok(Arc::new(Policy::new(resources, delegations)))
+        let policy = Arc::new(Policy::new(resources, delegations));
+        *self.policy_cache() = Some((version, std::time::Instant::now(), policy.clone()));
+        Ok(policy)
     }
 
     async fn put_resource(&self, entry: ResourceEntry) -> Result<(), StoreError> {
         let key = self.key("res");
         let json = serde_json::to_string(&entry).map_err(unavailable)?;
         let id = entry.id.to_string();
-        self.with(|mut c| async move { c.hset::<_, _, _, ()>(&key, id, json).await })
-            .await
+        let ver = self.key("policy:ver");
+        self.with(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .hset(&key, id, json)
+                .ignore()
+                .incr(&ver, 1)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     async fn delete_resource(&self, id: &ResourceUrn) -> Result<bool, StoreError> {
         let key = self.key("res");
         let id = id.to_string();
-        let n: i64 = self
-            .with(|mut c| async move { c.hdel(&key, id).await })
+        let ver = self.key("policy:ver");
+        let (n,): (i64,) = self
+            .with(|mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .hdel(&key, id)
+                    .incr(&ver, 1)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+            })
             .await?;
         Ok(n > 0)
     }
@@ -47,15 +82,34 @@ impl RegistryStore for RedisStore {
     async fn add_delegation(&self, entry: DelegationEntry) -> Result<(), StoreError> {
         let key = self.key("dlg");
         let json = serde_json::to_string(&entry).map_err(unavailable)?;
-        self.with(|mut c| async move { c.sadd::<_, _, ()>(&key, json).await })
-            .await
+        let ver = self.key("policy:ver");
+        self.with(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .sadd(&key, json)
+                .ignore()
+                .incr(&ver, 1)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     async fn remove_delegation(&self, entry: &DelegationEntry) -> Result<bool, StoreError> {
         let key = self.key("dlg");
         let json = serde_json::to_string(entry).map_err(unavailable)?;
-        let n: i64 = self
-            .with(|mut c| async move { c.srem(&key, json).await })
+        let ver = self.key("policy:ver");
+        let (n,): (i64,) = self
+            .with(|mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .srem(&key, json)
+                    .incr(&ver, 1)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+            })
             .await?;
         Ok(n > 0)
     }
