@@ -261,7 +261,10 @@ async fn writes_share_one_redis_connection_and_read_the_registry_only_when_it_ch
     assert!(checks < 5, "{checks} connection checks for {writes} writes");
     // The registry and delegations are read again only when their version moves.
     let reads = calls(&after, "hvals") - calls(&before, "hvals");
-    assert!(reads < 5, "the registry was read {reads} times for {writes} writes");
+    assert!(
+        reads < 5,
+        "the registry was read {reads} times for {writes} writes"
+    );
 }
 
 /// A dialog's state as the actor hands it to the store: changed from `before`.
