@@ -1146,6 +1146,69 @@ async fn a_failing_endpoint_opens_its_circuit_and_a_trial_after_the_cooldown_clo
 }
 
 #[actix_web::test]
+async fn a_lane_that_keeps_failing_does_not_slow_the_other_lanes_of_its_endpoint() {
+    // Default circuit settings; the failing lane retries every 100 ms throughout.
+    let schedule = vec!["\"100ms\""; 60].join(", ");
+    let node = start(&hooks(&format!("retry_schedule = [{schedule}]"))).await;
+    let rx = subscribed_receiver(&node).await;
+    let bad = Uuid::now_v7().to_string();
+    // Slow failures: each holds one of the endpoint's in-flight slots for a while.
+    rx.answer_for_dialog_with(
+        &bad,
+        Answer::status(500).delayed(Duration::from_millis(300)),
+    );
+    node.create_dialog(&dialog_with_id(&bad)).await;
+    add_activity(&node, &bad, "Information").await;
+    let bad_first = ids(&node.dialog_events(&bad).await)[0].clone();
+    let mut good = Vec::new();
+    for _ in 0..19 {
+        good.push(node.create_dialog(&dialog_body()).await);
+    }
+    rx.wait_for("the failing lane to be retried", SOON, |r| {
+        r.iter()
+            .filter(|x| x.header("webhook-id") == bad_first)
+            .count()
+            >= 2
+    })
+    .await;
+    for round in 0..3 {
+        // Spread over a few seconds of the bad lane failing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for d in &good {
+            add_activity(&node, d, "Information").await;
+        }
+        let mut wanted = Vec::new();
+        for d in &good {
+            wanted.extend(ids(&node.dialog_events(d).await));
+        }
+        assert!(!wanted.is_empty());
+        // Every other lane delivers its new events within a second, while the bad lane fails.
+        rx.wait_for(
+            &format!("round {round} of the 19 healthy lanes"),
+            Duration::from_secs(1),
+            |r| has_all(r, &wanted),
+        )
+        .await;
+    }
+    let attempts = with_id(&rx, &bad_first).len();
+    assert!(
+        attempts >= 4,
+        "the failing lane was retried {attempts} times"
+    );
+    assert!(
+        of_dialog(&rx, &bad)
+            .iter()
+            .all(|r| r.header("webhook-id") == bad_first),
+        "a later event of the failing lane went out before its first"
+    );
+    assert_eq!(
+        open_circuits(&node).await,
+        0.0,
+        "one failing lane among healthy ones opened the endpoint's circuit"
+    );
+}
+
+#[actix_web::test]
 async fn a_4xx_for_one_dialog_does_not_open_the_endpoints_circuit() {
     let node = start(&hooks(
         "retry_schedule = [\"300ms\", \"300ms\", \"300ms\", \"300ms\"]\ncircuit_failures = 1\ncircuit_cooldown = \"30s\"",
