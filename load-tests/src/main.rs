@@ -568,24 +568,14 @@ impl Leaving {
         let (go, go_rx) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let c = client();
-                let mut sockets = Vec::with_capacity(count);
-                for batch in (0..count).collect::<Vec<_>>().chunks(100) {
-                    let opened = futures::future::join_all(batch.iter().map(|i| {
-                        let d = i % ids.len();
-                        subscribe(&c, &target, &ids[d], &tokens[d])
-                    }))
-                    .await;
-                    for s in opened {
-                        match s {
-                            Ok(s) => sockets.push(s),
-                            Err(e) => {
-                                let _ = opened_tx.send(Err(e));
-                                return;
-                            }
+                let sockets =
+                    match open_subscribers(&client(), &target, &ids, &tokens, count, 100).await {
+                        Ok(sockets) => sockets,
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return;
                         }
-                    }
-                }
+                    };
                 let _ = opened_tx.send(Ok(()));
                 // Nothing here needs polling meanwhile: the sockets are never read.
                 let _ = go_rx.recv();
@@ -629,19 +619,15 @@ async fn fanout(cli: &Cli, t: &Tokens, load: FanoutLoad) -> anyhow::Result<()> {
     for id in &ids {
         dialog_tokens.push(dialog_token(&c, &cli.target, t, id).await?);
     }
-    // Open the subscribers, 100 at a time.
     let connect_started = Instant::now();
-    let mut sockets = Vec::with_capacity(subscribers);
-    for batch in (0..subscribers).collect::<Vec<_>>().chunks(100) {
-        let opened = futures::future::join_all(batch.iter().map(|i| {
-            let d = i % ids.len();
-            subscribe(&c, &sub_target, &ids[d], &dialog_tokens[d])
-        }))
-        .await;
-        for (i, s) in batch.iter().zip(opened) {
-            sockets.push((i % ids.len(), s?));
-        }
-    }
+    // Subscriber i watches dialog i mod n.
+    let sockets: Vec<(usize, Socket)> =
+        open_subscribers(&c, &sub_target, &ids, &dialog_tokens, subscribers, 100)
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (i % ids.len(), s))
+            .collect();
     // The subscribers that leave together half-way through, held by a thread of their own (as
     // clients elsewhere would be): dropping thousands of sockets takes this thread a while, which
     // must not delay the readers measured here.

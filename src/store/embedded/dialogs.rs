@@ -40,11 +40,12 @@ impl DialogStore for EmbeddedStore {
                 .map_err(unavailable)?
             {
                 let (k, v) = row.map_err(unavailable)?;
-                let Some(d) = dialog_state(Uuid::from_u128(k.value()), v.value(), &children)?
-                else {
+                // The filter reads only the dialog's own fields: children only for what it admits.
+                let Some(mut d) = dialog_header(v.value())? else {
                     continue;
                 };
                 if query.admits(&d) {
+                    add_children(&mut d, Uuid::from_u128(k.value()), &children)?;
                     out.push(d);
                     if out.len() == query.limit {
                         break;

@@ -181,11 +181,27 @@ fn dialog_state(
     value: &[u8],
     children: &impl ReadableTable<Bytes, Bytes>,
 ) -> Result<Option<Dialog>, StoreError> {
-    let header = value.get(16..).unwrap_or_default();
-    if header.is_empty() {
+    let Some(mut dialog) = dialog_header(value)? else {
         return Ok(None);
+    };
+    add_children(&mut dialog, id, children)?;
+    Ok(Some(dialog))
+}
+
+/// The dialog stored under `value` without its activities and transmissions; `None` once purged.
+fn dialog_header(value: &[u8]) -> Result<Option<Dialog>, StoreError> {
+    match value.get(16..) {
+        Some(header) if !header.is_empty() => from_json(header).map(Some),
+        _ => Ok(None),
     }
-    let mut dialog: Dialog = from_json(header)?;
+}
+
+/// Reads dialog `id`'s activities and transmissions from `children` into `dialog`.
+fn add_children(
+    dialog: &mut Dialog,
+    id: Uuid,
+    children: &impl ReadableTable<Bytes, Bytes>,
+) -> Result<(), StoreError> {
     let (lo, hi) = children_of(id);
     for row in children
         .range(lo.as_slice()..=hi.as_slice())
@@ -198,7 +214,7 @@ fn dialog_state(
             _ => return Err(unavailable("a dialog child of unknown kind")),
         }
     }
-    Ok(Some(dialog))
+    Ok(())
 }
 
 /// Format 1 → 2: every live dialog's activities and transmissions move to rows of their own.

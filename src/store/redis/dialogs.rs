@@ -97,7 +97,7 @@ impl DialogStore for RedisStore {
                 "EXISTS" => Err(StoreError::AlreadyExists),
                 // Stored whole by an older version: write the lists in full this once.
                 "WHOLE" if !children.replace => {
-                    children = Children::of(commit.state.as_deref(), (usize::MAX, usize::MAX))?;
+                    children = Children::whole(commit.state.as_deref())?;
                     continue;
                 }
                 _ => Err(StoreError::Conflict),
@@ -236,6 +236,13 @@ struct Children {
 }
 
 impl Children {
+    /// All of `state`'s children, replacing the stored lists.
+    fn whole(state: Option<&Dialog>) -> Result<Children, StoreError> {
+        let mut all = Self::of(state, (0, 0))?;
+        all.replace = true;
+        Ok(all)
+    }
+
     /// The new children of `state`, changed from one with `before` (activities, transmissions);
     /// counts it cannot follow (a list that shrank) write the lists whole.
     fn of(state: Option<&Dialog>, before: (usize, usize)) -> Result<Children, StoreError> {

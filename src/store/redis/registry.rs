@@ -44,73 +44,52 @@ impl RegistryStore for RedisStore {
     }
 
     async fn put_resource(&self, entry: ResourceEntry) -> Result<(), StoreError> {
-        let key = self.key("res");
         let json = serde_json::to_string(&entry).map_err(unavailable)?;
-        let id = entry.id.to_string();
-        let ver = self.key("policy:ver");
-        self.with(|mut c| async move {
-            redis::pipe()
-                .atomic()
-                .hset(&key, id, json)
-                .ignore()
-                .incr(&ver, 1)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let mut change = redis::cmd("HSET");
+        change
+            .arg(self.key("res"))
+            .arg(entry.id.to_string())
+            .arg(json);
+        self.change_policy(change).await.map(|_| ())
     }
 
     async fn delete_resource(&self, id: &ResourceUrn) -> Result<bool, StoreError> {
-        let key = self.key("res");
-        let id = id.to_string();
-        let ver = self.key("policy:ver");
-        let (n,): (i64,) = self
-            .with(|mut c| async move {
-                redis::pipe()
-                    .atomic()
-                    .hdel(&key, id)
-                    .incr(&ver, 1)
-                    .ignore()
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(n > 0)
+        let mut change = redis::cmd("HDEL");
+        change.arg(self.key("res")).arg(id.to_string());
+        Ok(self.change_policy(change).await? > 0)
     }
 
     async fn add_delegation(&self, entry: DelegationEntry) -> Result<(), StoreError> {
-        let key = self.key("dlg");
         let json = serde_json::to_string(&entry).map_err(unavailable)?;
-        let ver = self.key("policy:ver");
-        self.with(|mut c| async move {
-            redis::pipe()
-                .atomic()
-                .sadd(&key, json)
-                .ignore()
-                .incr(&ver, 1)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let mut change = redis::cmd("SADD");
+        change.arg(self.key("dlg")).arg(json);
+        self.change_policy(change).await.map(|_| ())
     }
 
     async fn remove_delegation(&self, entry: &DelegationEntry) -> Result<bool, StoreError> {
-        let key = self.key("dlg");
         let json = serde_json::to_string(entry).map_err(unavailable)?;
+        let mut change = redis::cmd("SREM");
+        change.arg(self.key("dlg")).arg(json);
+        Ok(self.change_policy(change).await? > 0)
+    }
+}
+
+impl RedisStore {
+    /// Runs `change` (a write to the registry or the delegations) and counts `policy:ver` up in
+    /// the same MULTI, after it; returns what `change` answered (the number it added or removed).
+    async fn change_policy(&self, change: redis::Cmd) -> Result<i64, StoreError> {
         let ver = self.key("policy:ver");
         let (n,): (i64,) = self
             .with(|mut c| async move {
                 redis::pipe()
                     .atomic()
-                    .srem(&key, json)
+                    .add_command(change)
                     .incr(&ver, 1)
                     .ignore()
                     .query_async(&mut c)
                     .await
             })
             .await?;
-        Ok(n > 0)
+        Ok(n)
     }
 }
