@@ -281,7 +281,8 @@ impl App {
             embedded,
         });
         let data = state.clone();
-        let server = actix_web::HttpServer::new(move || {
+        let upgrades = realtime.clone().into_inner();
+        let make_app = move || {
             actix_web::App::new()
                 .app_data(data.clone())
                 .app_data(realtime.clone())
@@ -295,19 +296,36 @@ impl App {
                     origins.middleware(),
                 ))
                 .configure(crate::http::configure)
-        })
-        .workers(workers)
-        // No lingering on a connection whose request body was not read to its end: a WebSocket's
-        // "body" never ends, so lingering would hold every closed socket open until a timer (0.5-1
-        // s) after its close frame. Ordinary requests never need it: `body_deadline` reads what a
-        // handler left unread before answering.
-        .client_disconnect_timeout(Duration::ZERO)
-        .shutdown_timeout(shutdown)
-        // Signals are handled in `run`, which first tells realtime connections to close (1012).
-        .disable_signals()
-        .listen(listener)
-        .context("failed to start the HTTP server")?
-        .run();
+        };
+        let server = Server::build()
+            .workers(workers)
+            .shutdown_timeout(shutdown)
+            // Signals are handled in `run`, which first tells realtime connections to close (1012).
+            .disable_signals()
+            .listen("http", listener, move || {
+                use actix_service::ServiceFactoryExt;
+                let upgrades = upgrades.clone();
+                let app = actix_service::IntoServiceFactory::into_factory(make_app())
+                    .map_err(|e: actix_web::Error| e.error_response());
+                actix_http::HttpService::build()
+                    // No lingering on a connection whose request body was not read to its end:
+                    // ordinary requests never need it (`body_deadline` reads what a handler left
+                    // unread before answering).
+                    .client_disconnect_timeout(Duration::ZERO)
+                    .local_addr(addr)
+                    // A WebSocket upgrade leaves the HTTP dispatcher with its connection: the
+                    // realtime connection serves the socket itself, without the dispatcher's
+                    // buffers and task (memory per idle subscriber, one wake-up per frame).
+                    .upgrade(actix_service::fn_service(move |upgrade| {
+                        Box::pin(crate::realtime::ws::accept(upgrade, upgrades.clone()))
+                    }))
+                    .finish(actix_service::map_config(app, |_| {
+                        actix_web::dev::AppConfig::default()
+                    }))
+                    .tcp()
+            })
+            .context("failed to start the HTTP server")?
+            .run();
         Ok(App {
             shutdown: shutdown_tx,
             server,

@@ -26,6 +26,8 @@ pub struct ConnectionBudget {
     limit: usize,
     used: AtomicUsize,
     too_slow: AtomicBool,
+    /// Set when a queue of the connection coalesced (its changes outgrew the budget).
+    overflowed: AtomicBool,
     /// Woken when the connection is flagged too slow; the transport awaits it and closes.
     pub slow: Notify,
     /// Woken on a push to any queue the connection drains itself (`SubscriberQueue::drained`):
@@ -41,6 +43,7 @@ impl ConnectionBudget {
             limit: limit.max(CHANGE_COST),
             used: AtomicUsize::new(0),
             too_slow: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
             slow: Notify::new(),
             ready: Notify::new(),
             gauge,
@@ -75,7 +78,13 @@ impl ConnectionBudget {
         }
     }
 
-    fn flag_too_slow(&self) {
+    /// Whether a queue of the connection coalesced since the last call.
+    pub fn take_overflowed(&self) -> bool {
+        self.overflowed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Marks the connection too slow; its transport closes it.
+    pub fn flag_too_slow(&self) {
         self.too_slow.store(true, Ordering::Relaxed);
         self.slow.notify_waiters();
         self.slow.notify_one();
@@ -161,6 +170,7 @@ impl SubscriberQueue {
             st.items.clear();
             self.budget.refund(dropped * CHANGE_COST);
             st.resync = Some(change);
+            self.budget.overflowed.store(true, Ordering::Release);
             st.overflows += 1;
             if st.overflows >= MAX_OVERFLOWS {
                 self.budget.flag_too_slow();

@@ -61,6 +61,13 @@ impl ApiError {
 
 /// A problem+json response for `status` with `detail`.
 pub fn problem(status: StatusCode, title: &str, detail: &str, field: Option<&str>) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/problem+json")
+        .body(problem_body(status, title, detail, field))
+}
+
+/// The JSON of a problem, for answers written outside actix-web (a refused WebSocket upgrade).
+pub fn problem_body(status: StatusCode, title: &str, detail: &str, field: Option<&str>) -> String {
     let body = super::views::Problem {
         kind: format!(
             "https://datatracker.ietf.org/doc/html/rfc9110#status.{}",
@@ -71,9 +78,7 @@ pub fn problem(status: StatusCode, title: &str, detail: &str, field: Option<&str
         detail: detail.to_owned(),
         errors: field.map(|f| std::iter::once((f.to_owned(), vec![detail.to_owned()])).collect()),
     };
-    HttpResponse::build(status)
-        .content_type("application/problem+json")
-        .body(serde_json::to_string(&body).unwrap_or_default())
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 impl ResponseError for ApiError {

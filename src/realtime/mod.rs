@@ -5,6 +5,7 @@
 pub mod limits;
 pub mod operation;
 pub mod schema;
+pub mod socket;
 pub mod sse;
 pub mod ws;
 
@@ -60,8 +61,12 @@ impl RealtimeState {
 
 /// The bearer token of a request, if any.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req
-        .headers()
+    bearer_in(req.headers())
+}
+
+/// The bearer token in `headers`, if any.
+pub fn bearer_in(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    let value = headers
         .get(actix_web::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?;
@@ -75,11 +80,6 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/graphql")
-            .route(
-                web::get()
-                    .guard(actix_web::guard::Header("upgrade", "websocket"))
-                    .to(ws::upgrade),
-            )
             .route(web::post().to(query))
             .route(web::get().to(query_get)),
     )

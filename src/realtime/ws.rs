@@ -3,23 +3,30 @@
 //! timeout, frame limit and the slow-consumer close (4008).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
-use futures::StreamExt;
+use actix_codec::Framed;
+use actix_http::header::{self, HeaderMap};
+use actix_http::{Method, Request, h1};
 use juniper::http::GraphQLRequest;
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::RealtimeState;
 use super::operation::{self, OpEvent};
 use super::schema::FastSubscription;
+use super::socket::{Incoming, ReadError, WsSocket};
 use crate::dialogs::ConnectionBudget;
 
-/// Capacity of the channel from a connection's operations to its writer; with actix-ws's own
-/// bounded channel it keeps a stalled client from buffering more than a few frames outside the
-/// byte-budgeted subscription queues.
+/// Capacity of the channel from a connection's operations (while they resolve) to the connection.
 const WRITER_CHANNEL: usize = 16;
+
+/// How long a closing connection waits for its last frames to be written, and then for the
+/// client to close its side.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
@@ -38,60 +45,107 @@ impl Protocol {
     }
 }
 
-fn close_reason(code: u16, description: &str) -> CloseReason {
-    CloseReason {
-        code: CloseCode::Other(code),
-        description: Some(description.to_owned()),
-    }
+/// The first subprotocol the client offers that is served here.
+fn chosen_protocol(headers: &HeaderMap) -> Option<Protocol> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| match p.trim() {
+            "graphql-transport-ws" => Some(Protocol::TransportWs),
+            "graphql-ws" => Some(Protocol::Legacy),
+            _ => None,
+        })
 }
 
-/// `GET /graphql` with `Upgrade: websocket`.
-pub async fn upgrade(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<RealtimeState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    use actix_web::http::header;
-    let headers = req.headers();
-    if !state
-        .origins
-        .allows_upgrade(headers.get(header::ORIGIN), headers.get(header::HOST))
-    {
-        return Ok(crate::http::problem::problem(
-            actix_web::http::StatusCode::FORBIDDEN,
+/// A WebSocket upgrade request, handed over by the HTTP/1 dispatcher with its connection
+/// (`HttpService::build().upgrade`): the handshake is checked and answered here, and then this
+/// future serves the connection to its end, on the socket itself.
+pub async fn accept(
+    (req, framed): (Request, Framed<TcpStream, h1::Codec>),
+    state: Arc<RealtimeState>,
+) -> Result<(), Infallible> {
+    let parts = framed.into_parts();
+    let (mut io, early) = (parts.io, parts.read_buf);
+    let head = req.head();
+    let refusal = if head.uri.path() != "/graphql" {
+        Some((
+            404,
+            "Not Found",
+            "WebSockets are served at /graphql only".to_owned(),
+        ))
+    } else if head.method != Method::GET {
+        Some((
+            405,
+            "Method Not Allowed",
+            "a WebSocket upgrade is a GET".to_owned(),
+        ))
+    } else if !state.origins.allows_upgrade(
+        head.headers.get(header::ORIGIN),
+        head.headers.get(header::HOST),
+    ) {
+        Some((
+            403,
             "Forbidden",
-            "this Origin may not open a WebSocket here (http.cors_origins)",
-            None,
-        ));
-    }
-    let (response, session, stream) =
-        actix_ws::handle_with_protocols(&req, body, &["graphql-transport-ws", "graphql-ws"])?;
-    let chosen = response
-        .headers()
-        .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let protocol = match chosen.as_deref() {
-        Some("graphql-transport-ws") => Some(Protocol::TransportWs),
-        Some("graphql-ws") => Some(Protocol::Legacy),
-        _ => None,
+            "this Origin may not open a WebSocket here (http.cors_origins)".to_owned(),
+        ))
+    } else if let Err(e) = actix_http::ws::verify_handshake(head) {
+        Some((
+            400,
+            "Bad Request",
+            format!("not a WebSocket handshake: {e}"),
+        ))
+    } else {
+        None
     };
-    let header_token = super::bearer(&req).map(str::to_owned);
-    let state = state.into_inner();
-    actix_web::rt::spawn(async move {
-        match protocol {
-            Some(p) => {
-                let (conn, results) = Connection::new(p, session, state, header_token);
-                run(conn, results, stream).await;
-            }
-            None => {
-                let _ = session
-                    .close(Some(close_reason(4406, "Subprotocol not acceptable")))
-                    .await;
-            }
+    if let Some((status, title, detail)) = refusal {
+        let code = actix_web::http::StatusCode::from_u16(status)
+            .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+        let body = crate::http::problem::problem_body(code, title, &detail, None);
+        super::socket::refuse(io, status, title, &body, CLOSE_LINGER).await;
+        return Ok(());
+    }
+    let protocol = chosen_protocol(&head.headers);
+    let key = head
+        .headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| actix_http::ws::hash_key(k.as_bytes()))
+        .unwrap_or_default();
+    let mut response = String::with_capacity(160);
+    response.push_str(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+         sec-websocket-accept: ",
+    );
+    response.push_str(std::str::from_utf8(&key).unwrap_or_default());
+    if let Some(p) = protocol {
+        response.push_str("\r\nsec-websocket-protocol: ");
+        response.push_str(p.label());
+    }
+    response.push_str("\r\n\r\n");
+    {
+        use tokio::io::AsyncWriteExt;
+        if io.write_all(response.as_bytes()).await.is_err() {
+            return Ok(());
         }
-    });
-    Ok(response)
+    }
+    let header_token = super::bearer_in(&head.headers).map(str::to_owned);
+    drop(req);
+    let socket = WsSocket::new(io, early, state.settings.max_frame_bytes);
+    match protocol {
+        Some(p) => {
+            let (conn, results) = Connection::new(p, socket, state, header_token);
+            run(conn, results).await;
+        }
+        None => {
+            socket
+                .close(
+                    Some((4406, "Subprotocol not acceptable".into())),
+                    CLOSE_LINGER,
+                )
+                .await;
+        }
+    }
+    Ok(())
 }
 
 /// One operation of a connection.
@@ -117,7 +171,7 @@ enum Step {
 
 struct Connection {
     protocol: Protocol,
-    session: Session,
+    socket: WsSocket,
     state: std::sync::Arc<RealtimeState>,
     token: Option<String>,
     acked: bool,
@@ -134,7 +188,7 @@ struct Connection {
 impl Connection {
     fn new(
         protocol: Protocol,
-        session: Session,
+        socket: WsSocket,
         state: std::sync::Arc<RealtimeState>,
         token: Option<String>,
     ) -> (Self, mpsc::Receiver<operation::OpResult>) {
@@ -146,7 +200,7 @@ impl Connection {
         (
             Connection {
                 protocol,
-                session,
+                socket,
                 state,
                 token,
                 acked: false,
@@ -177,45 +231,40 @@ fn frame(id_json: &str, kind: &str, payload: Option<&str>) -> String {
     out
 }
 
+/// The connection is gone: nothing can be written to it any more.
+struct Gone;
+
 /// Serves one connection to its end, then stops its operations and closes the socket.
-async fn run(
-    mut conn: Connection,
-    mut results: mpsc::Receiver<operation::OpResult>,
-    stream: actix_ws::MessageStream,
-) {
+async fn run(mut conn: Connection, mut results: mpsc::Receiver<operation::OpResult>) {
     let gauge = conn
         .state
         .metrics
         .connections
         .with_label_values(&[conn.protocol.label()]);
     gauge.inc();
-    let reason = conn.serve(stream, &mut results).await;
+    let reason = conn.serve(&mut results).await;
     gauge.dec();
-    for (_, op) in conn.ops.drain() {
+    let Connection { socket, ops, .. } = conn;
+    for (_, op) in ops {
         op.stop();
     }
-    if let Some((code, text)) = reason {
-        let _ = conn.session.close(Some(close_reason(code, &text))).await;
-    }
+    socket.close(reason, CLOSE_LINGER).await;
 }
 
 impl Connection {
     /// Serves until the connection ends; returns the close to send, if any.
     async fn serve(
         &mut self,
-        stream: actix_ws::MessageStream,
         results: &mut mpsc::Receiver<operation::OpResult>,
     ) -> Option<(u16, String)> {
-        let max = self.state.settings.max_frame_bytes;
-        let mut stream = stream
-            .max_frame_size(max)
-            .aggregate_continuations()
-            .max_continuation_size(max);
         let init_deadline = tokio::time::sleep(self.state.settings.init_timeout);
         tokio::pin!(init_deadline);
         let mut ping = tokio::time::interval(self.state.settings.ping_interval);
         ping.reset();
         let mut shutdown = self.state.shutdown.clone();
+        // Frames the socket has not taken yet, beyond which the subscriptions' queues are left to
+        // fill (and then coalesce) instead of being written.
+        let backlog_limit = self.state.settings.client_queue_bytes;
         loop {
             let budget = self.budget.clone();
             tokio::select! {
@@ -224,25 +273,25 @@ impl Connection {
                 _ = &mut init_deadline, if !self.acked => {
                     return Some((4408, "Connection initialisation timeout".into()));
                 }
-                msg = stream.next() => {
+                msg = self.socket.next() => {
                     let step = match msg {
                         None => return None,
-                        Some(Err(ProtocolError::Overflow)) => Step::Close(1009, "Message too big".into()),
-                        // A fragmented message whose fragments add up to more than the limit.
-                        Some(Err(ProtocolError::Io(e))) if is_continuation_overflow(&e) => {
-                            Step::Close(1009, "Message too big".into())
+                        Some(Err(ReadError::TooBig)) => Step::Close(1009, "Message too big".into()),
+                        Some(Err(ReadError::Invalid(e))) => {
+                            Step::Close(4400, format!("Invalid message received: {e}"))
                         }
-                        Some(Err(e)) => Step::Close(4400, format!("Invalid message received: {e}")),
                         // Boxed: handling a message is rare, and inline its future would size the
                         // connection's task for as long as the connection lives.
-                        Some(Ok(AggregatedMessage::Text(text))) => Box::pin(self.on_text(&text)).await,
-                        Some(Ok(AggregatedMessage::Binary(_))) => Step::Close(4400, "Invalid message received".into()),
-                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                            if self.session.pong(&bytes).await.is_err() { return None; }
-                            Step::Continue
+                        Some(Ok(Incoming::Text(text))) => Box::pin(self.on_text(&text)).await,
+                        Some(Ok(Incoming::Binary)) => Step::Close(4400, "Invalid message received".into()),
+                        Some(Ok(Incoming::Ping(bytes))) => {
+                            self.socket.pong(&bytes);
+                            self.flush()
                         }
-                        Some(Ok(AggregatedMessage::Pong(_))) => Step::Continue,
-                        Some(Ok(AggregatedMessage::Close(_))) => return Some((1000, "Normal closure".into())),
+                        Some(Ok(Incoming::Pong)) => Step::Continue,
+                        // The socket took everything it was behind with: catch up with the queues.
+                        Some(Ok(Incoming::Written)) => self.drain(),
+                        Some(Ok(Incoming::Close)) => return Some((1000, "Normal closure".into())),
                     };
                     if let Step::Close(code, text) = step {
                         return Some((code, text));
@@ -250,12 +299,18 @@ impl Connection {
                 }
                 Some(result) = results.recv() => {
                     let (id, event) = *result;
-                    if self.write_result(id, event).await.is_err() {
+                    if self.write_result(id, event).is_err() {
                         return None;
                     }
                 }
                 _ = budget.ready.notified() => {
-                    if self.drain().await.is_err() {
+                    if self.socket.backlog() > backlog_limit {
+                        // The client reads slower than changes come: its queues fill and coalesce
+                        // meanwhile; once one had to, the client is too slow.
+                        if self.budget.take_overflowed() {
+                            self.budget.flag_too_slow();
+                        }
+                    } else if let Step::Close(..) = self.drain() {
                         return None;
                     }
                 }
@@ -264,7 +319,9 @@ impl Connection {
                         Protocol::TransportWs => r#"{"type":"ping"}"#,
                         Protocol::Legacy => r#"{"type":"ka"}"#,
                     };
-                    if self.session.ping(b"").await.is_err() || self.session.text(keep_alive).await.is_err() {
+                    self.socket.ping(b"");
+                    self.socket.text(keep_alive);
+                    if let Step::Close(..) = self.flush() {
                         return None;
                     }
                 }
@@ -276,20 +333,31 @@ impl Connection {
         }
     }
 
-    async fn send(&mut self, v: Value) -> Result<(), actix_ws::Closed> {
-        self.session.text(v.to_string()).await
+    /// Writes what the socket takes now; the rest goes out as it becomes writable.
+    fn flush(&mut self) -> Step {
+        match self.socket.try_flush() {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Close(1000, "Normal closure".into()),
+        }
     }
 
-    /// Writes what the attached subscriptions hold now, back to back. Each frame is built once,
-    /// in one allocation: the operation's framing around the payload.
-    async fn drain(&mut self) -> Result<(), actix_ws::Closed> {
+    fn send(&mut self, v: Value) -> Result<(), Gone> {
+        self.socket.text(v.to_string());
+        self.socket.try_flush().map_err(|_| Gone)
+    }
+
+    /// Writes what the attached subscriptions hold now, back to back, in as few writes as the
+    /// socket allows. Each frame is built once, in one allocation: the operation's framing around
+    /// the payload.
+    fn drain(&mut self) -> Step {
+        self.budget.take_overflowed();
         let latency = &self.state.metrics.fanout_latency;
         let next = match self.protocol {
             Protocol::TransportWs => "next",
             Protocol::Legacy => "data",
         };
-        let mut frames: Vec<String> = Vec::new();
         let mut ended: Vec<String> = Vec::new();
+        let socket = &mut self.socket;
         for (id, op) in &self.ops {
             let Op::Fast(fast) = op else { continue };
             // Made on the first frame: most wake-ups find most subscriptions empty.
@@ -302,7 +370,7 @@ impl Connection {
                     OpEvent::Error(_) | OpEvent::Fast(_) => return,
                 };
                 let id_json = id_json.get_or_insert_with(|| Value::String(id.clone()).to_string());
-                frames.push(frame(id_json, kind, payload));
+                socket.text(frame(id_json, kind, payload));
             });
             if done {
                 ended.push(id.clone());
@@ -312,13 +380,10 @@ impl Connection {
         for id in ended {
             self.ops.remove(&id);
         }
-        for f in frames {
-            self.session.text(f).await?;
-        }
-        Ok(())
+        self.flush()
     }
 
-    async fn write_result(&mut self, id: String, event: OpEvent) -> Result<(), actix_ws::Closed> {
+    fn write_result(&mut self, id: String, event: OpEvent) -> Result<(), Gone> {
         if let OpEvent::Fast(fast) = event {
             // Attached: this task drains it from now on (a client `complete` that came first
             // leaves no entry, and dropping `fast` detaches it).
@@ -344,7 +409,8 @@ impl Connection {
             return Ok(());
         }
         let id_json = Value::String(id).to_string();
-        self.session.text(frame(&id_json, kind, payload)).await
+        self.socket.text(frame(&id_json, kind, payload));
+        self.socket.try_flush().map_err(|_| Gone)
     }
 
     async fn on_text(&mut self, text: &str) -> Step {
@@ -361,7 +427,7 @@ impl Connection {
                 if let Some(p) = msg.get("payload") {
                     pong["payload"] = p.clone();
                 }
-                self.reply(pong).await
+                self.reply(pong)
             }
             (Protocol::TransportWs, "pong") => Step::Continue,
             (Protocol::TransportWs, "subscribe") | (Protocol::Legacy, "start") => {
@@ -383,7 +449,7 @@ impl Connection {
                 };
                 if let Some(op) = self.ops.remove(id) {
                     op.stop();
-                    return self.reply(json!({"type": "complete", "id": id})).await;
+                    return self.reply(json!({"type": "complete", "id": id}));
                 }
                 Step::Continue
             }
@@ -394,8 +460,8 @@ impl Connection {
         }
     }
 
-    async fn reply(&mut self, v: Value) -> Step {
-        match self.send(v).await {
+    fn reply(&mut self, v: Value) -> Step {
+        match self.send(v) {
             Ok(()) => Step::Continue,
             Err(_) => Step::Close(1000, "Normal closure".into()),
         }
@@ -415,8 +481,7 @@ impl Connection {
         let Some(claims) = claims else {
             if self.protocol == Protocol::Legacy {
                 let _ = self
-                    .send(json!({"type": "connection_error", "payload": {"message": "Forbidden"}}))
-                    .await;
+                    .send(json!({"type": "connection_error", "payload": {"message": "Forbidden"}}));
             }
             return Step::Close(4403, "Forbidden".into());
         };
@@ -431,11 +496,11 @@ impl Connection {
             }
         }
         self.acked = true;
-        if let Step::Close(c, t) = self.reply(json!({"type": "connection_ack"})).await {
+        if let Step::Close(c, t) = self.reply(json!({"type": "connection_ack"})) {
             return Step::Close(c, t);
         }
         if self.protocol == Protocol::Legacy {
-            return self.reply(json!({"type": "ka"})).await;
+            return self.reply(json!({"type": "ka"}));
         }
         Step::Continue
     }
@@ -468,7 +533,7 @@ impl Connection {
                 "too many subscriptions on this connection (at most {max}, realtime.max_subscriptions_per_connection)"
             );
             let error = json!({"id": id, "type": "error", "payload": [{"message": message}]});
-            return self.reply(error).await;
+            return self.reply(error);
         }
         let Ok(request) = serde_json::from_value::<GraphQLRequest>(payload.clone()) else {
             return Step::Close(4400, "Invalid message received".into());
@@ -486,13 +551,6 @@ impl Connection {
         self.ops.insert(id.to_owned(), Op::Running(task));
         Step::Continue
     }
-}
-
-/// actix-ws reports a fragmented message over `max_continuation_size` only as an I/O error with
-/// this text.
-fn is_continuation_overflow(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::Other
-        && e.to_string().contains("Exceeded maximum continuation size")
 }
 
 /// The dialog token of a `connection_init` payload: `{"Authorization": "Bearer …"}` (any case), or
