@@ -535,6 +535,139 @@ async fn invalid_messages_are_closed_with_4400() {
     assert_eq!(ws.close_code().await, Some(4400), "garbage before init");
 }
 
+/// The first text frame of a raw client, skipping control frames; fails on a close.
+async fn first_text(raw: &mut RawWs) -> String {
+    for _ in 0..10 {
+        match raw.next_frame(WAIT).await {
+            RawFrame::Text(t) => return t,
+            RawFrame::Other(..) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+    panic!("no text frame among the first ten")
+}
+
+#[actix_web::test]
+async fn frames_sent_in_the_same_packet_as_the_upgrade_request_are_served() {
+    let node = start("").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    // connection_init and subscribe travel with the handshake, before its answer is read.
+    let mut early = client_frame(
+        0x1,
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}})
+            .to_string()
+            .as_bytes(),
+    );
+    early.extend(client_frame(
+        0x1,
+        json!({"id": "1", "type": "subscribe",
+            "payload": {"query": SUBSCRIPTION, "variables": {"id": id}}})
+        .to_string()
+        .as_bytes(),
+    ));
+    let mut raw = RawWs::connect_with(&node, TWS, None, &early).await;
+    assert!(first_text(&mut raw).await.contains("connection_ack"));
+    wait_subscriptions(&node, 1).await;
+    post_activity(&node, &id).await;
+    let next: Value = serde_json::from_str(&first_text(&mut raw).await).expect("json");
+    assert_eq!(next["type"], "next", "{next}");
+    assert_eq!(next["id"], "1", "{next}");
+    assert!(seq(&next["payload"]["data"]["dialogEvents"]) > 1, "{next}");
+}
+
+#[actix_web::test]
+async fn a_fragmented_message_is_gathered_with_a_ping_between_its_fragments() {
+    let node = start("").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}})
+            .to_string();
+    let (a, rest) = init.as_bytes().split_at(10);
+    let (b, c) = rest.split_at(20);
+    let mut frames = client_fragment(false, 0x1, a);
+    frames.extend(client_fragment(false, 0x0, b));
+    frames.extend(client_frame(0x9, b"between"));
+    frames.extend(client_fragment(true, 0x0, c));
+    let mut raw = RawWs::connect_with(&node, TWS, None, &frames).await;
+    let mut pong = None;
+    let mut ack = false;
+    for _ in 0..5 {
+        match raw.next_frame(WAIT).await {
+            RawFrame::Other(0xA, payload) => pong = Some(payload),
+            RawFrame::Text(t) if t.contains("connection_ack") => {
+                ack = true;
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        pong.as_deref(),
+        Some(&b"between"[..]),
+        "the ping is answered"
+    );
+    assert!(ack, "the gathered connection_init is acknowledged");
+
+    // Text that is not UTF-8 is an invalid message.
+    raw.send_frame(0x1, &[0xff, 0xfe, 0x7b]).await;
+    let mut close = None;
+    for _ in 0..5 {
+        if let RawFrame::Close(code) = raw.next_frame(WAIT).await {
+            close = code;
+            break;
+        }
+    }
+    assert_eq!(close, Some(4400));
+}
+
+#[actix_web::test]
+async fn an_upgrade_that_is_not_a_graphql_websocket_handshake_is_refused_with_problem_json() {
+    let node = start("").await;
+    let host = node.base.trim_start_matches("http://").to_owned();
+    let handshake = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws";
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+    let cases = [
+        (
+            "another path",
+            format!(
+                "GET /api/v1/enduser/dialogs HTTP/1.1\r\nHost: {host}\r\n{handshake}\r\n{key}\r\n\r\n"
+            ),
+            404,
+        ),
+        (
+            "not a GET",
+            format!("POST /graphql HTTP/1.1\r\nHost: {host}\r\n{handshake}\r\n{key}\r\n\r\n"),
+            405,
+        ),
+        (
+            "no key",
+            format!("GET /graphql HTTP/1.1\r\nHost: {host}\r\n{handshake}\r\n\r\n"),
+            400,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let answer = raw_http(&node, &request).await;
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{what}: {head}"
+        );
+        let problem: Value = serde_json::from_str(body).expect("problem json");
+        assert_eq!(problem["status"], status, "{what}: {problem}");
+    }
+    // The node still upgrades a proper handshake.
+    let mut raw = RawWs::connect(&node, TWS, None).await;
+    raw.send_frame(0x8, &1000u16.to_be_bytes()).await;
+}
+
 #[actix_web::test]
 async fn a_frame_over_max_frame_bytes_is_closed_with_1009() {
     let node = start("[realtime]\nmax_frame_bytes = 1024").await;

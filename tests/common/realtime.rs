@@ -426,6 +426,17 @@ pub struct RawWs {
 impl RawWs {
     /// Opens `GET /graphql` offering `protocol`; `recv_buffer` sets `SO_RCVBUF` before connecting.
     pub async fn connect(node: &TestNode, protocol: &str, recv_buffer: Option<u32>) -> RawWs {
+        Self::connect_with(node, protocol, recv_buffer, &[]).await
+    }
+
+    /// As `connect`, with `early` (client frames) sent in the same write as the handshake request,
+    /// before any answer to it.
+    pub async fn connect_with(
+        node: &TestNode,
+        protocol: &str,
+        recv_buffer: Option<u32>,
+        early: &[u8],
+    ) -> RawWs {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let host = node.base.strip_prefix("http://").expect("http base url");
         let addr: std::net::SocketAddr = host.parse().expect("base url is ip:port");
@@ -444,10 +455,9 @@ impl RawWs {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
              Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
         );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("send handshake");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(early);
+        stream.write_all(&bytes).await.expect("send handshake");
         let mut buf = Vec::new();
         let end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -473,21 +483,7 @@ impl RawWs {
     /// Sends one masked frame with `opcode` (0x1 text, 0x2 binary, 0x8 close).
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
         use tokio::io::AsyncWriteExt;
-        let mut frame = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n < 65536 => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask: [u8; 4] = rand::random();
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = client_frame(opcode, payload);
         self.stream.write_all(&frame).await.expect("send frame");
     }
 
@@ -523,6 +519,51 @@ impl RawWs {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// One whole client frame (masked, as a client must send it) with `opcode`.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    client_fragment(true, opcode, payload)
+}
+
+/// One client frame that ends its message (`fin`) or not; a continuation's `opcode` is 0x0.
+pub fn client_fragment(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n < 65536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask: [u8; 4] = rand::random();
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) on a new connection and returns everything the node
+/// answers until it closes the connection.
+pub async fn raw_http(node: &TestNode, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = node.base.strip_prefix("http://").expect("http base url");
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("tcp connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the node closes the connection in time")
+        .expect("read answer");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// One unmasked frame at the start of `buf`: (opcode, payload, bytes used).
