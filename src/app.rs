@@ -19,6 +19,7 @@ use crate::dialogs::{DialogDeps, DialogRegistry};
 use crate::domain::NodeInfo;
 use crate::domain::Party;
 use crate::http::AppState;
+use crate::realtime::OpenSockets;
 use crate::realtime::limits::PartyConnections;
 use crate::store::prelude::*;
 use crate::store::{EmbeddedStore, MemoryStore, RedisStore};
@@ -36,6 +37,10 @@ pub struct App {
     server: Server,
     /// Set to true to drain: realtime connections close with 1012, SSE streams complete.
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Open WebSocket connections, waited for when draining.
+    sockets: Arc<OpenSockets>,
+    /// How long a drain waits (`shutdown.timeout`).
+    drain: Duration,
     addr: SocketAddr,
     state: web::Data<AppState>,
     keys: KeyStore,
@@ -228,6 +233,7 @@ impl App {
         let mut arbiters = arbiters;
         arbiters.push(dispatcher_arbiter);
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let sockets = Arc::new(OpenSockets::default());
         let limit = settings.realtime.max_connections_per_party;
         let parties = match shared_redis {
             Some(redis) => PartyConnections::shared(limit, redis, node_id.clone()),
@@ -253,6 +259,7 @@ impl App {
             max_body: settings.http.max_body,
             origins: crate::http::cors::Origins::new(&settings.http.cors_origins),
             shutdown: shutdown_rx,
+            sockets: sockets.clone(),
         });
         let workers = if settings.http.workers == 0 {
             cores
@@ -328,6 +335,8 @@ impl App {
             .run();
         Ok(App {
             shutdown: shutdown_tx,
+            sockets,
+            drain: Duration::from_secs(shutdown),
             server,
             addr,
             state,
@@ -369,6 +378,8 @@ impl App {
         Stopper {
             shutdown: self.shutdown.clone(),
             handle: self.server.handle(),
+            sockets: self.sockets.clone(),
+            drain: self.drain,
         }
     }
 
@@ -380,10 +391,11 @@ impl App {
         let handle = self.server.handle();
         let shutdown = self.shutdown.clone();
         let node = self.state.node_id.clone();
+        let (sockets, within) = (self.sockets.clone(), self.drain);
         let signals = actix_web::rt::spawn(async move {
             wait_for_signal().await;
             tracing::info!(%node, "shutting down");
-            let _ = shutdown.send(true);
+            drain(&shutdown, &sockets, within).await;
             handle.stop(true).await;
         });
         // Stops the actors and background loops when serving ends, and also when this future is
@@ -531,13 +543,26 @@ pub fn install_tls_provider() {
 pub struct Stopper {
     shutdown: tokio::sync::watch::Sender<bool>,
     handle: ServerHandle,
+    sockets: Arc<OpenSockets>,
+    drain: Duration,
 }
 
 impl Stopper {
     pub async fn stop(&self) {
-        let _ = self.shutdown.send(true);
+        drain(&self.shutdown, &self.sockets, self.drain).await;
         self.handle.stop(true).await;
     }
+}
+
+/// Tells realtime connections to close (1012) and waits (at most `within`) for their sockets to
+/// be closed: a WebSocket is a task of its own, which the HTTP server's drain does not wait for.
+async fn drain(
+    shutdown: &tokio::sync::watch::Sender<bool>,
+    sockets: &OpenSockets,
+    within: Duration,
+) {
+    let _ = shutdown.send(true);
+    sockets.closed(within).await;
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -38,6 +38,60 @@ pub struct RealtimeState {
     pub origins: crate::http::cors::Origins,
     /// Flips to true when the node starts draining: connections close with 1012, streams complete.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// WebSocket connections being served (each its own task once upgraded).
+    pub sockets: Arc<OpenSockets>,
+}
+
+/// WebSocket connections this node serves, counted until their socket is closed. Once upgraded a
+/// connection is a task of its own, beyond the HTTP server's count, so a draining node waits for
+/// these (their close frames written) before it stops its workers.
+#[derive(Default)]
+pub struct OpenSockets {
+    count: std::sync::atomic::AtomicUsize,
+    none: tokio::sync::Notify,
+}
+
+/// One counted connection; uncounted on drop.
+pub struct OpenSocket(Arc<OpenSockets>);
+
+impl OpenSockets {
+    pub fn enter(self: &Arc<Self>) -> OpenSocket {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        OpenSocket(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open, at most `within`.
+    pub async fn closed(&self, within: std::time::Duration) {
+        let _ = tokio::time::timeout(within, async {
+            loop {
+                let none = self.none.notified();
+                tokio::pin!(none);
+                none.as_mut().enable();
+                if self.count() == 0 {
+                    return;
+                }
+                none.await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.none.notify_waiters();
+        }
+    }
 }
 
 impl RealtimeState {
@@ -224,4 +278,36 @@ async fn query(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn closed_waits_for_the_last_open_socket_and_no_longer_than_asked() {
+        let sockets = Arc::new(OpenSockets::default());
+        let (a, b) = (sockets.enter(), sockets.enter());
+        assert_eq!(sockets.count(), 2);
+
+        let t = Instant::now();
+        sockets.closed(Duration::from_millis(50)).await;
+        assert!(t.elapsed() >= Duration::from_millis(50), "gave up early");
+        assert_eq!(sockets.count(), 2);
+
+        drop(a);
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(b);
+        });
+        let t = Instant::now();
+        sockets.closed(Duration::from_secs(10)).await;
+        assert_eq!(sockets.count(), 0);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "woken when the last closed"
+        );
+        closer.await.expect("closer");
+    }
 }

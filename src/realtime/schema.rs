@@ -47,7 +47,8 @@ pub struct FastSubscription {
     pub queue: Arc<SubscriberQueue>,
     /// Detaches on drop: the transport keeps it for as long as the operation runs.
     pub guard: SubscriptionGuard,
-    pub plan: Plan,
+    /// Shared by the subscriptions that select the same fields (`Plan::shared`).
+    pub plan: Arc<Plan>,
 }
 
 /// A field of `DialogEventPayload` a subscription selected.
@@ -69,7 +70,31 @@ pub struct Plan {
     pub fields: Vec<(String, PayloadField)>,
 }
 
+/// Plans kept per thread for sharing: GUIs send the same few subscription documents.
+const SHARED_PLANS: usize = 16;
+
+thread_local! {
+    static PLANS: std::cell::RefCell<Vec<Arc<Plan>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Plan {
+    /// `plan`, or an equal one already in use on this thread (one copy for the many subscriptions
+    /// that select the same fields).
+    fn shared(plan: Plan) -> Arc<Plan> {
+        PLANS.with(|plans| {
+            let mut plans = plans.borrow_mut();
+            if let Some(p) = plans.iter().find(|p| ***p == plan) {
+                return p.clone();
+            }
+            let p = Arc::new(plan);
+            if plans.len() >= SHARED_PLANS {
+                plans.remove(0);
+            }
+            plans.push(p.clone());
+            p
+        })
+    }
+
     fn from_look_ahead(executor: &Executor<'_, '_, GqlContext>) -> Option<Plan> {
         let selection = executor.look_ahead();
         let mut fields: Vec<(String, PayloadField)> = Vec::new();
@@ -304,7 +329,8 @@ impl Subscription {
         let plan = ctx
             .fast
             .as_ref()
-            .and_then(|_| Plan::from_look_ahead(executor));
+            .and_then(|_| Plan::from_look_ahead(executor))
+            .map(Plan::shared);
         let token = ctx
             .dialog_token
             .as_deref()

@@ -2,7 +2,6 @@
 //! (subscriptions-transport-ws) on one connection loop, with their close codes, keep-alive, init
 //! timeout, frame limit and the slow-consumer close (4008).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,8 +64,44 @@ pub async fn accept(
     (req, framed): (Request, Framed<TcpStream, h1::Codec>),
     state: Arc<RealtimeState>,
 ) -> Result<(), Infallible> {
+    // Only the socket outlives the handshake: the request, the HTTP codec and the dispatcher's
+    // buffers (8 KiB each) are gone before the connection is served.
+    // Boxed: the handshake's state is large and short-lived; inline it would size this future
+    // (which lives as long as the connection) for good.
+    let Some((socket, protocol, header_token)) = Box::pin(handshake(req, framed, &state)).await
+    else {
+        return Ok(());
+    };
+    // The connection becomes a task of its own, and the HTTP dispatcher's task (sized for
+    // ordinary requests) ends here.
+    let open = state.sockets.enter();
+    actix_web::rt::spawn(async move {
+        match protocol {
+            Some(p) => run(Connection::new(p, socket, state, header_token)).await,
+            None => {
+                socket
+                    .close(
+                        Some((4406, "Subprotocol not acceptable".into())),
+                        CLOSE_LINGER,
+                    )
+                    .await
+            }
+        }
+        drop(open);
+    });
+    Ok(())
+}
+
+/// Checks and answers the upgrade request: the socket, the subprotocol chosen (if the client
+/// offered one served here) and the bearer token of the request; `None` when it was refused.
+async fn handshake(
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+    state: &RealtimeState,
+) -> Option<(WsSocket, Option<Protocol>, Option<String>)> {
     let parts = framed.into_parts();
     let (mut io, early) = (parts.io, parts.read_buf);
+    drop(parts.write_buf);
     let head = req.head();
     let refusal = if head.uri.path() != "/graphql" {
         Some((
@@ -103,7 +138,7 @@ pub async fn accept(
             .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
         let body = crate::http::problem::problem_body(code, title, &detail, None);
         super::socket::refuse(io, status, title, &body, CLOSE_LINGER).await;
-        return Ok(());
+        return None;
     }
     let protocol = chosen_protocol(&head.headers);
     let key = head
@@ -125,27 +160,12 @@ pub async fn accept(
     {
         use tokio::io::AsyncWriteExt;
         if io.write_all(response.as_bytes()).await.is_err() {
-            return Ok(());
+            return None;
         }
     }
     let header_token = super::bearer_in(&head.headers).map(str::to_owned);
-    drop(req);
     let socket = WsSocket::new(io, early, state.settings.max_frame_bytes);
-    match protocol {
-        Some(p) => {
-            let (conn, results) = Connection::new(p, socket, state, header_token);
-            run(conn, results).await;
-        }
-        None => {
-            socket
-                .close(
-                    Some((4406, "Subprotocol not acceptable".into())),
-                    CLOSE_LINGER,
-                )
-                .await;
-        }
-    }
-    Ok(())
+    Some((socket, protocol, header_token))
 }
 
 /// One operation of a connection.
@@ -177,10 +197,11 @@ struct Connection {
     acked: bool,
     budget: std::sync::Arc<ConnectionBudget>,
     /// Operations by client id: resolving (or streaming through juniper) in a task that reports
-    /// through `out` and is aborted on `complete`/`stop` or when the connection ends; or attached
-    /// subscriptions this task drains itself.
-    ops: HashMap<String, Op>,
-    out: operation::OpSender,
+    /// through `resolving` and is aborted on `complete`/`stop` or when the connection ends; or
+    /// attached subscriptions this task drains itself.
+    ops: Ops,
+    /// The channel from operations in a task to the connection; only while any runs.
+    resolving: Option<Resolving>,
     /// The party's connection slot, taken when `connection_init` is accepted; freed on drop.
     slot: Option<super::limits::PartySlot>,
 }
@@ -191,26 +212,77 @@ impl Connection {
         socket: WsSocket,
         state: std::sync::Arc<RealtimeState>,
         token: Option<String>,
-    ) -> (Self, mpsc::Receiver<operation::OpResult>) {
-        let (out, results) = mpsc::channel(WRITER_CHANNEL);
+    ) -> Self {
         let budget = ConnectionBudget::new(
             state.settings.client_queue_bytes,
             Some(state.metrics.buffered_bytes.clone()),
         );
-        (
-            Connection {
-                protocol,
-                socket,
-                state,
-                token,
-                acked: false,
-                budget,
-                ops: HashMap::new(),
-                out,
-                slot: None,
-            },
-            results,
-        )
+        Connection {
+            protocol,
+            socket,
+            state,
+            token,
+            acked: false,
+            budget,
+            ops: Ops::default(),
+            resolving: None,
+            slot: None,
+        }
+    }
+}
+
+/// The operations of a connection by client id. A list: a connection holds a few, and a map's
+/// table would cost more than the search.
+#[derive(Default)]
+struct Ops(Vec<(String, Op)>);
+
+impl Ops {
+    fn position(&self, id: &str) -> Option<usize> {
+        self.0.iter().position(|(k, _)| k == id)
+    }
+
+    fn contains_key(&self, id: &str) -> bool {
+        self.position(id).is_some()
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Op> {
+        let i = self.position(id)?;
+        Some(&mut self.0[i].1)
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Op> {
+        let i = self.position(id)?;
+        let op = self.0.swap_remove(i).1;
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(op)
+    }
+
+    fn insert(&mut self, id: String, op: Op) {
+        self.0.push((id, op));
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn any_running(&self) -> bool {
+        self.0.iter().any(|(_, op)| matches!(op, Op::Running(_)))
+    }
+}
+
+/// Results of the operations that run in tasks, to the connection.
+struct Resolving {
+    out: operation::OpSender,
+    results: mpsc::Receiver<operation::OpResult>,
+}
+
+/// The next result of an operation task; pending for ever while none runs.
+async fn next_result(resolving: &mut Option<Resolving>) -> Option<operation::OpResult> {
+    match resolving {
+        Some(r) => r.results.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -235,17 +307,17 @@ fn frame(id_json: &str, kind: &str, payload: Option<&str>) -> String {
 struct Gone;
 
 /// Serves one connection to its end, then stops its operations and closes the socket.
-async fn run(mut conn: Connection, mut results: mpsc::Receiver<operation::OpResult>) {
+async fn run(mut conn: Connection) {
     let gauge = conn
         .state
         .metrics
         .connections
         .with_label_values(&[conn.protocol.label()]);
     gauge.inc();
-    let reason = conn.serve(&mut results).await;
+    let reason = conn.serve().await;
     gauge.dec();
     let Connection { socket, ops, .. } = conn;
-    for (_, op) in ops {
+    for (_, op) in ops.0 {
         op.stop();
     }
     socket.close(reason, CLOSE_LINGER).await;
@@ -253,14 +325,11 @@ async fn run(mut conn: Connection, mut results: mpsc::Receiver<operation::OpResu
 
 impl Connection {
     /// Serves until the connection ends; returns the close to send, if any.
-    async fn serve(
-        &mut self,
-        results: &mut mpsc::Receiver<operation::OpResult>,
-    ) -> Option<(u16, String)> {
-        let init_deadline = tokio::time::sleep(self.state.settings.init_timeout);
-        tokio::pin!(init_deadline);
-        let mut ping = tokio::time::interval(self.state.settings.ping_interval);
-        ping.reset();
+    async fn serve(&mut self) -> Option<(u16, String)> {
+        // One timer: the `connection_init` deadline, then the keep-alive.
+        let ping_interval = self.state.settings.ping_interval;
+        let timer = tokio::time::sleep(self.state.settings.init_timeout);
+        tokio::pin!(timer);
         let mut shutdown = self.state.shutdown.clone();
         // Frames the socket has not taken yet, beyond which the subscriptions' queues are left to
         // fill (and then coalesce) instead of being written.
@@ -270,10 +339,23 @@ impl Connection {
             tokio::select! {
                 _ = shutdown.changed() => return Some((1012, "Service restart".into())),
                 _ = budget.slow.notified(), if !self.budget.is_too_slow() => {}
-                _ = &mut init_deadline, if !self.acked => {
-                    return Some((4408, "Connection initialisation timeout".into()));
+                _ = &mut timer => {
+                    if !self.acked {
+                        return Some((4408, "Connection initialisation timeout".into()));
+                    }
+                    let keep_alive = match self.protocol {
+                        Protocol::TransportWs => r#"{"type":"ping"}"#,
+                        Protocol::Legacy => r#"{"type":"ka"}"#,
+                    };
+                    self.socket.ping(b"");
+                    self.socket.text(keep_alive);
+                    if let Step::Close(..) = self.flush() {
+                        return None;
+                    }
+                    timer.as_mut().reset(tokio::time::Instant::now() + ping_interval);
                 }
                 msg = self.socket.next() => {
+                    let acked = self.acked;
                     let step = match msg {
                         None => return None,
                         Some(Err(ReadError::TooBig)) => Step::Close(1009, "Message too big".into()),
@@ -296,11 +378,17 @@ impl Connection {
                     if let Step::Close(code, text) = step {
                         return Some((code, text));
                     }
+                    if self.acked && !acked {
+                        timer.as_mut().reset(tokio::time::Instant::now() + ping_interval);
+                    }
                 }
-                Some(result) = results.recv() => {
+                Some(result) = next_result(&mut self.resolving) => {
                     let (id, event) = *result;
                     if self.write_result(id, event).is_err() {
                         return None;
+                    }
+                    if !self.ops.any_running() {
+                        self.resolving = None;
                     }
                 }
                 _ = budget.ready.notified() => {
@@ -311,17 +399,6 @@ impl Connection {
                             self.budget.flag_too_slow();
                         }
                     } else if let Step::Close(..) = self.drain() {
-                        return None;
-                    }
-                }
-                _ = ping.tick(), if self.acked => {
-                    let keep_alive = match self.protocol {
-                        Protocol::TransportWs => r#"{"type":"ping"}"#,
-                        Protocol::Legacy => r#"{"type":"ka"}"#,
-                    };
-                    self.socket.ping(b"");
-                    self.socket.text(keep_alive);
-                    if let Step::Close(..) = self.flush() {
                         return None;
                     }
                 }
@@ -358,7 +435,7 @@ impl Connection {
         };
         let mut ended: Vec<String> = Vec::new();
         let socket = &mut self.socket;
-        for (id, op) in &self.ops {
+        for (id, op) in &self.ops.0 {
             let Op::Fast(fast) = op else { continue };
             // Made on the first frame: most wake-ups find most subscriptions empty.
             let mut id_json: Option<String> = None;
@@ -541,13 +618,15 @@ impl Connection {
         let ctx = self
             .state
             .context(self.token.clone(), Some(self.budget.clone()));
-        let task = operation::spawn(
-            self.state.schema.clone(),
-            ctx,
-            request,
-            id.to_owned(),
-            self.out.clone(),
-        );
+        let out = self
+            .resolving
+            .get_or_insert_with(|| {
+                let (out, results) = mpsc::channel(WRITER_CHANNEL);
+                Resolving { out, results }
+            })
+            .out
+            .clone();
+        let task = operation::spawn(self.state.schema.clone(), ctx, request, id.to_owned(), out);
         self.ops.insert(id.to_owned(), Op::Running(task));
         Step::Continue
     }
