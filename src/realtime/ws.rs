@@ -260,6 +260,8 @@ impl Ops {
     }
 
     fn insert(&mut self, id: String, op: Op) {
+        // Room for exactly one more: a first push would otherwise make room for four.
+        self.0.reserve_exact(1);
         self.0.push((id, op));
     }
 
