@@ -6,7 +6,8 @@
 //! - [`config`]: typed settings, layered loading (defaults → file → env), validation.
 //! - [`telemetry`]: tracing subscriber and the node's Prometheus metrics.
 //! - [`http`]: actix-web routes, problem+json errors, extractors.
-//! - [`realtime`]: GraphQL schema, WebSocket (both protocols) and SSE subscriptions.
+//! - [`realtime`]: GraphQL schema, WebSocket (both protocols, on sockets handed over at the
+//!   upgrade) and SSE subscriptions.
 //! - [`webhooks`]: the dispatcher actor, signing, retry policy, endpoint guard.
 //! - [`dialogs`]: per-dialog actors and the registry that starts them on demand.
 //! - [`auth`]: token verification (JWKS, dev issuer), dialog tokens, authorization policy.

@@ -7,14 +7,12 @@ use std::io;
 use std::time::Duration;
 
 use actix_codec::{Decoder, Encoder};
-use actix_http::ws::Codec;
+use actix_http::ws::{Codec, Frame};
 use actix_ws::{CloseCode, CloseReason, Item, Message, ProtocolError};
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-use actix_http::ws::Frame;
 
 /// Bytes taken from the socket per read.
 const READ_CHUNK: usize = 4096;

@@ -1,6 +1,8 @@
 //! GraphQL over WebSocket: `graphql-transport-ws` and the legacy `graphql-ws`
 //! (subscriptions-transport-ws) on one connection loop, with their close codes, keep-alive, init
-//! timeout, frame limit and the slow-consumer close (4008).
+//! timeout, frame limit and the slow-consumer close (4008). The handshake is answered here on the
+//! connection actix-http hands over, and each connection is then one task on its own socket
+//! (`super::socket`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
