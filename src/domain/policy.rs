@@ -93,6 +93,16 @@ impl Policy {
             None => false,
         }
     }
+
+    /// `may_receive` for a whole event: its `resource` (an event of no known resource reaches
+    /// nobody) and its `subject`.
+    pub fn may_receive_event(&self, subscriber: &Party, event: &super::CloudEvent) -> bool {
+        event
+            .resource
+            .as_deref()
+            .and_then(|r| ResourceUrn::parse(r).ok())
+            .is_some_and(|r| self.may_receive(subscriber, &r, event.subject.as_deref()))
+    }
 }
 
 #[cfg(test)]
@@ -152,5 +162,30 @@ mod tests {
         assert!(p.may_receive(&person("12345678901"), &res("a"), subject));
         assert!(!p.may_receive(&person("11111111111"), &res("a"), subject));
         assert!(!p.may_receive(&org("991825827"), &res("unknown"), subject));
+    }
+
+    #[test]
+    fn an_event_reaches_those_who_may_receive_its_resource_and_subject() {
+        let p = policy();
+        let event = |resource: Option<&str>| crate::domain::CloudEvent {
+            specversion: "1.0".into(),
+            id: "e1".into(),
+            kind: "dialogporten.dialog.updated.v1".into(),
+            time: "2026-12-02T10:00:00Z".into(),
+            source: "https://example.test/dialogs/1".into(),
+            subject: Some("urn:altinn:person:identifier-no:08895699684".into()),
+            resource: resource.map(str::to_owned),
+            resourceinstance: None,
+            dialogsequence: None,
+            datacontenttype: None,
+            data: None,
+            extensions: Default::default(),
+        };
+        let of_a = event(Some("urn:altinn:resource:a"));
+        assert!(p.may_receive_event(&org("912345678"), &of_a));
+        assert!(p.may_receive_event(&person("12345678901"), &of_a));
+        assert!(!p.may_receive_event(&person("11111111111"), &of_a));
+        assert!(!p.may_receive_event(&org("991825827"), &event(None)));
+        assert!(!p.may_receive_event(&org("991825827"), &event(Some("not a resource urn"))));
     }
 }

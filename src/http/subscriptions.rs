@@ -337,10 +337,7 @@ async fn replay(
         let at = DateTime::parse_from_rfc3339(&e.time).map(|t| t.with_timezone(&Utc));
         at.is_ok_and(|t| t >= range.from && t <= range.to)
             && s.matches(e)
-            && e.resource
-                .as_deref()
-                .and_then(|r| ResourceUrn::parse(r).ok())
-                .is_some_and(|r| policy.may_receive(&party, &r, e.subject.as_deref()))
+            && policy.may_receive_event(&party, e)
     };
     // The whole retained log is read page by page; of the matching events the newest
     // `webhooks.replay_max` are kept (oldest first), so a long window never loses its recent end.

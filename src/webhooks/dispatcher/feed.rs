@@ -197,15 +197,5 @@ pub(super) fn may_receive(
     sub: &Subscription,
     event: &CloudEvent,
 ) -> bool {
-    let Ok(party) = Party::parse(&sub.consumer) else {
-        return false;
-    };
-    let Some(resource) = event
-        .resource
-        .as_deref()
-        .and_then(|r| ResourceUrn::parse(r).ok())
-    else {
-        return false;
-    };
-    policy.may_receive(&party, &resource, event.subject.as_deref())
+    Party::parse(&sub.consumer).is_ok_and(|party| policy.may_receive_event(&party, event))
 }

@@ -24,7 +24,7 @@ use super::guard::{self, GuardedResolver};
 use super::retry::RetryPolicy;
 use crate::config::WebhookSettings;
 use crate::domain::{
-    CloudEvent, DeadLetter, DeliveryRecord, Party, PendingDelivery, ResourceUrn, Subscription,
+    CloudEvent, DeadLetter, DeliveryRecord, Party, PendingDelivery, Subscription,
     SubscriptionChange,
 };
 use crate::store::{LogPosition, Store};
