@@ -14,9 +14,10 @@ use super::views::{
     SubscriptionView,
 };
 use crate::auth::Scope;
-use crate::domain::{ResourceUrn, Subscription, SubscriptionChange};
+use crate::domain::{Subscription, SubscriptionChange};
 use crate::webhooks::dispatcher::{Redeliver, Validate};
-use crate::webhooks::{guard, signing};
+use crate::webhooks::rules::{self, NewSubscription, Refused};
+use crate::webhooks::signing;
 
 const JSON: &[&str] = &["application/json"];
 
@@ -67,13 +68,25 @@ struct CreateBody {
     include_subunits: bool,
 }
 
-fn non_empty(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
-    match value {
-        Some(v) if v.trim().is_empty() => Err(ApiError::bad(
-            field,
-            "must not be empty (leave it out to match everything)",
-        )),
-        other => Ok(other),
+impl From<CreateBody> for NewSubscription {
+    fn from(b: CreateBody) -> Self {
+        NewSubscription {
+            end_point: b.end_point,
+            resource_filter: b.resource_filter,
+            subject_filter: b.subject_filter,
+            type_filter: b.type_filter,
+            source_filter: b.source_filter,
+            include_subunits: b.include_subunits,
+        }
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Field { field, message } => ApiError::bad(field, message),
+            Refused::Forbidden(why) => ApiError::Forbidden(why),
+        }
     }
 }
 
@@ -98,65 +111,13 @@ async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let party = caller.party_with(Scope::EventsSubscribe)?.clone();
     let body: CreateBody = json_body(&req, body, state.settings.http.max_body, JSON).await?;
-    let hooks = &state.settings.webhooks;
-    guard::check_url(
-        &body.end_point,
-        hooks.allow_http,
-        hooks.allow_private_networks,
-    )
-    .map_err(|why| ApiError::bad("endPoint", why))?;
-    if body.resource_filter.trim().is_empty() {
-        return Err(ApiError::bad("resourceFilter", "must not be empty"));
-    }
-    let resource = ResourceUrn::parse(&body.resource_filter)
-        .map_err(|e| ApiError::bad("resourceFilter", e.to_string()))?;
-    let subject_filter = non_empty("subjectFilter", body.subject_filter)?;
-    let type_filter = non_empty("typeFilter", body.type_filter)?;
-    let source_filter = non_empty("sourceFilter", body.source_filter)?;
-    if let Some(t) = &type_filter
-        && t.trim_end_matches('*').contains('*')
-    {
-        return Err(ApiError::bad(
-            "typeFilter",
-            "'*' is allowed only at the end, as a prefix wildcard",
-        ));
-    }
+    // Fields first (400 names the field), then whether the caller may receive what it asks for.
+    let checked = NewSubscription::from(body).check(&state.settings.webhooks)?;
     let policy = state.store.policy().await?;
-    if !policy.may_receive(&party, &resource, subject_filter.as_deref()) {
-        return Err(ApiError::Forbidden(format!(
-            "{party} may not receive events of {resource}{}",
-            subject_filter
-                .as_deref()
-                .map(|s| format!(" about {s}"))
-                .unwrap_or_default()
-        )));
-    }
-    let candidate = Subscription {
-        id: Uuid::now_v7(),
-        end_point: body.end_point,
-        resource_filter: resource.to_string(),
-        subject_filter,
-        type_filter,
-        source_filter,
-        include_subunits: body.include_subunits,
-        consumer: party.urn(),
-        created_by: party.urn(),
-        created: Utc::now(),
-        validated: false,
-        secret: signing::new_secret(),
-        previous_secret: None,
-        previous_secret_until: None,
-        disabled: false,
-        disabled_reason: None,
-    };
+    let candidate = checked.admit(&party, &policy)?;
     // Re-POSTing an identical subscription returns the existing one (never its secret, which is
     // shown only at creation) and re-sends validation.
-    let existing = state
-        .store
-        .subscriptions()
-        .await?
-        .into_iter()
-        .find(|s| s.same_as(&candidate));
+    let existing = rules::existing(state.store.subscriptions().await?, &candidate);
     let (subscription, status, created) = match existing {
         Some(s) => (s, actix_web::http::StatusCode::OK, false),
         None => {
