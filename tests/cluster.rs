@@ -267,6 +267,71 @@ async fn writes_share_one_redis_connection_and_read_the_registry_only_when_it_ch
     );
 }
 
+#[actix_web::test]
+async fn a_change_is_published_by_its_commit_script_not_by_a_second_command() {
+    let (nodes, shared) = start_cluster(2, "").await;
+    let id = nodes[0].create_dialog(&dialog_body()).await;
+    // Every command Redis runs, with who ran it: a client address, or `lua` for a script.
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &shared.redis.port.to_string(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli monitor (installed with redis-server)");
+    let out = monitor.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(
+        lines_rx.recv_timeout(WAIT).expect("monitor answers"),
+        "OK",
+        "MONITOR started"
+    );
+    // A subscriber on the other node receives what the first node commits.
+    let token = dialog_token(&nodes[1], &id).await;
+    let mut ws = WsClient::connect(&nodes[1], "graphql-transport-ws", None).await;
+    ws.init(Some(&token)).await;
+    ws.subscribe("1", &id, None).await;
+    wait_subscriptions(&nodes[1], 1).await;
+    let writes = 5;
+    for _ in 0..writes {
+        assert_eq!(add_activity(&nodes[0], &id).await, 201);
+    }
+    let mut received = Vec::new();
+    for _ in 0..writes {
+        received.push(ws.event().await["sequence"].as_u64().expect("sequence"));
+    }
+    assert_eq!(
+        received.len(),
+        writes,
+        "every change crossed to the other node"
+    );
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "{received:?}");
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    // Each line cut to who ran it and the command.
+    let publishes: Vec<String> = lines_rx
+        .try_iter()
+        .filter(|l| l.contains("\"PUBLISH\""))
+        .map(|l| l.chars().take(60).collect())
+        .collect();
+    let from_scripts = publishes.iter().filter(|l| l.contains(" lua] ")).count();
+    assert!(
+        from_scripts >= writes,
+        "{from_scripts} PUBLISH from the commit script for {writes} writes: {publishes:?}"
+    );
+    assert_eq!(
+        publishes.len(),
+        from_scripts,
+        "no PUBLISH sent as a command of its own: {publishes:?}"
+    );
+}
+
 /// A dialog's state as the actor hands it to the store: changed from `before`.
 fn commit_of(
     next: Option<&dialog_events::domain::Dialog>,
@@ -282,6 +347,7 @@ fn commit_of(
         events: Vec::new(),
         publish: false,
         hold_until: None,
+        announce: None,
     }
 }
 

@@ -55,6 +55,12 @@ pub trait Bus: Send + Sync + 'static {
 
     async fn ping(&self) -> Result<(), BusError>;
 
+    /// `envelope` as the (channel, message) this bus would publish, for a store that publishes it
+    /// with the commit (`DialogStore::announces`); `None` when this bus does not use the store.
+    fn announcement(&self, _envelope: &Envelope) -> Option<(String, Vec<u8>)> {
+        None
+    }
+
     /// This node now has local interest in `dialog` (first local subscriber).
     fn subscribe(&self, dialog: Uuid);
 

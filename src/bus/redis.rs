@@ -103,6 +103,11 @@ impl Bus for RedisBus {
         }
     }
 
+    fn announcement(&self, envelope: &Envelope) -> Option<(String, Vec<u8>)> {
+        let message = serde_json::to_vec(envelope).ok()?;
+        Some((self.channel(envelope.dialog_id), message))
+    }
+
     async fn ping(&self) -> Result<(), BusError> {
         if !self.connected.load(Ordering::Relaxed) {
             return Err(BusError::Unavailable(

@@ -425,6 +425,20 @@ async fn execute(
             .map(|(i, d)| Arc::new(d.build(describe, base + 1 + i as u64, now, &deps.base_url)))
             .collect();
         let hold_until = describe.visible_from.filter(|t| *t > now);
+        let envelope = Envelope {
+            origin: deps.node_id.clone(),
+            dialog_id: id,
+            sequence: last,
+            events: events.clone(),
+            revision: next.as_ref().map(|d| d.revision),
+        };
+        // A store that can publishes the envelope in the commit itself (one round trip fewer).
+        let announce = deps
+            .store
+            .announces()
+            .then(|| deps.bus.announcement(&envelope))
+            .flatten();
+        let announced = announce.is_some();
         let commit = Commit {
             dialog_id: id,
             expected_sequence: base,
@@ -436,6 +450,7 @@ async fn execute(
             events: events.clone(),
             publish: !silent,
             hold_until,
+            announce,
         };
         match deps.store.commit(commit).await {
             Ok(()) => {
@@ -447,14 +462,8 @@ async fn execute(
                 }
                 let change =
                     Change::of(&events, next.as_ref().map(|d| d.revision), now).map(Arc::new);
-                let envelope = Envelope {
-                    origin: deps.node_id.clone(),
-                    dialog_id: id,
-                    sequence: last,
-                    events,
-                    revision: next.as_ref().map(|d| d.revision),
-                };
-                if let Err(e) = deps.bus.publish(envelope).await {
+                // Unless the commit published it already.
+                if !announced && let Err(e) = deps.bus.publish(envelope).await {
                     // Committed already; other nodes repair the gap from the dialog log.
                     tracing::warn!(dialog = %id, error = %e, "publishing a committed change failed");
                 }

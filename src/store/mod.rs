@@ -52,6 +52,9 @@ pub struct Commit {
     pub publish: bool,
     /// Hold the published events back until this time (the dialog's `visibleFrom`).
     pub hold_until: Option<DateTime<Utc>>,
+    /// A message for the other nodes (channel, message), published by the store in the same atomic
+    /// step as the commit; only given to a store that `announces`.
+    pub announce: Option<(String, Vec<u8>)>,
 }
 
 /// Which dialogs a list call may return, before per-dialog authorization.
@@ -102,6 +105,12 @@ pub trait DialogStore: Send + Sync + 'static {
 
     /// Applies `commit` atomically or not at all.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    /// Whether `commit` publishes `Commit::announce` itself (Redis: the commit and the pub/sub
+    /// message go in one script, one round trip); otherwise the bus publishes after the commit.
+    fn announces(&self) -> bool {
+        false
+    }
 
     /// Dialogs matching `query`, ordered by id.
     async fn list_dialogs(&self, query: &DialogQuery) -> Result<Vec<Dialog>, StoreError>;

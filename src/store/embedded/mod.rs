@@ -568,6 +568,7 @@ mod tests {
             events: Vec::new(),
             publish: false,
             hold_until: None,
+            announce: None,
         }
     }
 

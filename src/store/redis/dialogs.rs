@@ -14,6 +14,10 @@ impl DialogStore for RedisStore {
         assemble(state, activities, transmissions)
     }
 
+    fn announces(&self) -> bool {
+        true
+    }
+
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let id = commit.dialog_id;
         let described = commit.state.as_ref();
@@ -89,6 +93,10 @@ impl DialogStore for RedisStore {
             for json in children.activities.iter().chain(&children.transmissions) {
                 inv.arg(json);
             }
+            match &commit.announce {
+                Some((channel, message)) => inv.arg(channel).arg(message.as_slice()),
+                None => inv.arg("").arg(""),
+            };
             let result: String = self
                 .with(|mut c| async move { inv.invoke_async(&mut c).await })
                 .await?;

@@ -67,7 +67,8 @@ const LIST_BATCH: usize = 200;
 /// 11 resource, 12 party, 13 key prefix, 14 number of events n, 15 replace the children ('1':
 /// the lists are rewritten whole, else appended to), 16 and 17 the stored activities and
 /// transmissions the new ones follow, 18 and 19 how many new activities ka and transmissions kt;
-/// then n pairs (event JSON, its event-position key), then ka activities, then kt transmissions.
+/// then n pairs (event JSON, its event-position key), then ka activities, then kt transmissions,
+/// and last a channel and a message to PUBLISH once the commit is made ('' for none).
 /// Returns OK, EXISTS, CONFLICT, or WHOLE (the stored dialog predates the lists: send it again
 /// with replace).
 const COMMIT_LUA: &str = r#"
@@ -136,6 +137,7 @@ if ARGV[5] == '1' and n > 0 then
     end
   end
 end
+if ARGV[#ARGV - 1] ~= '' then redis.call('PUBLISH', ARGV[#ARGV - 1], ARGV[#ARGV]) end
 return 'OK'
 "#;
 
