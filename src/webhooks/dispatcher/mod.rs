@@ -149,12 +149,18 @@ impl Dispatcher {
         };
         lane.queue.push_back(delivery);
         lane.busy = true;
-        let generation = lane.generation;
+        self.pump_after(key, wait, ctx);
+    }
+
+    /// Pumps the (busy) lane again after `wait`, unless it was reset meanwhile.
+    fn pump_after(&mut self, key: LaneKey, wait: Duration, ctx: &mut Context<Self>) {
+        let generation = self.lanes.get(&key).map_or(0, |l| l.generation);
         self.metrics.webhook_retry_backlog.inc();
         ctx.run_later(wait, move |act, ctx| {
             act.metrics.webhook_retry_backlog.dec();
             match act.lanes.get_mut(&key) {
                 Some(lane) if lane.generation == generation => lane.busy = false,
+                // The lane was reset meanwhile: this timer is stale.
                 _ => return,
             }
             act.pump(key, ctx);

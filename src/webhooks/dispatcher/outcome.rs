@@ -149,18 +149,7 @@ impl Dispatcher {
                                 });
                             }
                         }
-                        self.metrics.webhook_retry_backlog.inc();
-                        let retry_key = key.clone();
-                        let generation = self.lanes.get(&key).map_or(0, |l| l.generation);
-                        ctx.run_later(delay, move |act, ctx| {
-                            act.metrics.webhook_retry_backlog.dec();
-                            match act.lanes.get_mut(&retry_key) {
-                                Some(lane) if lane.generation == generation => lane.busy = false,
-                                // The lane was reset meanwhile: this timer is stale.
-                                _ => return,
-                            }
-                            act.pump(retry_key, ctx);
-                        });
+                        self.pump_after(key, delay, ctx);
                     }
                     None => {
                         self.log(
