@@ -429,7 +429,7 @@ async fn execute(
             origin: deps.node_id.clone(),
             dialog_id: id,
             sequence: last,
-            events: events.clone(),
+            events,
             revision: next.as_ref().map(|d| d.revision),
         };
         // A store that can publishes the envelope in the commit itself (one round trip fewer).
@@ -447,21 +447,21 @@ async fn execute(
             children_before: current
                 .as_ref()
                 .map_or((0, 0), |d| (d.activities.len(), d.transmissions.len())),
-            events: events.clone(),
+            events: envelope.events.clone(),
             publish: !silent,
             hold_until,
             announce,
         };
         match deps.store.commit(commit).await {
             Ok(()) => {
-                for e in &events {
+                for e in &envelope.events {
                     deps.metrics
                         .events
                         .with_label_values(&[e.kind.as_str()])
                         .inc();
                 }
-                let change =
-                    Change::of(&events, next.as_ref().map(|d| d.revision), now).map(Arc::new);
+                let change = Change::of(&envelope.events, next.as_ref().map(|d| d.revision), now)
+                    .map(Arc::new);
                 // Unless the commit published it already.
                 if !announced && let Err(e) = deps.bus.publish(envelope).await {
                     // Committed already; other nodes repair the gap from the dialog log.
