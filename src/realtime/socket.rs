@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{Codec, Frame};
 use actix_ws::{CloseCode, CloseReason, Item, Message, ProtocolError};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -199,6 +199,12 @@ impl WsSocket {
         self.queue(Message::Text(text.into()));
     }
 
+    /// Queues one text frame whose text is `parts` one after the other, written straight into the
+    /// write buffer (no string of the whole text is made first).
+    pub fn text_parts(&mut self, parts: &[&str]) {
+        put_text_frame(&mut self.write, parts);
+    }
+
     pub fn ping(&mut self, bytes: &[u8]) {
         self.queue(Message::Ping(Bytes::copy_from_slice(bytes)));
     }
@@ -255,6 +261,28 @@ impl WsSocket {
     }
 }
 
+/// Appends a server text frame (unmasked) whose text is `parts` one after the other: FIN and the
+/// text opcode, the length in 7, 16 or 64 bits, then the text.
+fn put_text_frame(buf: &mut BytesMut, parts: &[&str]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    buf.reserve(len + 10);
+    buf.put_u8(0x81);
+    match len {
+        0..=125 => buf.put_u8(len as u8),
+        126..=0xffff => {
+            buf.put_u8(126);
+            buf.put_u16(len as u16);
+        }
+        _ => {
+            buf.put_u8(127);
+            buf.put_u64(len as u64);
+        }
+    }
+    for p in parts {
+        buf.put_slice(p.as_bytes());
+    }
+}
+
 /// Answers a request that is not taken as a WebSocket with an HTTP `status` and a problem body,
 /// then ends the connection.
 pub async fn refuse(mut io: TcpStream, status: u16, reason: &str, problem: &str, linger: Duration) {
@@ -293,4 +321,25 @@ async fn finish(mut io: TcpStream, linger: Duration) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_frame_from_parts_decodes_whole_at_every_length_encoding() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let text = "x".repeat(len);
+            let (a, b) = text.split_at(len / 2);
+            let mut buf = BytesMut::new();
+            put_text_frame(&mut buf, &[a, "", b]);
+            let mut client = Codec::new().client_mode().max_size(1 << 20);
+            match client.decode(&mut buf) {
+                Ok(Some(Frame::Text(got))) => assert_eq!(got.len(), len),
+                other => panic!("length {len}: {other:?}"),
+            }
+            assert!(buf.is_empty(), "length {len}: bytes left over");
+        }
+    }
 }

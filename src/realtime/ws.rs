@@ -290,21 +290,24 @@ async fn next_result(resolving: &mut Option<Resolving>) -> Option<operation::OpR
     }
 }
 
-/// One protocol message for operation `id_json` (the id as JSON). The payload is JSON text
-/// already: it is spliced in, not parsed again.
-fn frame(id_json: &str, kind: &str, payload: Option<&str>) -> String {
-    let mut out = String::with_capacity(32 + id_json.len() + payload.map_or(0, str::len));
-    out.push_str(r#"{"id":"#);
-    out.push_str(id_json);
-    out.push_str(r#","type":""#);
-    out.push_str(kind);
-    out.push('"');
-    if let Some(p) = payload {
-        out.push_str(r#","payload":"#);
-        out.push_str(p);
-    }
-    out.push('}');
-    out
+/// Queues one protocol message for operation `id_json` (the id as JSON). The payload is JSON
+/// text already: it is spliced in, not parsed again, and the message is framed straight into the
+/// socket's write buffer.
+fn frame(socket: &mut WsSocket, id_json: &str, kind: &str, payload: Option<&str>) {
+    let (comma, payload) = match payload {
+        Some(p) => (r#","payload":"#, p),
+        None => ("", ""),
+    };
+    socket.text_parts(&[
+        r#"{"id":"#,
+        id_json,
+        r#","type":""#,
+        kind,
+        "\"",
+        comma,
+        payload,
+        "}",
+    ]);
 }
 
 /// The connection is gone: nothing can be written to it any more.
@@ -451,7 +454,7 @@ impl Connection {
                     OpEvent::Error(_) | OpEvent::Fast(_) => return,
                 };
                 let id_json = id_json.get_or_insert_with(|| Value::String(id.clone()).to_string());
-                socket.text(frame(id_json, kind, payload));
+                frame(socket, id_json, kind, payload);
             });
             if done {
                 ended.push(id.clone());
@@ -490,7 +493,7 @@ impl Connection {
             return Ok(());
         }
         let id_json = Value::String(id).to_string();
-        self.socket.text(frame(&id_json, kind, payload));
+        frame(&mut self.socket, &id_json, kind, payload);
         self.socket.try_flush().map_err(|_| Gone)
     }
 
