@@ -131,11 +131,10 @@ impl App {
                     (store, Arc::new(MemoryBus::new(sink)), keys)
                 }
                 Some(url) => {
-                    let redis = Arc::new(RedisStore::new(
-                        url,
-                        &settings.redis.prefix,
-                        settings.events.retention,
-                    )?);
+                    let redis = Arc::new(
+                        RedisStore::new(url, &settings.redis.prefix, settings.events.retention)?
+                            .with_partitions(settings.webhooks.partitions),
+                    );
                     redis
                         .ping()
                         .await
@@ -178,22 +177,24 @@ impl App {
         });
         let registry = DialogRegistry::new(deps, arbiters.iter().map(|a| a.handle()).collect());
 
-        crate::webhooks::dispatcher::start_position(store.as_ref())
+        crate::webhooks::dispatcher::start_position(store.as_ref(), settings.webhooks.partitions)
             .await
-            .context("failed to read or save the webhook dispatcher's position")?;
+            .context("failed to prepare the webhook partitions")?;
+        let owned_partitions = crate::webhooks::dispatcher::OwnedPartitions::default();
         // The dispatcher has a thread of its own: its HTTP client must not share the dialog actors'.
         let dispatcher_arbiter = Arbiter::new();
         let dispatcher = {
-            let (store, hooks, base, m, node) = (
+            let (store, hooks, base, m, node, owned) = (
                 store.clone(),
                 settings.webhooks.clone(),
                 base_url.clone(),
                 metrics.clone(),
                 node_id.clone(),
+                owned_partitions.clone(),
             );
             crate::webhooks::dispatcher::DispatchWaker::start(
                 &dispatcher_arbiter.handle(),
-                move || crate::webhooks::Dispatcher::new(store, hooks, base, m, node),
+                move || crate::webhooks::Dispatcher::new(store, hooks, base, m, node, owned),
             )
         };
         let (dispatcher, wake) = dispatcher;
@@ -219,6 +220,7 @@ impl App {
             metrics.clone(),
             node_id.clone(),
             format!("http://{addr}"),
+            owned_partitions,
         )));
         tasks.push(actix_web::rt::spawn(reload_keys(
             key_source,
@@ -379,6 +381,7 @@ impl App {
             shutdown: self.shutdown.clone(),
             handle: self.server.handle(),
             sockets: self.sockets.clone(),
+            dispatcher: self.state.dispatcher.clone(),
             drain: self.drain,
         }
     }
@@ -392,10 +395,11 @@ impl App {
         let shutdown = self.shutdown.clone();
         let node = self.state.node_id.clone();
         let (sockets, within) = (self.sockets.clone(), self.drain);
+        let dispatcher = self.state.dispatcher.clone();
         let signals = actix_web::rt::spawn(async move {
             wait_for_signal().await;
             tracing::info!(%node, "shutting down");
-            drain(&shutdown, &sockets, within).await;
+            drain(&shutdown, &sockets, &dispatcher, within).await;
             handle.stop(true).await;
         });
         // Stops the actors and background loops when serving ends, and also when this future is
@@ -486,7 +490,13 @@ async fn watch_access(store: Arc<dyn Store>, registry: Arc<DialogRegistry>, metr
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
 
-async fn heartbeat(store: Arc<dyn Store>, metrics: Metrics, id: String, address: String) {
+async fn heartbeat(
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    id: String,
+    address: String,
+    partitions: crate::webhooks::dispatcher::OwnedPartitions,
+) {
     let started = chrono::Utc::now();
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
@@ -501,6 +511,7 @@ async fn heartbeat(store: Arc<dyn Store>, metrics: Metrics, id: String, address:
             connections,
             started,
             seen: chrono::Utc::now(),
+            partitions: partitions.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         if let Err(e) = store.heartbeat(&node, HEARTBEAT_TTL).await {
             tracing::debug!(error = %e, "heartbeat failed");
@@ -544,12 +555,13 @@ pub struct Stopper {
     shutdown: tokio::sync::watch::Sender<bool>,
     handle: ServerHandle,
     sockets: Arc<OpenSockets>,
+    dispatcher: actix::Addr<crate::webhooks::Dispatcher>,
     drain: Duration,
 }
 
 impl Stopper {
     pub async fn stop(&self) {
-        drain(&self.shutdown, &self.sockets, self.drain).await;
+        drain(&self.shutdown, &self.sockets, &self.dispatcher, self.drain).await;
         self.handle.stop(true).await;
     }
 }
@@ -559,10 +571,25 @@ impl Stopper {
 async fn drain(
     shutdown: &tokio::sync::watch::Sender<bool>,
     sockets: &OpenSockets,
+    dispatcher: &actix::Addr<crate::webhooks::Dispatcher>,
     within: Duration,
 ) {
     let _ = shutdown.send(true);
-    sockets.closed(within).await;
+    // Meanwhile the webhook partitions are handed over: attempts in flight end and are recorded,
+    // then the leases go, so the nodes that stay resume at once rather than after the leases lapse.
+    let handover = async {
+        if let Ok(done) = dispatcher.send(crate::webhooks::dispatcher::Handover).await {
+            let _ = done.await;
+        }
+    };
+    let handed = async {
+        if tokio::time::timeout(within, handover).await.is_err() {
+            tracing::warn!(
+                "webhook partitions not handed over in time; they pass on when their leases lapse"
+            );
+        }
+    };
+    futures::join!(sockets.closed(within), handed);
 }
 
 /// Resolves on SIGTERM or SIGINT.

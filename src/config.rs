@@ -218,6 +218,13 @@ pub struct WebhookSettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub max_in_flight_per_endpoint: usize,
+    /// Attempts in flight on one node, over all endpoints.
+    pub max_in_flight_per_node: usize,
+    /// Delivery lanes hash to this many partitions, each owned by one node at a time.
+    pub partitions: u16,
+    /// A partition whose owner stops renewing its lease passes to another node after this.
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
     pub circuit_failures: u32,
     #[serde(deserialize_with = "duration")]
     pub circuit_cooldown: Duration,
@@ -357,6 +364,15 @@ impl Settings {
             bail!(
                 "invalid configuration: webhooks.max_in_flight_per_endpoint must be greater than 0"
             );
+        }
+        if self.webhooks.max_in_flight_per_node == 0 {
+            bail!("invalid configuration: webhooks.max_in_flight_per_node must be greater than 0");
+        }
+        if !(1..=4096).contains(&self.webhooks.partitions) {
+            bail!("invalid configuration: webhooks.partitions must be between 1 and 4096");
+        }
+        if self.webhooks.lease_ttl < Duration::from_millis(500) {
+            bail!("invalid configuration: webhooks.lease_ttl must be at least 500ms");
         }
         if self.webhooks.circuit_failures == 0 {
             bail!("invalid configuration: webhooks.circuit_failures must be greater than 0");

@@ -14,4 +14,7 @@ pub struct NodeInfo {
     pub connections: i64,
     pub started: DateTime<Utc>,
     pub seen: DateTime<Utc>,
+    /// The webhook partitions the node delivers for.
+    #[serde(default)]
+    pub partitions: Vec<u16>,
 }

@@ -305,12 +305,16 @@ async fn replay(
     let max = state.settings.webhooks.replay_max;
     let mut events = std::collections::VecDeque::new();
     let mut after = 0;
+    // A subscription receives events of its one resource: that resource's log is read.
     loop {
-        let page = state.store.read_global(after, REPLAY_PAGE).await?;
+        let page = state
+            .store
+            .read_log(&s.resource_filter, after, REPLAY_PAGE, &wanted)
+            .await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         let full = page.len() == REPLAY_PAGE;
-        for entry in page.into_iter().filter(|e| wanted(&e.event)) {
+        for entry in page {
             if events.len() == max {
                 events.pop_front();
             }

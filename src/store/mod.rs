@@ -95,6 +95,60 @@ pub struct LogEntry {
     pub event: Arc<CloudEvent>,
 }
 
+/// The read position a version without partitions saved for its one webhook feed.
+pub const UNPARTITIONED_CURSOR: &str = "webhook-dispatcher";
+
+/// What `EventLog::read_feed` read of one partition.
+#[derive(Debug, Clone)]
+pub struct FeedPage {
+    pub partition: u16,
+    pub entries: Vec<LogEntry>,
+    /// Read through this position: the partition holds nothing else up to it.
+    pub through: LogPosition,
+    /// The read stopped before the end of the feed.
+    pub more: bool,
+}
+
+/// The feed of a store whose webhook feed is its one global log, held by one node (embedded,
+/// memory): `read(after, limit)` reads that log from the lowest position of `from`; the entries
+/// are split among the partitions asked for.
+fn split_global_log(
+    partitions: u16,
+    from: &[(u16, LogPosition)],
+    limit: usize,
+    read: impl FnOnce(LogPosition, usize) -> Result<Vec<LogEntry>, StoreError>,
+) -> Result<Vec<FeedPage>, StoreError> {
+    let Some(start) = from.iter().map(|(_, after)| *after).min() else {
+        return Ok(Vec::new());
+    };
+    let entries = read(start, limit)?;
+    let more = entries.len() == limit;
+    let through = entries.last().map_or(start, |e| e.position);
+    let mut pages: Vec<FeedPage> = from
+        .iter()
+        .map(|&(partition, after)| FeedPage {
+            partition,
+            entries: Vec::new(),
+            through: through.max(after),
+            more,
+        })
+        .collect();
+    let at: std::collections::HashMap<u16, (usize, LogPosition)> = from
+        .iter()
+        .enumerate()
+        .map(|(i, &(p, after))| (p, (i, after)))
+        .collect();
+    for entry in entries {
+        let p = crate::domain::event_partition(&entry.event, partitions);
+        if let Some(&(i, after)) = at.get(&p)
+            && entry.position > after
+        {
+            pages[i].entries.push(entry);
+        }
+    }
+    Ok(pages)
+}
+
 /// Filter over the global log of one resource.
 pub type EventFilter<'a> = &'a (dyn Fn(&CloudEvent) -> bool + Send + Sync);
 
@@ -163,15 +217,22 @@ pub trait EventLog: Send + Sync + 'static {
     /// Drops global log entries older than `before`; returns how many.
     async fn prune_log(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
 
-    /// Every published event after `after` across resources, oldest first (the dispatcher's feed).
-    async fn read_global(
+    /// The webhook feed: for each `(partition, after)` of `from`, up to `limit` published events of
+    /// that partition after `after`, oldest first. An event belongs to the partition of its lanes
+    /// (`domain::event_partition` among `partitions`); positions are comparable within a partition.
+    async fn read_feed(
         &self,
-        after: LogPosition,
+        partitions: u16,
+        from: &[(u16, LogPosition)],
         limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError>;
+    ) -> Result<Vec<FeedPage>, StoreError>;
 
-    /// The newest position of the global log (0 when empty).
-    async fn global_head(&self) -> Result<LogPosition, StoreError>;
+    /// The newest position of each partition's feed in `which`, in that order (0 when empty).
+    async fn feed_heads(
+        &self,
+        partitions: u16,
+        which: &[u16],
+    ) -> Result<Vec<LogPosition>, StoreError>;
 }
 
 /// The resource registry and delegations, which the authorization policy is built from.
@@ -228,14 +289,24 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Removes and returns the dead letters with these ids.
     async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError>;
 
-    /// Records (or updates) unfinished webhook deliveries.
-    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError>;
+    /// Records (or updates) unfinished webhook deliveries of one partition.
+    async fn put_pending(
+        &self,
+        partition: u16,
+        deliveries: &[PendingDelivery],
+    ) -> Result<(), StoreError>;
 
-    /// Forgets a finished delivery (by `PendingDelivery::key`).
-    async fn remove_pending(&self, key: &str) -> Result<(), StoreError>;
+    /// Forgets a finished delivery of `partition` (by `PendingDelivery::key`).
+    async fn remove_pending(&self, partition: u16, key: &str) -> Result<(), StoreError>;
 
-    /// Every unfinished delivery, for a node taking over the dispatcher.
-    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError>;
+    /// Every unfinished delivery of `partition`, for the node taking it over.
+    async fn pending(&self, partition: u16) -> Result<Vec<PendingDelivery>, StoreError>;
+
+    /// Files what a version without partitions left under the partitions: its unfinished
+    /// deliveries, and (Redis) the events of its one feed it had not read. Returns the position
+    /// every partition's feed is to be read after, when such a version saved one. Idempotent.
+    async fn adopt_unpartitioned(&self, partitions: u16)
+    -> Result<Option<LogPosition>, StoreError>;
 }
 
 /// What the nodes of a cluster share to coordinate: health, leases, saved read positions and the node list.
@@ -243,14 +314,18 @@ pub trait WebhookStore: Send + Sync + 'static {
 pub trait ClusterStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Takes or renews the lease `name` for `holder` (true while `holder` holds it). A lease not
-    /// renewed within `ttl` passes to the next node that asks.
-    async fn lease(
+    /// One round of the webhook partitions' leases for `holder`: gives up `release` (when still
+    /// held), renews the partitions it holds, and while `taking` takes free ones up to its share
+    /// (partitions / live holders, rounded up). A lease not renewed within `ttl` lapses, and so
+    /// does a holder's membership. A store of one node (embedded, memory) gives it every partition.
+    async fn claim_partitions(
         &self,
-        name: &str,
         holder: &str,
+        partitions: u16,
         ttl: std::time::Duration,
-    ) -> Result<bool, StoreError>;
+        taking: bool,
+        release: &[u16],
+    ) -> Result<Claim, StoreError>;
 
     /// A saved read position (e.g. the webhook dispatcher's place in the global log).
     async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError>;
@@ -269,6 +344,16 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// Nodes whose last heartbeat has not expired.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+}
+
+/// What a round of `ClusterStore::claim_partitions` left a node with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The partitions it holds now, ascending.
+    pub owned: Vec<u16>,
+    /// How many it holds beyond its share while another live holder is short of its own: it
+    /// should hand that many over.
+    pub excess: usize,
 }
 
 /// Everything a node keeps: one backend implements every concern (`embedded`, `memory`, `redis`).

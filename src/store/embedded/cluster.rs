@@ -1,7 +1,7 @@
 //! `EmbeddedStore`: health, leases, saved read positions and the node list.
 
 use super::*;
-use crate::store::ClusterStore;
+use crate::store::{Claim, ClusterStore};
 
 #[async_trait]
 impl ClusterStore for EmbeddedStore {
@@ -9,9 +9,19 @@ impl ClusterStore for EmbeddedStore {
         self.read(|_| Ok(()))
     }
 
-    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, StoreError> {
-        // One node per data_dir (locked): it always holds every lease.
-        Ok(true)
+    async fn claim_partitions(
+        &self,
+        _holder: &str,
+        partitions: u16,
+        _ttl: Duration,
+        _taking: bool,
+        _release: &[u16],
+    ) -> Result<Claim, StoreError> {
+        // One node per data_dir (locked): it holds every partition.
+        Ok(Claim {
+            owned: (0..partitions).collect(),
+            excess: 0,
+        })
     }
 
     async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {

@@ -182,36 +182,44 @@ impl EventLog for EmbeddedStore {
         .await
     }
 
-    async fn read_global(
+    async fn read_feed(
         &self,
-        after: LogPosition,
+        partitions: u16,
+        from: &[(u16, LogPosition)],
         limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    ) -> Result<Vec<FeedPage>, StoreError> {
         self.read(|txn| {
             let t = txn.open_table(GLOG).map_err(unavailable)?;
-            let mut out = Vec::new();
-            for row in t.range(after.saturating_add(1)..).map_err(unavailable)? {
-                let (k, v) = row.map_err(unavailable)?;
-                let (_, event) = event_of(v.value())?;
-                out.push(LogEntry {
-                    position: k.value(),
-                    event: Arc::new(event),
-                });
-                if out.len() == limit {
-                    break;
+            super::super::split_global_log(partitions, from, limit, |after, limit| {
+                let mut out = Vec::new();
+                for row in t.range(after.saturating_add(1)..).map_err(unavailable)? {
+                    let (k, v) = row.map_err(unavailable)?;
+                    let (_, event) = event_of(v.value())?;
+                    out.push(LogEntry {
+                        position: k.value(),
+                        event: Arc::new(event),
+                    });
+                    if out.len() == limit {
+                        break;
+                    }
                 }
-            }
-            Ok(out)
+                Ok(out)
+            })
         })
     }
 
-    async fn global_head(&self) -> Result<LogPosition, StoreError> {
-        self.read(|txn| {
+    async fn feed_heads(
+        &self,
+        _partitions: u16,
+        which: &[u16],
+    ) -> Result<Vec<LogPosition>, StoreError> {
+        let head = self.read(|txn| {
             let t = txn.open_table(META).map_err(unavailable)?;
             Ok(t.get("next_position")
                 .map_err(unavailable)?
                 .map(|v| v.value())
                 .unwrap_or(0))
-        })
+        })?;
+        Ok(vec![head; which.len()])
     }
 }

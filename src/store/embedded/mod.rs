@@ -41,7 +41,7 @@ use redb::{
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, StoreError};
+use super::{Commit, DialogQuery, EventFilter, FeedPage, LogEntry, LogPosition, StoreError};
 use crate::config::SyncMode;
 use crate::domain::{
     Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,

@@ -1,7 +1,7 @@
 //! `EmbeddedStore`: webhook subscriptions, delivery records, dead letters and pending deliveries.
 
 use super::*;
-use crate::store::WebhookStore;
+use crate::store::{UNPARTITIONED_CURSOR, WebhookStore};
 
 #[async_trait]
 impl WebhookStore for EmbeddedStore {
@@ -175,16 +175,18 @@ impl WebhookStore for EmbeddedStore {
         .await
     }
 
-    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError> {
+    async fn put_pending(
+        &self,
+        partition: u16,
+        deliveries: &[PendingDelivery],
+    ) -> Result<(), StoreError> {
         if deliveries.is_empty() {
             return Ok(());
         }
         let mut rows = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            rows.push((
-                PendingDelivery::key(d.subscription, d.position, &d.event.id),
-                to_json(d)?,
-            ));
+            let key = PendingDelivery::key(d.subscription, d.position, &d.event.id);
+            rows.push((pending_key(partition, &key), to_json(d)?));
         }
         self.write(move |txn| {
             let mut t = txn.open_table(PENDING).map_err(unavailable)?;
@@ -196,8 +198,8 @@ impl WebhookStore for EmbeddedStore {
         .await
     }
 
-    async fn remove_pending(&self, key: &str) -> Result<(), StoreError> {
-        let key = key.to_owned();
+    async fn remove_pending(&self, partition: u16, key: &str) -> Result<(), StoreError> {
+        let key = pending_key(partition, key);
         self.write(move |txn| {
             txn.open_table(PENDING)
                 .map_err(unavailable)?
@@ -208,15 +210,56 @@ impl WebhookStore for EmbeddedStore {
         .await
     }
 
-    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+    async fn pending(&self, partition: u16) -> Result<Vec<PendingDelivery>, StoreError> {
+        let (from, to) = (format!("{partition:05}|"), format!("{partition:05}}}"));
         self.read(|txn| {
             let t = txn.open_table(PENDING).map_err(unavailable)?;
             let mut out = Vec::new();
-            for row in t.iter().map_err(unavailable)? {
+            for row in t.range(from.as_str()..to.as_str()).map_err(unavailable)? {
                 let (_, v) = row.map_err(unavailable)?;
                 out.push(from_json(v.value())?);
             }
             Ok(out)
         })
     }
+
+    async fn adopt_unpartitioned(
+        &self,
+        partitions: u16,
+    ) -> Result<Option<LogPosition>, StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(PENDING).map_err(unavailable)?;
+            // Keys of a version without partitions start with the subscription id, whose sixth
+            // character is never the '|' after a partition number.
+            let mut old = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (k, v) = row.map_err(unavailable)?;
+                if k.value().as_bytes().get(5) != Some(&b'|') {
+                    old.push((k.value().to_owned(), v.value().to_vec()));
+                }
+            }
+            for (key, value) in &old {
+                let d: PendingDelivery = from_json(value)?;
+                let partition = crate::domain::event_partition(&d.event, partitions);
+                t.remove(key.as_str()).map_err(unavailable)?;
+                t.insert(pending_key(partition, key).as_str(), value.as_slice())
+                    .map_err(unavailable)?;
+            }
+            // The feed is the global log, as it was: the old read position holds for every
+            // partition.
+            let cursors = txn.open_table(CURSORS).map_err(unavailable)?;
+            let saved = cursors
+                .get(UNPARTITIONED_CURSOR)
+                .map_err(unavailable)?
+                .map(|v| v.value());
+            Ok(saved)
+        })
+        .await
+    }
+}
+
+/// A pending delivery's key in `pending`: its partition (five digits, so a partition's rows are
+/// one range), then `PendingDelivery::key`.
+fn pending_key(partition: u16, key: &str) -> String {
+    format!("{partition:05}|{key}")
 }

@@ -1,7 +1,7 @@
 //! `MemoryStore`: health, leases, saved read positions and the node list.
 
 use super::*;
-use crate::store::ClusterStore;
+use crate::store::{Claim, ClusterStore};
 
 #[async_trait]
 impl ClusterStore for MemoryStore {
@@ -9,14 +9,19 @@ impl ClusterStore for MemoryStore {
         Ok(())
     }
 
-    async fn lease(
+    async fn claim_partitions(
         &self,
-        _name: &str,
         _holder: &str,
+        partitions: u16,
         _ttl: std::time::Duration,
-    ) -> Result<bool, StoreError> {
-        // One node: it always holds every lease.
-        Ok(true)
+        _taking: bool,
+        _release: &[u16],
+    ) -> Result<Claim, StoreError> {
+        // One node: it holds every partition.
+        Ok(Claim {
+            owned: (0..partitions).collect(),
+            excess: 0,
+        })
     }
 
     async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {

@@ -95,24 +95,32 @@ impl EventLog for MemoryStore {
         Ok(old.len())
     }
 
-    async fn read_global(
+    async fn read_feed(
         &self,
-        after: LogPosition,
+        partitions: u16,
+        from: &[(u16, LogPosition)],
         limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    ) -> Result<Vec<FeedPage>, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .log
-            .range(after + 1..)
-            .take(limit)
-            .map(|(p, e)| LogEntry {
-                position: *p,
-                event: e.event.clone(),
-            })
-            .collect())
+        super::super::split_global_log(partitions, from, limit, |after, limit| {
+            Ok(inner
+                .log
+                .range(after + 1..)
+                .take(limit)
+                .map(|(p, e)| LogEntry {
+                    position: *p,
+                    event: e.event.clone(),
+                })
+                .collect())
+        })
     }
 
-    async fn global_head(&self) -> Result<LogPosition, StoreError> {
-        Ok(self.lock().next_position)
+    async fn feed_heads(
+        &self,
+        _partitions: u16,
+        which: &[u16],
+    ) -> Result<Vec<LogPosition>, StoreError> {
+        let head = self.lock().next_position;
+        Ok(vec![head; which.len()])
     }
 }

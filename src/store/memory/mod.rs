@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, StoreError};
+use super::{Commit, DialogQuery, EventFilter, FeedPage, LogEntry, LogPosition, StoreError};
 use crate::domain::{
     Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
     PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription, SubscriptionChange,
@@ -65,7 +65,8 @@ struct Inner {
     deliveries: HashMap<Uuid, std::collections::VecDeque<DeliveryRecord>>,
     dead: BTreeMap<Uuid, DeadLetter>,
     cursors: HashMap<String, LogPosition>,
-    pending: HashMap<String, PendingDelivery>,
+    /// Unfinished webhook deliveries by partition, then by `PendingDelivery::key`.
+    pending: HashMap<u16, HashMap<String, PendingDelivery>>,
     /// The single node of the embedded mode, with its heartbeat expiry.
     node: Option<(NodeInfo, std::time::Instant)>,
 }

@@ -72,10 +72,15 @@ impl WebhookStore for MemoryStore {
         Ok(ids.iter().filter_map(|id| inner.dead.remove(id)).collect())
     }
 
-    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError> {
+    async fn put_pending(
+        &self,
+        partition: u16,
+        deliveries: &[PendingDelivery],
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        let set = inner.pending.entry(partition).or_default();
         for d in deliveries {
-            inner.pending.insert(
+            set.insert(
                 PendingDelivery::key(d.subscription, d.position, &d.event.id),
                 d.clone(),
             );
@@ -83,12 +88,27 @@ impl WebhookStore for MemoryStore {
         Ok(())
     }
 
-    async fn remove_pending(&self, key: &str) -> Result<(), StoreError> {
-        self.lock().pending.remove(key);
+    async fn remove_pending(&self, partition: u16, key: &str) -> Result<(), StoreError> {
+        if let Some(set) = self.lock().pending.get_mut(&partition) {
+            set.remove(key);
+        }
         Ok(())
     }
 
-    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
-        Ok(self.lock().pending.values().cloned().collect())
+    async fn pending(&self, partition: u16) -> Result<Vec<PendingDelivery>, StoreError> {
+        Ok(self
+            .lock()
+            .pending
+            .get(&partition)
+            .map(|set| set.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn adopt_unpartitioned(
+        &self,
+        _partitions: u16,
+    ) -> Result<Option<LogPosition>, StoreError> {
+        // Nothing outlives the process: there is nothing older to adopt.
+        Ok(None)
     }
 }

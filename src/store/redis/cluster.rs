@@ -1,7 +1,7 @@
 //! `RedisStore`: health, leases, saved read positions and the node list.
 
 use super::*;
-use crate::store::ClusterStore;
+use crate::store::{Claim, ClusterStore};
 
 #[async_trait]
 impl ClusterStore for RedisStore {
@@ -11,15 +11,28 @@ impl ClusterStore for RedisStore {
             .map(|_| ())
     }
 
-    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut inv = self.lease.prepare_invoke();
-        inv.key(self.key(&format!("lease:{name}")))
+    async fn claim_partitions(
+        &self,
+        holder: &str,
+        partitions: u16,
+        ttl: Duration,
+        taking: bool,
+        release: &[u16],
+    ) -> Result<Claim, StoreError> {
+        let mut inv = self.partitions.prepare_invoke();
+        inv.key(self.key("wmembers"))
             .arg(holder)
-            .arg(ttl.as_millis() as u64);
-        let held: i64 = self
+            .arg(ttl.as_millis() as u64)
+            .arg(partitions)
+            .arg(self.key("lease:wp:"))
+            .arg(if taking { "1" } else { "0" });
+        for n in release {
+            inv.arg(n);
+        }
+        let (owned, excess): (Vec<u16>, usize) = self
             .with(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        Ok(held == 1)
+        Ok(Claim { owned, excess })
     }
 
     async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {

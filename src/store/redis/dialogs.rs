@@ -49,6 +49,11 @@ impl DialogStore for RedisStore {
                     .map_err(unavailable)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Every event of a dialog belongs to the dialog's lanes, so to one partition.
+        let feed = self.feed_key(crate::domain::partition_of(
+            &id.to_string(),
+            self.partition_count,
+        ));
         loop {
             let mut inv = self.commit.prepare_invoke();
             for k in [
@@ -80,7 +85,7 @@ impl DialogStore for RedisStore {
                 .arg(id.to_string())
                 .arg(&resource)
                 .arg(&party)
-                .arg(&self.prefix)
+                .arg(&feed)
                 .arg(events.len())
                 .arg(if children.replace { "1" } else { "0" })
                 .arg(children.base.0)

@@ -75,7 +75,7 @@ impl EventLog for RedisStore {
         inv.key(self.key(&format!("ext:{marker}")))
             .key(self.key(&format!("log:{resource}")))
             .key(self.event_key(&resource, &event.id))
-            .key(self.key("glog"))
+            .key(self.feed_of(&event))
             .arg(json)
             .arg(self.retention_ms());
         let added: i64 = self
@@ -87,7 +87,7 @@ impl EventLog for RedisStore {
     async fn release_due(&self, _now: DateTime<Utc>) -> Result<usize, StoreError> {
         let mut inv = self.release.prepare_invoke();
         inv.key(self.key("held"))
-            .arg(&self.prefix)
+            .arg(self.feed_key(0))
             .arg(self.retention_ms());
         let n: i64 = self
             .with(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -96,7 +96,8 @@ impl EventLog for RedisStore {
     }
 
     async fn prune_log(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
-        let keys = self.scan_keys(self.key("log:*")).await?;
+        let mut keys = self.scan_keys(self.key("log:*")).await?;
+        keys.extend((0..self.partition_count).map(|n| self.feed_key(n)));
         let min_id = format!("{}-0", before.timestamp_millis().max(0));
         let mut pruned = 0usize;
         for key in keys {
@@ -116,60 +117,84 @@ impl EventLog for RedisStore {
         Ok(pruned)
     }
 
-    async fn read_global(
+    async fn read_feed(
         &self,
-        after: LogPosition,
+        _partitions: u16,
+        from: &[(u16, LogPosition)],
         limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
-        let key = self.key("glog");
-        let from = if after == 0 {
-            "-".to_owned()
-        } else {
-            format!("({}", stream_id_of(after))
-        };
-        let entries: Vec<(String, Vec<(String, String)>)> = self
-            .with(|mut c| async move {
-                redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg(&from)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (sid, fields) in entries {
-            let Some(json) = fields.iter().find(|(f, _)| f == "e").map(|(_, v)| v) else {
-                continue;
-            };
-            let event: CloudEvent = serde_json::from_str(json).map_err(unavailable)?;
-            out.push(LogEntry {
-                position: position_of(&sid).unwrap_or(0),
-                event: Arc::new(event),
-            });
+    ) -> Result<Vec<FeedPage>, StoreError> {
+        if from.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // One round trip for every partition asked for.
+        let mut pipe = redis::pipe();
+        for &(n, after) in from {
+            let start = if after == 0 {
+                "-".to_owned()
+            } else {
+                format!("({}", stream_id_of(after))
+            };
+            pipe.cmd("XRANGE")
+                .arg(self.feed_key(n))
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit);
+        }
+        type Entries = Vec<(String, Vec<(String, String)>)>;
+        let read: Vec<Entries> = self
+            .with(|mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        let mut pages = Vec::with_capacity(from.len());
+        for (&(partition, after), entries) in from.iter().zip(read) {
+            let more = entries.len() == limit;
+            let mut page = FeedPage {
+                partition,
+                entries: Vec::with_capacity(entries.len()),
+                through: after,
+                more,
+            };
+            for (sid, fields) in entries {
+                let position = position_of(&sid).unwrap_or(0);
+                page.through = page.through.max(position);
+                let Some(json) = fields.iter().find(|(f, _)| f == "e").map(|(_, v)| v) else {
+                    continue;
+                };
+                let event: CloudEvent = serde_json::from_str(json).map_err(unavailable)?;
+                page.entries.push(LogEntry {
+                    position,
+                    event: Arc::new(event),
+                });
+            }
+            pages.push(page);
+        }
+        Ok(pages)
     }
 
-    async fn global_head(&self) -> Result<LogPosition, StoreError> {
-        let key = self.key("glog");
-        let last: Vec<(String, Vec<(String, String)>)> = self
-            .with(|mut c| async move {
-                redis::cmd("XREVRANGE")
-                    .arg(&key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut c)
-                    .await
-            })
+    async fn feed_heads(
+        &self,
+        _partitions: u16,
+        which: &[u16],
+    ) -> Result<Vec<LogPosition>, StoreError> {
+        if which.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for &n in which {
+            pipe.cmd("XREVRANGE")
+                .arg(self.feed_key(n))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        type Entries = Vec<(String, Vec<(String, String)>)>;
+        let last: Vec<Entries> = self
+            .with(|mut c| async move { pipe.query_async(&mut c).await })
             .await?;
         Ok(last
-            .first()
-            .and_then(|(sid, _)| position_of(sid))
-            .unwrap_or(0))
+            .iter()
+            .map(|e| e.first().and_then(|(sid, _)| position_of(sid)).unwrap_or(0))
+            .collect())
     }
 }

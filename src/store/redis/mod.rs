@@ -21,10 +21,14 @@
 //! - `{p}:res` hash of resources, `{p}:dlg` set of delegations, `{p}:policy:ver` counted up after
 //!   each change of either (a node reads them again only when it moved), `{p}:keys` the
 //!   generated keys
-//! - `{p}:glog` stream of every published event (the webhook dispatcher's feed)
+//! - `{p}:wf:{n}` stream of the published events of webhook partition `n` (field `e`): the feed
+//!   its owner reads
 //! - `{p}:subs` hash of webhook subscriptions, `{p}:dlv:{sub}` recent attempts, `{p}:dead` dead letters
-//! - `{p}:pending` hash of unfinished webhook deliveries (`{sub}|{position}|{event id}` → JSON)
-//! - `{p}:lease:{name}` a lease (the webhook dispatcher's), `{p}:cursor:{name}` a saved log position
+//! - `{p}:pending:{n}` hash of partition `n`'s unfinished webhook deliveries
+//!   (`{sub}|{position}|{event id}` → JSON)
+//! - `{p}:lease:wp:{n}` the lease of webhook partition `n` (holder: a node id),
+//!   `{p}:wmembers` sorted set of the nodes taking part in delivery (score: when their membership
+//!   lapses), `{p}:cursor:{name}` a saved feed position (`wf:{n}` for partition `n`)
 //! - `{p}:node:{id}` a live node (expires unless refreshed)
 
 mod cluster;
@@ -44,7 +48,7 @@ use redis::AsyncCommands;
 use uuid::Uuid;
 
 use super::prelude::RegistryStore;
-use super::{Commit, DialogQuery, EventFilter, LogEntry, LogPosition, StoreError};
+use super::{Commit, DialogQuery, EventFilter, FeedPage, LogEntry, LogPosition, StoreError};
 use crate::domain::{
     Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
     PendingDelivery, Policy, ResourceEntry, ResourceUrn, Subscription, SubscriptionChange,
@@ -56,6 +60,8 @@ const DIALOG_LOG_KEEP: usize = 1000;
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// First window of a tail read of a dialog's change log.
 const TAIL_WINDOW: usize = 16;
+/// Webhook partitions of a store not told otherwise (`webhooks.partitions`' default).
+const DEFAULT_PARTITIONS: u16 = 64;
 /// Dialog ids fetched per round trip when listing.
 const LIST_BATCH: usize = 200;
 
@@ -64,7 +70,7 @@ const LIST_BATCH: usize = 200;
 /// 12 `dt:{id}`. ARGV: 1 expected sequence, 2 create ('1'/'0'), 3 the state without children
 /// ('' purges), 4 new sequence, 5 publish ('1'/'0'), 6 hold until (ms, 0 for none), 7 the change
 /// JSON ('' for none), 8 entries kept per dialog log, 9 retention (ms), 10 dialog id,
-/// 11 resource, 12 party, 13 key prefix, 14 number of events n, 15 replace the children ('1':
+/// 11 resource, 12 party, 13 the webhook feed of the dialog's partition (`wf:{n}`), 14 number of events n, 15 replace the children ('1':
 /// the lists are rewritten whole, else appended to), 16 and 17 the stored activities and
 /// transmissions the new ones follow, 18 and 19 how many new activities ka and transmissions kt;
 /// then n pairs (event JSON, its event-position key), then ka activities, then kt transmissions,
@@ -127,13 +133,13 @@ if ARGV[5] == '1' and n > 0 then
     for i = 1, n do
       local c = redis.call('INCR', KEYS[9])
       local ev = ARGV[19 + 2 * i]
-      redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '|' .. #KEYS[7] .. '|' .. KEYS[7] .. #ev .. '|' .. ev .. ARGV[19 + 2 * i - 1])
+      redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '#' .. #KEYS[7] .. '|' .. KEYS[7] .. #ev .. '|' .. ev .. #ARGV[13] .. '|' .. ARGV[13] .. ARGV[19 + 2 * i - 1])
     end
   else
     for i = 1, n do
       local sid = redis.call('XADD', KEYS[7], '*', 'e', ARGV[19 + 2 * i - 1])
       redis.call('SET', ARGV[19 + 2 * i], sid, 'PX', ARGV[9])
-      redis.call('XADD', ARGV[13] .. ':glog', '*', 'e', ARGV[19 + 2 * i - 1])
+      redis.call('XADD', ARGV[13], '*', 'e', ARGV[19 + 2 * i - 1])
     end
   end
 end
@@ -141,6 +147,10 @@ if ARGV[#ARGV - 1] ~= '' then redis.call('PUBLISH', ARGV[#ARGV - 1], ARGV[#ARGV]
 return 'OK'
 "#;
 
+/// Moves due held-back events into their logs. KEYS: 1 `held`. ARGV: 1 the feed for members
+/// held by a version without partitions (which did not record one: partition 0's), 2 retention
+/// (ms). A member is the counter (20 digits), '#' (or '|' without a feed), then the log key, the
+/// event-position key and the feed key, each `{length}|{key}`, then the event JSON.
 const RELEASE_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -153,26 +163,71 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
 for _, m in ipairs(due) do
   local log, at = field(m, 22)
   local ev, rest = field(m, at)
+  local feed = ARGV[1]
+  if string.sub(m, 21, 21) == '#' then feed, rest = field(m, rest) end
   local json = string.sub(m, rest)
   local sid = redis.call('XADD', log, '*', 'e', json)
   redis.call('SET', ev, sid, 'PX', ARGV[2])
-  redis.call('XADD', ARGV[1] .. ':glog', '*', 'e', json)
+  redis.call('XADD', feed, '*', 'e', json)
   redis.call('ZREM', KEYS[1], m)
 end
 return #due
 "#;
 
-const LEASE_LUA: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+/// One round of the webhook partitions' leases for a node. KEYS: 1 `wmembers`. ARGV: 1 the node,
+/// 2 ttl (ms), 3 the partition count, 4 the lease key prefix (`lease:wp:`), 5 taking ('1'; '0'
+/// for a node that is leaving: it takes nothing and gives up its membership), 6.. partitions it
+/// gives up. The node renews what it holds and takes free partitions up to its share (the count
+/// over the live members, rounded up). Returns the partitions it holds and how many it holds
+/// beyond its share while another member is short of its own.
+const PARTITIONS_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me, ttl, n, prefix = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local given = {}
+for i = 6, #ARGV do
+  local k = prefix .. ARGV[i]
+  given[tonumber(ARGV[i])] = true
+  if redis.call('GET', k) == me then redis.call('DEL', k) end
 end
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[1], now + ttl, me)
+else
+  redis.call('ZREM', KEYS[1], me)
 end
-return 0
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local share = math.ceil(n / math.max(#members, 1))
+local keys = {}
+for i = 0, n - 1 do keys[#keys + 1] = prefix .. i end
+local owners = redis.call('MGET', unpack(keys))
+local mine, free, count = {}, {}, {}
+for i = 0, n - 1 do
+  local o = owners[i + 1]
+  if o == me then
+    redis.call('PEXPIRE', prefix .. i, ttl)
+    mine[#mine + 1] = i
+  elseif not o then
+    if not given[i] then free[#free + 1] = i end
+  else
+    count[o] = (count[o] or 0) + 1
+  end
+end
+if ARGV[5] == '1' then
+  for _, i in ipairs(free) do
+    if #mine >= share then break end
+    redis.call('SET', prefix .. i, me, 'PX', ttl)
+    mine[#mine + 1] = i
+  end
+end
+table.sort(mine)
+local excess = 0
+if #mine > share then
+  for _, m in ipairs(members) do
+    if m ~= me and (count[m] or 0) < share then excess = #mine - share break end
+  end
+end
+return {mine, excess}
 "#;
 
 const PUBLISH_LUA: &str = r#"
@@ -246,7 +301,9 @@ pub struct RedisStore {
     commit: redis::Script,
     release: redis::Script,
     publish: redis::Script,
-    lease: redis::Script,
+    partitions: redis::Script,
+    /// Webhook partitions (`webhooks.partitions`): a published event goes to its partition's feed.
+    partition_count: u16,
     swap: redis::Script,
     connections: connections::ConnectionScripts,
 }
@@ -296,10 +353,27 @@ impl RedisStore {
             commit: redis::Script::new(COMMIT_LUA),
             release: redis::Script::new(RELEASE_LUA),
             publish: redis::Script::new(PUBLISH_LUA),
-            lease: redis::Script::new(LEASE_LUA),
+            partitions: redis::Script::new(PARTITIONS_LUA),
+            partition_count: DEFAULT_PARTITIONS,
             swap: redis::Script::new(SWAP_LUA),
             connections: connections::ConnectionScripts::new(),
         })
+    }
+
+    /// The store of a cluster whose webhook lanes hash to `count` partitions.
+    pub fn with_partitions(mut self, count: u16) -> Self {
+        self.partition_count = count.max(1);
+        self
+    }
+
+    /// The feed of webhook partition `n`.
+    fn feed_key(&self, n: u16) -> String {
+        self.key(&format!("wf:{n}"))
+    }
+
+    /// The feed `event` goes to.
+    fn feed_of(&self, event: &CloudEvent) -> String {
+        self.feed_key(crate::domain::event_partition(event, self.partition_count))
     }
 
     fn policy_cache(&self) -> std::sync::MutexGuard<'_, PolicyCache> {

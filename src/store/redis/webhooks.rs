@@ -1,7 +1,7 @@
 //! `RedisStore`: webhook subscriptions, delivery records, dead letters and pending deliveries.
 
 use super::*;
-use crate::store::WebhookStore;
+use crate::store::{UNPARTITIONED_CURSOR, WebhookStore};
 
 /// How often a subscription change is retried when another change won the race.
 const UPDATE_TRIES: usize = 16;
@@ -155,11 +155,15 @@ impl WebhookStore for RedisStore {
         Ok(out)
     }
 
-    async fn put_pending(&self, deliveries: &[PendingDelivery]) -> Result<(), StoreError> {
+    async fn put_pending(
+        &self,
+        partition: u16,
+        deliveries: &[PendingDelivery],
+    ) -> Result<(), StoreError> {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let key = self.key("pending");
+        let key = self.pending_key(partition);
         let mut fields = Vec::with_capacity(deliveries.len());
         for d in deliveries {
             let json = serde_json::to_string(d).map_err(unavailable)?;
@@ -172,15 +176,15 @@ impl WebhookStore for RedisStore {
             .await
     }
 
-    async fn remove_pending(&self, field: &str) -> Result<(), StoreError> {
-        let key = self.key("pending");
+    async fn remove_pending(&self, partition: u16, field: &str) -> Result<(), StoreError> {
+        let key = self.pending_key(partition);
         let field = field.to_owned();
         self.with(|mut c| async move { c.hdel::<_, _, ()>(&key, field).await })
             .await
     }
 
-    async fn pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
-        let key = self.key("pending");
+    async fn pending(&self, partition: u16) -> Result<Vec<PendingDelivery>, StoreError> {
+        let key = self.pending_key(partition);
         let all: Vec<String> = self
             .with(|mut c| async move { c.hvals(&key).await })
             .await?;
@@ -188,5 +192,121 @@ impl WebhookStore for RedisStore {
             .iter()
             .filter_map(|j| serde_json::from_str(j).ok())
             .collect())
+    }
+
+    async fn adopt_unpartitioned(
+        &self,
+        partitions: u16,
+    ) -> Result<Option<LogPosition>, StoreError> {
+        // One node adopts; a node starting beside it waits for it to finish.
+        let marker = self.key("adopting");
+        let me = Uuid::now_v7().to_string();
+        loop {
+            let (m, v) = (marker.clone(), me.clone());
+            let won: bool = self
+                .with(|mut c| async move {
+                    redis::cmd("SET")
+                        .arg(&m)
+                        .arg(&v)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(60_000)
+                        .query_async::<Option<String>>(&mut c)
+                        .await
+                        .map(|r| r.is_some())
+                })
+                .await?;
+            if won {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let adopted = self.adopt(partitions).await;
+        let m = marker.clone();
+        self.with(|mut c| async move { c.del::<_, ()>(&m).await })
+            .await?;
+        adopted
+    }
+}
+
+impl RedisStore {
+    /// The hash of partition `n`'s unfinished deliveries.
+    fn pending_key(&self, n: u16) -> String {
+        self.key(&format!("pending:{n}"))
+    }
+
+    /// `adopt_unpartitioned` under its marker: the old `pending` hash is filed by partition, and
+    /// the events of the old feed (`glog`) after its saved position are appended to their
+    /// partitions' feeds, in order, before the old feed and position are removed.
+    async fn adopt(&self, partitions: u16) -> Result<Option<LogPosition>, StoreError> {
+        let old_pending = self.key("pending");
+        let all: Vec<(String, String)> = {
+            let k = old_pending.clone();
+            self.with(|mut c| async move { c.hgetall(&k).await })
+                .await?
+        };
+        for (field, json) in all {
+            let Ok(d) = serde_json::from_str::<PendingDelivery>(&json) else {
+                continue;
+            };
+            let key = self.pending_key(crate::domain::event_partition(&d.event, partitions));
+            let k = old_pending.clone();
+            self.with(|mut c| async move {
+                redis::pipe()
+                    .hset(&key, &field, &json)
+                    .hdel(&k, &field)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
+        }
+        let cursor_key = self.key(&format!("cursor:{UNPARTITIONED_CURSOR}"));
+        let saved: Option<LogPosition> = {
+            let k = cursor_key.clone();
+            self.with(|mut c| async move { c.get(&k).await }).await?
+        };
+        let Some(mut after) = saved else {
+            return Ok(None);
+        };
+        let glog = self.key("glog");
+        loop {
+            let (k, from) = (glog.clone(), format!("({}", stream_id_of(after)));
+            let entries: Vec<(String, Vec<(String, String)>)> = self
+                .with(|mut c| async move {
+                    redis::cmd("XRANGE")
+                        .arg(&k)
+                        .arg(&from)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let Some((last, _)) = entries.last() else {
+                break;
+            };
+            after = position_of(last).unwrap_or(u64::MAX);
+            let mut pipe = redis::pipe();
+            for (sid, fields) in &entries {
+                let Some(json) = fields.iter().find(|(f, _)| f == "e").map(|(_, v)| v) else {
+                    continue;
+                };
+                let Ok(event) = serde_json::from_str::<CloudEvent>(json) else {
+                    continue;
+                };
+                let feed = self.feed_key(crate::domain::event_partition(&event, partitions));
+                pipe.cmd("XADD").arg(feed).arg("*").arg("e").arg(json);
+                // Saved as it goes, so a node dying part-way appends nothing twice.
+                pipe.set(&cursor_key, position_of(sid).unwrap_or(after));
+            }
+            self.with(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await?;
+        }
+        let (k, c2) = (glog.clone(), cursor_key.clone());
+        self.with(|mut c| async move { c.del::<_, ()>(&[k, c2]).await })
+            .await?;
+        // The partitions' feeds hold only what was adopted: each is read from its start.
+        Ok(Some(0))
     }
 }

@@ -1,76 +1,64 @@
-//! The feed: reading the global event log from the saved position, matching subscriptions, and
-//! storing the queued deliveries as pending before the position moves on.
+//! The feed: reading the feeds of the partitions a node runs from their saved positions, matching
+//! subscriptions, and storing the queued deliveries as pending before a position moves on.
 
+use super::partitions::cursor_name;
 use super::*;
 
 impl Dispatcher {
-    /// Reads new events and queues them for every matching, validated subscription. The queued
-    /// deliveries are stored as pending before the read position is saved, so a node taking over
-    /// resumes them (sending again only what was in flight) and reads on from there.
+    /// Reads the new events of every partition this node runs and queues them for every
+    /// matching, validated subscription. The queued deliveries are stored as pending before a
+    /// partition's read position is saved, so a node taking the partition over resumes them
+    /// (sending again only what was in flight) and reads on from there.
     pub(super) fn poll(&mut self, ctx: &mut Context<Self>) {
         if self.polling {
             return;
         }
+        let from: Vec<(u16, LogPosition)> = self
+            .parts
+            .iter()
+            .filter(|(_, part)| part.ready && !part.releasing)
+            .map(|(p, part)| (*p, part.cursor))
+            .collect();
+        if from.is_empty() {
+            return;
+        }
         self.polling = true;
         let store = self.store.clone();
-        let (node, was_leader, cursor) = (self.node_id.clone(), self.leader, self.cursor);
+        let count = self.settings.partitions;
         let fut = async move {
-            // One node of a cluster dispatches; the others stand by and take over when its lease
-            // lapses, from what it saved.
-            if !store.lease(LEASE, &node, LEASE_TTL).await? {
-                return Ok(Polled {
-                    leader: false,
-                    cursor,
-                    ..Polled::default()
-                });
-            }
-            let (cursor, inherited) = if was_leader {
-                (cursor, Vec::new())
-            } else {
-                // Saved before the node served (`start_position`), so nothing committed since
-                // then is skipped.
-                let saved = store.init_cursor(LEASE, 0).await?;
-                (saved, store.pending().await?)
-            };
             let active = |subs: &[Subscription]| subs.iter().any(|s| s.validated && !s.disabled);
-            let mut read_subs = None;
-            if inherited.is_empty() {
-                let mut subs = store.subscriptions().await?;
+            let mut subs = store.subscriptions().await?;
+            if !active(&subs) {
+                // Nothing can receive anything: the events need not be read, the positions move
+                // to the heads. The subscriptions are read again after the heads, so one
+                // validated before that read is seen, and one validated later lies beyond them.
+                let which: Vec<u16> = from.iter().map(|(p, _)| *p).collect();
+                let heads = store.feed_heads(count, &which).await?;
+                subs = store.subscriptions().await?;
                 if !active(&subs) {
-                    // Nothing can receive anything: the events need not be read, the position
-                    // moves to the head. The subscriptions are read again after the head, so one
-                    // validated before that read is seen, and one validated later lies beyond it.
-                    let head = store.global_head().await?;
-                    subs = store.subscriptions().await?;
-                    if !active(&subs) {
-                        return Ok(Polled {
-                            leader: true,
-                            cursor: cursor.max(head),
-                            skipped: head > cursor,
-                            ..Polled::default()
-                        });
-                    }
+                    let skipped = from
+                        .iter()
+                        .zip(heads)
+                        .filter(|((_, after), head)| head > after)
+                        .map(|((p, after), head)| (*p, *after, head))
+                        .collect();
+                    return Ok(Polled {
+                        skipped,
+                        ..Polled::default()
+                    });
                 }
-                read_subs = Some(subs);
             }
-            let events = store.read_global(cursor, READ_BATCH).await?;
-            let (subs, policy) = if events.is_empty() && inherited.is_empty() {
-                (Vec::new(), None)
+            let pages = store.read_feed(count, &from, READ_BATCH).await?;
+            let policy = if pages.iter().all(|p| p.entries.is_empty()) {
+                None
             } else {
-                let subs = match read_subs {
-                    Some(subs) => subs,
-                    None => store.subscriptions().await?,
-                };
-                (subs, Some(store.policy().await?))
+                Some(store.policy().await?)
             };
             Ok::<_, crate::store::StoreError>(Polled {
-                leader: true,
-                cursor,
-                events,
-                inherited,
+                pages,
                 subs,
                 policy,
-                skipped: false,
+                skipped: Vec::new(),
             })
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
@@ -82,86 +70,119 @@ impl Dispatcher {
                     return;
                 }
             };
-            act.leader = polled.leader;
-            act.cursor = polled.cursor;
-            let Some(policy) = polled.policy else {
-                if polled.skipped {
-                    // Nothing to deliver up to the head: only the position is saved.
-                    act.save_and_go_on(Vec::new(), false, ctx);
-                    return;
-                }
-                act.polling = false;
-                if std::mem::take(&mut act.woken) {
-                    act.poll(ctx);
-                }
+            if !polled.skipped.is_empty() {
+                // Nothing to deliver up to the heads: only the positions are saved.
+                let saves = polled
+                    .skipped
+                    .into_iter()
+                    .map(|(p, after, head)| (p, after, head, Vec::new()))
+                    .collect();
+                act.save_and_go_on(saves, false, ctx);
                 return;
-            };
+            }
             act.subs = polled.subs.iter().map(|s| (s.id, s.clone())).collect();
-            // Resume what the previous dispatcher left, oldest first, with its attempt counts.
-            let mut inherited = polled.inherited;
-            inherited.sort_by_key(|p| p.position);
-            for p in inherited {
-                act.inherited.insert((p.subscription, p.position));
-                let event = Arc::new(p.event);
-                let key = LaneKey::of(p.subscription, &event);
-                let delivery = Delivery {
-                    attempts: p.attempts,
-                    last_status: p.last_status,
-                    last_error: p.last_error,
-                    ..Delivery::of(p.subscription, event, p.position, None)
+            let mut more = false;
+            let mut saves = Vec::new();
+            for page in polled.pages {
+                let p = page.partition;
+                // Handed over or lost while the read ran: the next owner reads it again.
+                let Some(part) = act.parts.get(&p).filter(|x| x.ready && !x.releasing) else {
+                    continue;
                 };
-                let wait = p.due_at.and_then(|due| (due - Utc::now()).to_std().ok());
-                act.enqueue_after(key, delivery, wait, ctx);
-            }
-            let more = polled.events.len() == READ_BATCH;
-            let mut fresh = Vec::new();
-            for entry in polled.events {
-                act.cursor = act.cursor.max(entry.position);
-                let event = entry.event;
-                let mut body: Option<Rc<Vec<u8>>> = None;
-                for sub in polled
-                    .subs
-                    .iter()
-                    .filter(|s| s.validated && !s.disabled && s.matches(&event))
-                {
-                    if !may_receive(&policy, sub, &event)
-                        || act.inherited.contains(&(sub.id, entry.position))
-                    {
-                        continue;
-                    }
-                    // Encoded once, shared by every subscription that gets the event.
-                    let body = body
-                        .get_or_insert_with(|| {
-                            Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default())
-                        })
-                        .clone();
-                    let key = LaneKey::of(sub.id, &event);
-                    let delivery = Delivery::of(sub.id, event.clone(), entry.position, Some(body));
-                    fresh.extend(Self::pending_of(&delivery));
-                    act.enqueue(key, delivery, ctx);
+                let after = part.cursor;
+                if page.through <= after {
+                    continue;
                 }
+                more |= page.more;
+                let mut fresh = Vec::new();
+                if let Some(policy) = &polled.policy {
+                    for entry in page.entries {
+                        act.queue_entry(p, entry, &polled.subs, policy, &mut fresh, ctx);
+                    }
+                }
+                if let Some(part) = act.parts.get_mut(&p) {
+                    part.cursor = page.through;
+                }
+                saves.push((p, after, page.through, fresh));
             }
-            act.save_and_go_on(fresh, more, ctx);
+            act.save_and_go_on(saves, more, ctx);
         }));
     }
 
-    /// Saves the queued deliveries as pending, then the read position; polls again when the
-    /// read was cut at `READ_BATCH` (`more`) or a commit woke the dispatcher meanwhile.
+    /// Queues one feed event of partition `p` for every subscription that may receive it.
+    fn queue_entry(
+        &mut self,
+        p: u16,
+        entry: crate::store::LogEntry,
+        subs: &[Subscription],
+        policy: &crate::auth::Policy,
+        fresh: &mut Vec<PendingDelivery>,
+        ctx: &mut Context<Self>,
+    ) {
+        let event = entry.event;
+        let mut body: Option<Rc<Vec<u8>>> = None;
+        for sub in subs
+            .iter()
+            .filter(|s| s.validated && !s.disabled && s.matches(&event))
+        {
+            let inherited = self
+                .parts
+                .get(&p)
+                .is_some_and(|part| part.inherited.contains(&(sub.id, entry.position)));
+            if !may_receive(policy, sub, &event) || inherited {
+                continue;
+            }
+            // Encoded once, shared by every subscription that gets the event.
+            let body = body
+                .get_or_insert_with(|| {
+                    Rc::new(serde_json::to_vec(event.as_ref()).unwrap_or_default())
+                })
+                .clone();
+            let key = LaneKey::of(sub.id, &event, Some(p));
+            let delivery = Delivery::of(sub.id, event.clone(), entry.position, Some(body));
+            fresh.extend(Self::pending_of(&delivery));
+            self.enqueue(key, delivery, ctx);
+        }
+    }
+
+    /// Saves, for each `(partition, before, position, queued)`, the queued deliveries as pending,
+    /// then the read position; polls again when a read was cut at `READ_BATCH` (`more`) or a
+    /// commit woke the dispatcher meanwhile. A partition's saves count as its writes, so it is
+    /// not handed over before they are made.
     pub(super) fn save_and_go_on(
         &mut self,
-        fresh: Vec<PendingDelivery>,
+        saves: Vec<(u16, LogPosition, LogPosition, Vec<PendingDelivery>)>,
         more: bool,
         ctx: &mut Context<Self>,
     ) {
-        let (store, position) = (self.store.clone(), self.cursor);
-        let persist = async move {
-            store.put_pending(&fresh).await?;
-            store.set_cursor(LEASE, position).await
-        };
+        let mut writes = Vec::with_capacity(saves.len());
+        for (p, _, position, fresh) in saves {
+            let store = self.store.clone();
+            let epoch = self.parts.get_mut(&p).map(|part| {
+                part.writes += 1;
+                part.epoch
+            });
+            writes.push(async move {
+                store.put_pending(p, &fresh).await?;
+                store.set_cursor(&cursor_name(p), position).await?;
+                Ok::<_, crate::store::StoreError>((p, epoch))
+            });
+        }
+        let persist = futures::future::join_all(writes);
         ctx.spawn(persist.into_actor(self).map(move |saved, act, ctx| {
             act.polling = false;
-            if let Err(e) = saved {
-                tracing::warn!(error = %e, "saving the dispatcher's pending deliveries failed");
+            for result in saved {
+                match result {
+                    Ok((p, epoch)) => {
+                        if let Some(part) = epoch.and_then(|e| act.part_of(p, e)) {
+                            part.writes -= 1;
+                        }
+                        act.settled_some(p, ctx);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "saving the dispatcher's pending deliveries failed");
+                    }
+                }
             }
             if more || std::mem::take(&mut act.woken) {
                 act.poll(ctx);
@@ -170,25 +191,47 @@ impl Dispatcher {
     }
 }
 
-/// Saves where the dispatcher of a new store starts reading (the log's head: events from before
-/// are not delivered), unless a position is saved already. Called before the node serves, so every
-/// event committed after a subscription was created lies beyond it.
-pub async fn start_position(store: &dyn Store) -> Result<LogPosition, crate::store::StoreError> {
-    let head = store.global_head().await?;
-    store.init_cursor(LEASE, head).await
+/// Prepares the webhook partitions of a store before the node serves: checks that the store was
+/// set up with `partitions` (the lane hash depends on it), adopts what a version without
+/// partitions left, and saves where each partition's feed is read from (its head for a new store:
+/// events from before are not delivered), unless a position is saved already. So every event
+/// committed after a subscription was created lies beyond its partition's position.
+pub async fn start_position(
+    store: &dyn Store,
+    partitions: u16,
+) -> Result<(), crate::store::StoreError> {
+    let set_up = store
+        .init_cursor(PARTITION_COUNT, u64::from(partitions))
+        .await?;
+    if set_up != u64::from(partitions) {
+        return Err(crate::store::StoreError::Unavailable(format!(
+            "webhooks.partitions is {partitions}, but this store's webhook feeds were set up with \
+             {set_up}; set webhooks.partitions = {set_up}"
+        )));
+    }
+    let adopted = store.adopt_unpartitioned(partitions).await?;
+    let all: Vec<u16> = (0..partitions).collect();
+    let heads = store.feed_heads(partitions, &all).await?;
+    for (p, head) in all.into_iter().zip(heads) {
+        store
+            .init_cursor(&cursor_name(p), adopted.unwrap_or(head))
+            .await?;
+    }
+    Ok(())
 }
+
+/// Where the partition count a store was set up with is kept (among the saved positions).
+const PARTITION_COUNT: &str = "webhook-partitions";
 
 /// What one poll of the store brought.
 #[derive(Default)]
 struct Polled {
-    leader: bool,
-    cursor: LogPosition,
-    events: Vec<crate::store::LogEntry>,
-    inherited: Vec<PendingDelivery>,
+    pages: Vec<crate::store::FeedPage>,
     subs: Vec<Subscription>,
     policy: Option<Arc<crate::auth::Policy>>,
-    /// No subscription could receive anything: `cursor` moved to the log's head unread.
-    skipped: bool,
+    /// No subscription could receive anything: (partition, position, head) of the partitions
+    /// whose position moves to their feed's head unread.
+    skipped: Vec<(u16, LogPosition, LogPosition)>,
 }
 
 /// The subscription's consumer may receive `event` under the current registry and delegations.

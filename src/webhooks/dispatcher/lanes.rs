@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::domain::CloudEvent;
+use crate::domain::{CloudEvent, lane_stream};
 use crate::store::LogPosition;
 
 /// Where a delivery belongs: one lane per (subscription, dialog) keeps that pair in order.
@@ -16,17 +16,19 @@ pub(super) struct LaneKey {
     pub(super) subscription: Uuid,
     /// Dialog id, the event id for events of no dialog, or "validation".
     pub(super) stream: String,
+    /// The partition whose owner runs the lane; `None` for a lane this node runs whoever owns the
+    /// partition (a validation, or a replay of a partition held elsewhere).
+    pub(super) partition: Option<u16>,
 }
 
 impl LaneKey {
-    /// The lane of `event` for `subscription`: its dialog, or the event itself when it has none.
-    pub(super) fn of(subscription: Uuid, event: &CloudEvent) -> Self {
+    /// The lane of `event` for `subscription` (its dialog, or the event itself when it has none),
+    /// run by the owner of `partition`.
+    pub(super) fn of(subscription: Uuid, event: &CloudEvent, partition: Option<u16>) -> Self {
         LaneKey {
             subscription,
-            stream: event
-                .resourceinstance
-                .clone()
-                .unwrap_or_else(|| event.id.clone()),
+            stream: lane_stream(event).to_owned(),
+            partition,
         }
     }
 }
@@ -76,6 +78,10 @@ pub(super) struct Lane {
     pub(super) queue: VecDeque<Delivery>,
     /// An attempt is in flight or a retry is scheduled: the head must finish first.
     pub(super) busy: bool,
+    /// An attempt of the head is in flight.
+    pub(super) in_flight: bool,
+    /// The lane is in the node's queue for an in-flight slot.
+    pub(super) node_waiting: bool,
     /// The lane is in its endpoint's `waiting` queue (kept so that queue needs no search).
     pub(super) waiting: bool,
     /// Bumped when the lane is reset (a re-sent validation): results and retry timers of an

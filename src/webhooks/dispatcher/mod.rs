@@ -1,11 +1,13 @@
-//! `Dispatcher`: the actor that owns webhook delivery on its node. It follows the global event log,
-//! matches subscriptions, and delivers each event with per (subscription, dialog) FIFO lanes, retry
-//! with backoff, dead letters, a per-endpoint in-flight limit and a circuit breaker. Authorization
-//! and the subscription itself are checked again before every attempt.
+//! `Dispatcher`: the actor that owns webhook delivery on its node. It holds some of the webhook
+//! partitions (all of them on a node of its own), follows their feeds, matches subscriptions, and
+//! delivers each event with per (subscription, dialog) FIFO lanes, retry with backoff, dead
+//! letters, per-node and per-endpoint in-flight limits and a circuit breaker. Authorization and
+//! the subscription itself are checked again before every attempt.
 //!
-//! Here: the actor, its messages, and starting an attempt. Beside it: `lanes` (the per-pair FIFO
-//! lanes and their deliveries), `feed` (reading the log and queueing deliveries), `outcome` (what
-//! the end of an attempt does).
+//! Here: the actor, its messages, and starting an attempt. Beside it: `partitions` (the lease
+//! rounds: taking, renewing and handing over partitions), `feed` (reading the partitions' feeds
+//! and queueing deliveries), `lanes` (the per-pair FIFO lanes and their deliveries), `outcome`
+//! (what the end of an attempt does).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -25,7 +27,7 @@ use super::retry::RetryPolicy;
 use crate::config::WebhookSettings;
 use crate::domain::{
     CloudEvent, DeadLetter, DeliveryRecord, Party, PendingDelivery, Subscription,
-    SubscriptionChange,
+    SubscriptionChange, event_partition,
 };
 use crate::store::{LogPosition, Store};
 use crate::telemetry::Metrics;
@@ -33,19 +35,26 @@ use crate::telemetry::Metrics;
 mod feed;
 mod lanes;
 mod outcome;
+mod partitions;
 
 use feed::may_receive;
 pub use feed::start_position;
 use lanes::{Delivery, Lane, LaneKey};
+use partitions::Part;
+pub use partitions::{Handover, OwnedPartitions};
 
-/// Events read from the global log per poll.
+/// Events read from a partition's feed per poll.
 const READ_BATCH: usize = 500;
+/// Lease rounds per `webhooks.lease_ttl`: a lease is renewed this many times before it would lapse.
+const LEASE_ROUNDS: u32 = 5;
 
 /// An attempt that ended, for settling.
 struct Attempted {
     key: LaneKey,
     /// The lane's generation when the attempt started: a reset lane ignores the result.
     generation: u64,
+    /// The taking of the lane's partition the attempt counts in (`Part::epoch`).
+    epoch: Option<u64>,
     /// The subscription as the attempt read it (`None` when it was gone).
     sub: Option<Subscription>,
     endpoint: Option<String>,
@@ -54,15 +63,9 @@ struct Attempted {
     is_validation: bool,
 }
 
-/// The lease that makes one node of a cluster the dispatcher, and how long it lasts unrenewed.
-const LEASE: &str = "webhook-dispatcher";
-const LEASE_TTL: Duration = Duration::from_secs(5);
-
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     node_id: String,
-    /// Whether this node holds the dispatcher lease (and so has loaded the saved cursor).
-    leader: bool,
     settings: WebhookSettings,
     base_url: String,
     metrics: Metrics,
@@ -70,19 +73,34 @@ pub struct Dispatcher {
     validation: RetryPolicy,
     /// Created in `started` on the dispatcher's own thread (the client is not `Send`).
     client: Option<awc::Client>,
-    cursor: LogPosition,
+    /// The partitions this node holds, with their feed positions.
+    parts: std::collections::BTreeMap<u16, Part>,
+    /// What the heartbeat announces as this node's partitions.
+    owned: OwnedPartitions,
+    /// A lease round is running; `reclaim`: run another when it ends.
+    claiming: bool,
+    reclaim: bool,
+    /// Counts the takings of partitions (`Part::epoch`).
+    epochs: u64,
+    /// When the leases were last renewed: a node that cannot renew them stops delivering before
+    /// they lapse and another node takes over.
+    renewed: Option<Instant>,
+    /// Handing every partition over (drain): takes none, and tells `drained` when it holds none.
+    leaving: bool,
+    drained: Vec<tokio::sync::oneshot::Sender<()>>,
     polling: bool,
     /// A wake-up came while a poll was running: poll again when it ends.
     woken: bool,
     /// Set by a `DispatchWaker` that sent a `Wake` not handled yet (see there).
     wake_pending: Arc<AtomicBool>,
-    /// Deliveries a previous dispatcher left unfinished (subscription, position), loaded when this
-    /// node took over: log events already among them are not queued twice.
-    inherited: std::collections::HashSet<(Uuid, LogPosition)>,
     /// Subscriptions as of the last poll (endpoint accounting); attempts re-read the store.
     subs: HashMap<Uuid, Subscription>,
     lanes: HashMap<LaneKey, Lane>,
     endpoints: HashMap<String, Endpoint<LaneKey>>,
+    /// Attempts in flight on this node (at most `max_in_flight_per_node`), and the lanes waiting
+    /// for one to end, first come first served.
+    in_flight: usize,
+    node_waiting: std::collections::VecDeque<LaneKey>,
 }
 
 impl Dispatcher {
@@ -92,27 +110,35 @@ impl Dispatcher {
         base_url: String,
         metrics: Metrics,
         node_id: String,
+        owned: OwnedPartitions,
     ) -> Self {
         let retry = RetryPolicy::new(settings.retry_schedule.clone(), settings.jitter);
         let validation = RetryPolicy::new(settings.validation_schedule.clone(), settings.jitter);
         Dispatcher {
             store,
             node_id,
-            leader: false,
             settings,
             base_url,
             metrics,
             retry,
             validation,
             client: None,
-            cursor: 0,
+            parts: Default::default(),
+            owned,
+            claiming: false,
+            reclaim: false,
+            epochs: 0,
+            renewed: None,
+            leaving: false,
+            drained: Vec::new(),
             polling: false,
             woken: false,
             wake_pending: Arc::default(),
             subs: HashMap::new(),
-            inherited: Default::default(),
             lanes: HashMap::new(),
             endpoints: HashMap::new(),
+            in_flight: 0,
+            node_waiting: Default::default(),
         }
     }
 
@@ -176,16 +202,39 @@ impl Dispatcher {
         self.pump(key, ctx);
     }
 
+    /// Whether lanes of `partition` may start attempts here: this node holds it and is not
+    /// handing it over (lanes of no partition always may).
+    fn runs(&self, partition: Option<u16>) -> bool {
+        partition.is_none_or(|p| self.parts.get(&p).is_some_and(|part| !part.releasing))
+    }
+
     /// Starts the head of `key` if nothing of the lane is in flight or waiting for a retry.
     fn pump(&mut self, key: LaneKey, ctx: &mut Context<Self>) {
+        if !self.runs(key.partition) {
+            // Its partition is handed over or lost: the store keeps its deliveries for the owner.
+            if self.lanes.get(&key).is_some_and(|l| !l.in_flight) {
+                self.lanes.remove(&key);
+            }
+            return;
+        }
         let Some(lane) = self.lanes.get_mut(&key) else {
             return;
         };
         if lane.busy {
             return;
         }
-        let Some(head) = lane.queue.front().cloned() else {
+        if lane.queue.is_empty() {
             self.lanes.remove(&key);
+            return;
+        }
+        if self.in_flight >= self.settings.max_in_flight_per_node {
+            if !lane.node_waiting {
+                lane.node_waiting = true;
+                self.node_waiting.push_back(key);
+            }
+            return;
+        }
+        let Some(head) = lane.queue.front().cloned() else {
             return;
         };
         // A subscription this node has not seen yet is re-read by the attempt; its endpoint is
@@ -224,8 +273,17 @@ impl Dispatcher {
     ) {
         let generation = self.lanes.get_mut(&key).map_or(0, |lane| {
             lane.busy = true;
+            lane.in_flight = true;
             lane.generation
         });
+        self.in_flight += 1;
+        let epoch = key
+            .partition
+            .and_then(|p| self.parts.get_mut(&p))
+            .map(|part| {
+                part.in_flight += 1;
+                part.epoch
+            });
         let store = self.store.clone();
         let client = self.client.clone().unwrap_or_else(|| self.build_client());
         let allow_private = self.settings.allow_private_networks;
@@ -270,6 +328,7 @@ impl Dispatcher {
             let done = Attempted {
                 key,
                 generation,
+                epoch,
                 sub,
                 endpoint,
                 outcome,
@@ -286,15 +345,44 @@ impl Dispatcher {
         self.metrics
             .webhook_attempt_latency
             .observe(done.took.as_secs_f64());
-        let endpoint = done.endpoint.clone();
-        if self
-            .lanes
-            .get(&done.key)
-            .is_some_and(|l| l.generation == done.generation)
-        {
-            self.settle_outcome(done, ctx);
+        let (endpoint, key, epoch) = (done.endpoint.clone(), done.key.clone(), done.epoch);
+        self.in_flight -= 1;
+        // A lane of a partition lost meanwhile (and perhaps taken again) is not this attempt's.
+        let same_taking = match key.partition {
+            None => true,
+            Some(p) => epoch.is_some_and(|e| self.parts.get(&p).is_some_and(|x| x.epoch == e)),
+        };
+        if same_taking {
+            if let Some(part) = key.partition.and_then(|p| self.parts.get_mut(&p)) {
+                part.in_flight -= 1;
+            }
+            if let Some(lane) = self.lanes.get_mut(&key) {
+                lane.in_flight = false;
+            }
+            if self
+                .lanes
+                .get(&key)
+                .is_some_and(|l| l.generation == done.generation)
+            {
+                self.settle_outcome(done, ctx);
+            }
+            if let Some(p) = key.partition
+                && !self.runs(Some(p))
+            {
+                // Handed over: the lane's rest is in the store for the next owner.
+                self.lanes.remove(&key);
+                self.settled_some(p, ctx);
+            }
         }
         self.release_slot(endpoint.as_deref(), ctx);
+        while self.in_flight < self.settings.max_in_flight_per_node
+            && let Some(next) = self.node_waiting.pop_front()
+        {
+            if let Some(lane) = self.lanes.get_mut(&next) {
+                lane.node_waiting = false;
+                self.pump(next, ctx);
+            }
+        }
     }
 }
 
@@ -303,6 +391,10 @@ impl Actor for Dispatcher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.client = Some(self.build_client());
+        self.claim(ctx);
+        ctx.run_interval(self.settings.lease_ttl / LEASE_ROUNDS, |act, ctx| {
+            act.claim(ctx)
+        });
         ctx.run_interval(self.settings.poll_interval, |act, ctx| act.poll(ctx));
     }
 }
@@ -352,9 +444,7 @@ impl Handler<Wake> for Dispatcher {
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
         // Cleared before the poll reads: a commit that finds it still set is read by that poll.
         self.wake_pending.store(false, Ordering::SeqCst);
-        // A node standing by learns of its turn from its periodic poll; waking it would only
-        // ask for the lease again and again.
-        if !self.leader {
+        if self.parts.is_empty() {
             return;
         }
         if self.polling {
@@ -386,6 +476,7 @@ impl Handler<Validate> for Dispatcher {
         let key = LaneKey {
             subscription: sub.id,
             stream: "validation".into(),
+            partition: None,
         };
         // A re-sent validation replaces one still pending, and goes out now: the lane starts a new
         // generation, so the old attempt's result and retry timer no longer count.
@@ -421,18 +512,30 @@ impl Handler<Redeliver> for Dispatcher {
 
     fn handle(&mut self, msg: Redeliver, ctx: &mut Self::Context) -> usize {
         let n = msg.events.len();
-        let mut records = Vec::with_capacity(n);
+        let mut records: HashMap<u16, Vec<PendingDelivery>> = HashMap::new();
         for event in msg.events {
-            let key = LaneKey::of(msg.subscription, &event);
+            // A replay shares the lane of its dialog when this node runs the partition, and runs
+            // on a lane of its own otherwise; its record waits in the partition's pending set.
+            let p = event_partition(&event, self.settings.partitions);
+            let key = LaneKey::of(
+                msg.subscription,
+                &event,
+                Some(p).filter(|_| self.runs(Some(p))),
+            );
             // Replays and redrives are not tied to a log position.
             let delivery = Delivery::of(msg.subscription, event, 0, None);
-            records.extend(Self::pending_of(&delivery));
+            records
+                .entry(p)
+                .or_default()
+                .extend(Self::pending_of(&delivery));
             self.enqueue(key, delivery, ctx);
         }
         let store = self.store.clone();
         actix_web::rt::spawn(async move {
-            if let Err(e) = store.put_pending(&records).await {
-                tracing::warn!(error = %e, "recording redelivered events failed");
+            for (p, records) in records {
+                if let Err(e) = store.put_pending(p, &records).await {
+                    tracing::warn!(error = %e, "recording redelivered events failed");
+                }
             }
         });
         n

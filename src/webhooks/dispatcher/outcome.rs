@@ -100,7 +100,7 @@ impl Dispatcher {
                 for k in gone {
                     if let Some(lane) = self.lanes.remove(&k) {
                         for d in lane.queue {
-                            self.settle(&d);
+                            self.settle(k.partition, &d, ctx);
                         }
                     }
                 }
@@ -143,10 +143,12 @@ impl Dispatcher {
                                 record.due_at = chrono::Duration::from_std(delay)
                                     .ok()
                                     .map(|d| Utc::now() + d);
+                                let partition =
+                                    event_partition(&record.event, self.settings.partitions);
                                 let store = self.store.clone();
-                                actix_web::rt::spawn(async move {
-                                    let _ = store.put_pending(&[record]).await;
-                                });
+                                let write =
+                                    async move { store.put_pending(partition, &[record]).await };
+                                self.write_for(key.partition, "recording a retry", write, ctx);
                             }
                         }
                         self.pump_after(key, delay, ctx);
@@ -188,23 +190,27 @@ impl Dispatcher {
             lane.queue.pop_front()
         });
         if let Some(done) = done {
-            self.settle(&done);
+            self.settle(key.partition, &done, ctx);
         }
         self.pump(key.clone(), ctx);
     }
 
-    /// A delivery is finished (delivered, dropped or dead-lettered): the store forgets it.
-    pub(super) fn settle(&self, d: &Delivery) {
+    /// A delivery of a lane of `lane_partition` is finished (delivered, dropped or
+    /// dead-lettered): the store forgets it.
+    pub(super) fn settle(
+        &mut self,
+        lane_partition: Option<u16>,
+        d: &Delivery,
+        ctx: &mut Context<Self>,
+    ) {
         let (Some(position), Some(event)) = (d.position, &d.event) else {
             return;
         };
         let key = PendingDelivery::key(d.subscription, position, &event.id);
+        let partition = event_partition(event, self.settings.partitions);
         let store = self.store.clone();
-        actix_web::rt::spawn(async move {
-            if let Err(e) = store.remove_pending(&key).await {
-                tracing::warn!(error = %e, "forgetting a finished delivery failed");
-            }
-        });
+        let write = async move { store.remove_pending(partition, &key).await };
+        self.write_for(lane_partition, "forgetting a finished delivery", write, ctx);
     }
 
     /// What the store keeps of an unfinished delivery.
