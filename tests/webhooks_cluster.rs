@@ -551,9 +551,17 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
     )
     .await;
     for rx in &receivers {
-        rx.wait_for("the first burst", Duration::from_secs(60), all_delivered(&first))
-            .await;
-        assert_eq!(check_delivered(rx, &first), 0, "duplicates without any failure");
+        rx.wait_for(
+            "the first burst",
+            Duration::from_secs(60),
+            all_delivered(&first),
+        )
+        .await;
+        assert_eq!(
+            check_delivered(rx, &first),
+            0,
+            "duplicates without any failure"
+        );
     }
 
     // 2. Another burst through node A; node C is killed a third of the way, node B drained at
@@ -572,8 +580,12 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
     let _b = drained.join().expect("drain");
     let mut duplicates = 0;
     for rx in &receivers {
-        rx.wait_for("the second burst", Duration::from_secs(60), all_delivered(&second))
-            .await;
+        rx.wait_for(
+            "the second burst",
+            Duration::from_secs(60),
+            all_delivered(&second),
+        )
+        .await;
         duplicates += check_delivered(rx, &second);
     }
     eprintln!("second burst: {duplicates} duplicates over 10 subscriptions");
@@ -585,15 +597,30 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
     // 3. A node joins: it takes partitions within two lease times, and lanes stay in order.
     let joined = Instant::now();
     let _d = NodeProcess::start(&shared, "node-d", &config, &dir.path().join("d"));
-    wait_for_spread(&shared, &["node-a", "node-d"], Duration::from_secs(4) + Duration::from_secs(2))
-        .await;
-    eprintln!("node-d held partitions {:?} after starting", joined.elapsed());
+    wait_for_spread(
+        &shared,
+        &["node-a", "node-d"],
+        Duration::from_secs(4) + Duration::from_secs(2),
+    )
+    .await;
+    eprintln!(
+        "node-d held partitions {:?} after starting",
+        joined.elapsed()
+    );
     let third = burst("three", 100, 5);
     publish_all(&client, &a.base, &owner, &third).await;
     for rx in &receivers {
-        rx.wait_for("the third burst", Duration::from_secs(60), all_delivered(&third))
-            .await;
-        assert_eq!(check_delivered(rx, &third), 0, "duplicates after a clean join");
+        rx.wait_for(
+            "the third burst",
+            Duration::from_secs(60),
+            all_delivered(&third),
+        )
+        .await;
+        assert_eq!(
+            check_delivered(rx, &third),
+            0,
+            "duplicates after a clean join"
+        );
     }
     drop(a.child.kill());
 }
