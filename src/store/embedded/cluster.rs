@@ -14,12 +14,15 @@ impl ClusterStore for EmbeddedStore {
         _holder: &str,
         partitions: u16,
         _ttl: Duration,
-        _taking: bool,
-        _release: &[u16],
+        taking: bool,
+        release: &[u16],
     ) -> Result<Claim, StoreError> {
         // One node per data_dir (locked): it holds every partition.
         Ok(Claim {
-            owned: (0..partitions).collect(),
+            // A node leaving gives up what it releases; there is no one else to take it.
+            owned: (0..partitions)
+                .filter(|p| taking || !release.contains(p))
+                .collect(),
             excess: 0,
         })
     }

@@ -14,12 +14,15 @@ impl ClusterStore for MemoryStore {
         _holder: &str,
         partitions: u16,
         _ttl: std::time::Duration,
-        _taking: bool,
-        _release: &[u16],
+        taking: bool,
+        release: &[u16],
     ) -> Result<Claim, StoreError> {
         // One node: it holds every partition.
         Ok(Claim {
-            owned: (0..partitions).collect(),
+            // A node leaving gives up what it releases; there is no one else to take it.
+            owned: (0..partitions)
+                .filter(|p| taking || !release.contains(p))
+                .collect(),
             excess: 0,
         })
     }
