@@ -95,6 +95,15 @@ enum Scenario {
         /// Give up waiting for deliveries after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// The receiver answers each request after this many milliseconds.
+        #[arg(long, default_value_t = 0)]
+        receiver_delay_ms: u64,
+        /// Events spread over this many dialogs (`resourceinstance`); 0: each event its own lane.
+        #[arg(long, default_value_t = 0)]
+        dialogs: usize,
+        /// PIDs of further nodes of the cluster, comma-separated, whose CPU is added.
+        #[arg(long, value_delimiter = ',')]
+        also_pids: Vec<u32>,
     },
     /// N idle subscriptions over D dialogs: connect rate and server memory per connection.
     Connections {
@@ -1007,15 +1016,31 @@ struct Received {
     failed: u64,
 }
 
-async fn webhooks(
-    cli: &Cli,
-    t: &Tokens,
+/// The shape of a webhooks run.
+struct WebhookLoad {
     subscriptions: usize,
     events: usize,
     failure_rate: f64,
     timeout: u64,
-) -> anyhow::Result<()> {
+    /// How long the receiver takes to answer.
+    delay: Duration,
+    /// Dialogs the events spread over (0: none, each event its own lane).
+    dialogs: usize,
+    /// Further nodes whose CPU counts.
+    also_pids: Vec<u32>,
+}
+
+async fn webhooks(cli: &Cli, t: &Tokens, load: WebhookLoad) -> anyhow::Result<()> {
     use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+    let WebhookLoad {
+        subscriptions,
+        events,
+        failure_rate,
+        timeout,
+        delay,
+        dialogs,
+        also_pids,
+    } = load;
     let c = client();
     setup(&c, &cli.target, t, 0).await?;
     let seen: Arc<std::sync::Mutex<Received>> = Arc::default();
@@ -1034,6 +1059,9 @@ async fn webhooks(
                 move |req: HttpRequest, path: web::Path<usize>, _body: web::Bytes| {
                     let seen = seen.clone();
                     async move {
+                        if !delay.is_zero() {
+                            actix_web::rt::time::sleep(delay).await;
+                        }
                         let id = req
                             .headers()
                             .get("webhook-id")
@@ -1091,8 +1119,15 @@ async fn webhooks(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = cli.server_pid.map(|p| p.to_string());
-    let server_cpu0 = pid.as_deref().and_then(cpu_seconds);
+    // Every node of the cluster counts.
+    let pids: Vec<String> = cli
+        .server_pid
+        .into_iter()
+        .chain(also_pids.iter().copied())
+        .map(|p| p.to_string())
+        .collect();
+    let nodes_cpu = || -> Option<f64> { pids.iter().map(|p| cpu_seconds(p)).sum() };
+    let server_cpu0 = nodes_cpu();
     let self_cpu0 = cpu_seconds("self");
     let published: Arc<std::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>> =
         Arc::default();
@@ -1113,9 +1148,12 @@ async fn webhooks(
                     return Ok::<_, anyhow::Error>(());
                 }
                 let id = format!("load-{n}-{}", uuid::Uuid::now_v7());
-                let ev = json!({"specversion": "1.0", "id": id, "source": "https://load.example/x",
+                let mut ev = json!({"specversion": "1.0", "id": id, "source": "https://load.example/x",
                                 "type": "load.event", "resource": RESOURCE,
                                 "subject": format!("urn:altinn:person:identifier-no:{PERSON}")});
+                if dialogs > 0 {
+                    ev["resourceinstance"] = json!(format!("dialog-{}", n % dialogs));
+                }
                 let at = chrono::Utc::now();
                 let mut resp = c
                     .post(format!("{target}/events/api/v1/events"))
@@ -1188,10 +1226,15 @@ async fn webhooks(
         "latency_publish_to_delivery": percentiles(lat),
         "seconds": secs,
         "client_cpu_seconds": cpu_seconds("self").zip(self_cpu0).map(|(a, b)| a - b),
-        "server_cpu_seconds": pid.as_deref().and_then(cpu_seconds).zip(server_cpu0).map(|(a, b)| a - b),
+        "server_cpu_seconds": nodes_cpu().zip(server_cpu0).map(|(a, b)| a - b),
+        "server_cpu_us_per_delivery": nodes_cpu().zip(server_cpu0).filter(|_| delivered > 0)
+            .map(|(a, b)| (a - b) * 1e6 / delivered as f64),
+        "nodes": pids.len(),
     });
     handle.stop(false).await;
-    let params = json!({"target": cli.target, "subscriptions": subscriptions, "events": events, "failure_rate": failure_rate});
+    let params = json!({"target": cli.target, "subscriptions": subscriptions, "events": events,
+                        "failure_rate": failure_rate, "receiver_delay_ms": delay.as_millis() as u64,
+                        "dialogs": dialogs, "nodes": pids.len()});
     save("webhooks", params, figures, &samples, "deliveries")?;
     Ok(())
 }
@@ -1269,7 +1312,21 @@ fn main() -> anyhow::Result<()> {
                 events,
                 failure_rate,
                 timeout,
-            } => webhooks(&cli, &t, *subscriptions, *events, *failure_rate, *timeout).await,
+                receiver_delay_ms,
+                dialogs,
+                also_pids,
+            } => {
+                let shape = WebhookLoad {
+                    subscriptions: *subscriptions,
+                    events: *events,
+                    failure_rate: *failure_rate,
+                    timeout: *timeout,
+                    delay: Duration::from_millis(*receiver_delay_ms),
+                    dialogs: *dialogs,
+                    also_pids: also_pids.clone(),
+                };
+                webhooks(&cli, &t, shape).await
+            }
         }
     })
 }

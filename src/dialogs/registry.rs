@@ -266,9 +266,15 @@ mod tests {
         // One poll sends the attach; its answer is never read, as when the client's connection
         // closes while the actor is attaching it.
         let mut attach = Box::pin(registry.attach(Uuid::new_v4(), None, queue, None));
-        assert!((&mut attach).now_or_never().is_none());
-        wait_gauge(&metrics, 1).await;
-        drop(attach);
+        match (&mut attach).now_or_never() {
+            None => {
+                wait_gauge(&metrics, 1).await;
+                drop(attach);
+            }
+            // On a busy machine the actor can answer within that one poll: the guard it gave
+            // is dropped here, which must detach as well.
+            Some(answer) => drop(answer),
+        }
         wait_gauge(&metrics, 0).await;
         arbiter.stop();
     }
