@@ -384,19 +384,35 @@ async fn a_delivery_waiting_for_its_retry_survives_the_death_of_the_dispatching_
     assert!(resent <= 8, "{resent} delivered events were sent again");
 }
 
-/// Publishes `ids` (event id, dialog) through `base`, 25 at a time.
+/// Publishes `ids` (event id, dialog) through `base`, 25 at a time. A request that could not
+/// connect (so was never sent) is tried again.
 async fn publish_all(client: &awc::Client, base: &str, token: &str, ids: &[(String, String)]) {
     for chunk in ids.chunks(25) {
-        let sends = chunk.iter().map(|(id, dialog)| {
-            post(
-                client,
-                format!("{base}/events/api/v1/events"),
-                token,
-                "application/cloudevents+json",
-                json!({"specversion": "1.0", "id": id, "source": "https://app.example/x",
-                       "type": "app.t", "resource": RESOURCE, "subject": person_urn(PERSON_1),
-                       "resourceinstance": dialog}),
-            )
+        let sends = chunk.iter().map(|(id, dialog)| async move {
+            let body = json!({"specversion": "1.0", "id": id, "source": "https://app.example/x",
+                              "type": "app.t", "resource": RESOURCE, "subject": person_urn(PERSON_1),
+                              "resourceinstance": dialog});
+            let mut tries = 0;
+            loop {
+                let sent = client
+                    .post(format!("{base}/events/api/v1/events"))
+                    .insert_header(("Authorization", format!("Bearer {token}")))
+                    .insert_header(("Content-Type", "application/cloudevents+json"))
+                    .send_body(body.to_string())
+                    .await;
+                match sent {
+                    Ok(mut resp) => {
+                        let text = resp.body().await.unwrap_or_default();
+                        return (resp.status().as_u16(), String::from_utf8_lossy(&text).into_owned());
+                    }
+                    Err(awc::error::SendRequestError::Connect(e)) if tries < 5 => {
+                        tries += 1;
+                        eprintln!("publishing {id}: {e}; trying again");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("publishing {id}: {e}"),
+                }
+            }
         });
         for (status, body) in futures::future::join_all(sends).await {
             assert_eq!(status, 200, "{body}");
