@@ -356,6 +356,19 @@ pub struct Claim {
     pub excess: usize,
 }
 
+impl Claim {
+    /// A store of one node: it holds every partition, except those it gives up while leaving
+    /// (there is no one else to take them).
+    pub fn single_node(partitions: u16, taking: bool, release: &[u16]) -> Claim {
+        Claim {
+            owned: (0..partitions)
+                .filter(|p| taking || !release.contains(p))
+                .collect(),
+            excess: 0,
+        }
+    }
+}
+
 /// Everything a node keeps: one backend implements every concern (`embedded`, `memory`, `redis`).
 pub trait Store: DialogStore + EventLog + RegistryStore + WebhookStore + ClusterStore {}
 

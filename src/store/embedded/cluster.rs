@@ -18,13 +18,7 @@ impl ClusterStore for EmbeddedStore {
         release: &[u16],
     ) -> Result<Claim, StoreError> {
         // One node per data_dir (locked): it holds every partition.
-        Ok(Claim {
-            // A node leaving gives up what it releases; there is no one else to take it.
-            owned: (0..partitions)
-                .filter(|p| taking || !release.contains(p))
-                .collect(),
-            excess: 0,
-        })
+        Ok(Claim::single_node(partitions, taking, release))
     }
 
     async fn cursor(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {
