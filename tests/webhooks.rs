@@ -1536,6 +1536,71 @@ async fn an_endpoint_never_has_more_attempts_in_flight_than_its_limit() {
     assert_eq!(rx.events().len(), 6);
 }
 
+#[actix_web::test]
+async fn a_node_never_has_more_attempts_in_flight_than_its_node_limit() {
+    // The endpoint's own limit (64) would let all six lanes go at once.
+    let node = start(&hooks("max_in_flight_per_node = 2")).await;
+    let rx = subscribed_receiver(&node).await;
+    rx.answer_with(Answer::status(200).delayed(Duration::from_millis(300)));
+    rx.reset_max_in_flight();
+    let mut all = Vec::new();
+    for _ in 0..6 {
+        let d = node.create_dialog(&dialog_body()).await;
+        all.extend(ids(&node.dialog_events(&d).await));
+    }
+    assert_eq!(all.len(), 6);
+    rx.wait_for("six events of six dialogs", SOON, |r| has_all(r, &all))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        rx.max_in_flight(),
+        2,
+        "requests in flight at once at the receiver"
+    );
+    assert_eq!(rx.events().len(), 6);
+}
+
+#[actix_web::test]
+async fn a_due_retry_goes_ahead_of_a_backlog_of_first_attempts_and_keeps_its_schedule() {
+    // One attempt at a time and 100 ms per answer: 20 new dialogs make a 2 s backlog.
+    let node = start(&hooks(
+        "max_in_flight_per_endpoint = 1\nretry_schedule = [\"300ms\", \"300ms\"]\njitter = 0",
+    ))
+    .await;
+    let rx = subscribed_receiver(&node).await;
+    rx.answer_with(Answer::status(200).delayed(Duration::from_millis(100)));
+    // The first event's first attempt fails at once.
+    rx.then(vec![Answer::status(500)]);
+    let failing = node.create_dialog(&dialog_body()).await;
+    let failing = id(&node.dialog_events(&failing).await[0]);
+    let mut backlog = Vec::new();
+    for _ in 0..20 {
+        let d = node.create_dialog(&dialog_body()).await;
+        backlog.extend(ids(&node.dialog_events(&d).await));
+    }
+    assert_eq!(backlog.len(), 20);
+    rx.wait_for("every event, and the retry", SOON, |r| {
+        has_all(r, &backlog) && with_id(&rx, &failing).len() >= 2
+    })
+    .await;
+    let tries = with_id(&rx, &failing);
+    let late = tries[1].at.duration_since(tries[0].at);
+    // Due 300 ms after the failure; at most one 100 ms attempt ahead of it, plus slack.
+    assert!(
+        late >= Duration::from_millis(270) && late <= Duration::from_millis(700),
+        "the retry came {late:?} after the failed attempt (schedule: 300 ms)"
+    );
+    let after_retry = rx
+        .events()
+        .iter()
+        .filter(|r| r.at > tries[1].at && backlog.contains(&id(&r.json())))
+        .count();
+    assert!(
+        after_retry >= 10,
+        "the retry went ahead of the backlog: {after_retry} first attempts came after it"
+    );
+}
+
 // More: the subscription re-checked before every attempt, and the endpoint accounting.
 
 #[actix_web::test]

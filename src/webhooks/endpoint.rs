@@ -39,8 +39,11 @@ pub struct Endpoint<L> {
     failures: u32,
     /// Open until then; a later attempt is the trial.
     open_until: Option<Instant>,
-    /// Lanes waiting for an in-flight slot, first come first served.
+    /// Lanes waiting for an in-flight slot, first come first served; lanes whose retry is due
+    /// (`retries`) before lanes waiting for a first attempt, so a backlog of new deliveries does
+    /// not push retries past their schedule.
     waiting: VecDeque<L>,
+    retries: VecDeque<L>,
 }
 
 impl<L> Default for Endpoint<L> {
@@ -50,6 +53,7 @@ impl<L> Default for Endpoint<L> {
             failures: 0,
             open_until: None,
             waiting: VecDeque::new(),
+            retries: VecDeque::new(),
         }
     }
 }
@@ -76,9 +80,14 @@ impl<L> Endpoint<L> {
         }
     }
 
-    /// Queues a lane that was told to `Wait` (once: the caller keeps track) for the next slot.
-    pub fn wait(&mut self, lane: L) {
-        self.waiting.push_back(lane);
+    /// Queues a lane that was told to `Wait` (once: the caller keeps track) for the next slot;
+    /// a lane whose head is a due `retry` goes ahead of those waiting for a first attempt.
+    pub fn wait(&mut self, lane: L, retry: bool) {
+        if retry {
+            self.retries.push_back(lane);
+        } else {
+            self.waiting.push_back(lane);
+        }
     }
 
     /// Gives back a slot; the caller offers it to the waiting lanes in order (`next_waiting`:
@@ -87,9 +96,11 @@ impl<L> Endpoint<L> {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
-    /// The next waiting lane, if any.
+    /// The next waiting lane, if any: due retries first.
     pub fn next_waiting(&mut self) -> Option<L> {
-        self.waiting.pop_front()
+        self.retries
+            .pop_front()
+            .or_else(|| self.waiting.pop_front())
     }
 
     /// Records an attempt's result. Only endpoint-wide failures count (see `Outcome`); a success
@@ -142,15 +153,28 @@ mod tests {
         assert_eq!(e.admit(2, now), go);
         assert_eq!(e.admit(2, now), go);
         assert_eq!(e.admit(2, now), Admission::Wait);
-        e.wait("c");
+        e.wait("c", false);
         assert_eq!(e.admit(2, now), Admission::Wait);
-        e.wait("d");
+        e.wait("d", false);
         assert_eq!(e.in_flight(), 2);
         e.release();
         assert_eq!(e.next_waiting(), Some("c"));
         assert_eq!(e.admit(2, now), go);
         assert_eq!(e.next_waiting(), Some("d"));
         assert_eq!(e.next_waiting(), None);
+    }
+
+    #[test]
+    fn a_lane_whose_retry_is_due_takes_the_next_slot_before_first_attempts() {
+        let mut e: Endpoint<&str> = Endpoint::default();
+        let now = Instant::now();
+        assert!(matches!(e.admit(1, now), Admission::Start { .. }));
+        e.wait("new-1", false);
+        e.wait("new-2", false);
+        e.wait("retry-1", true);
+        e.wait("retry-2", true);
+        let order: Vec<_> = std::iter::from_fn(|| e.next_waiting()).collect();
+        assert_eq!(order, ["retry-1", "retry-2", "new-1", "new-2"]);
     }
 
     #[test]

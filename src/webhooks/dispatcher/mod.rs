@@ -101,6 +101,8 @@ pub struct Dispatcher {
     /// for one to end, first come first served.
     in_flight: usize,
     node_waiting: std::collections::VecDeque<LaneKey>,
+    /// Lanes whose retry is due, waiting for a node slot: served before `node_waiting`.
+    node_retries: std::collections::VecDeque<LaneKey>,
 }
 
 impl Dispatcher {
@@ -139,6 +141,7 @@ impl Dispatcher {
             endpoints: HashMap::new(),
             in_flight: 0,
             node_waiting: Default::default(),
+            node_retries: Default::default(),
         }
     }
 
@@ -227,10 +230,16 @@ impl Dispatcher {
             self.lanes.remove(&key);
             return;
         }
+        // A head attempted before is a retry now due: it goes ahead of first attempts.
+        let retry = lane.queue.front().is_some_and(|d| d.attempts > 0);
         if self.in_flight >= self.settings.max_in_flight_per_node {
             if !lane.node_waiting {
                 lane.node_waiting = true;
-                self.node_waiting.push_back(key);
+                if retry {
+                    self.node_retries.push_back(key);
+                } else {
+                    self.node_waiting.push_back(key);
+                }
             }
             return;
         }
@@ -254,7 +263,7 @@ impl Dispatcher {
                         && !lane.waiting
                     {
                         lane.waiting = true;
-                        e.wait(key);
+                        e.wait(key, retry);
                     }
                     return;
                 }
@@ -376,7 +385,10 @@ impl Dispatcher {
         }
         self.release_slot(endpoint.as_deref(), ctx);
         while self.in_flight < self.settings.max_in_flight_per_node
-            && let Some(next) = self.node_waiting.pop_front()
+            && let Some(next) = self
+                .node_retries
+                .pop_front()
+                .or_else(|| self.node_waiting.pop_front())
         {
             if let Some(lane) = self.lanes.get_mut(&next) {
                 lane.node_waiting = false;
