@@ -456,6 +456,34 @@ mod tests {
     }
 
     #[test]
+    fn webhook_partition_settings_out_of_range_are_refused_by_name() {
+        for (toml, key) in [
+            ("[webhooks]\npartitions = 0", "webhooks.partitions"),
+            ("[webhooks]\npartitions = 4097", "webhooks.partitions"),
+            ("[webhooks]\nlease_ttl = \"499ms\"", "webhooks.lease_ttl"),
+            (
+                "[webhooks]\nmax_in_flight_per_node = 0",
+                "webhooks.max_in_flight_per_node",
+            ),
+        ] {
+            let err = Settings::from_toml(toml).expect_err(toml);
+            assert!(format!("{err:#}").contains(key), "{toml}: {err:#}");
+        }
+        let s = Settings::from_toml(
+            "[webhooks]\npartitions = 4096\nlease_ttl = \"500ms\"\nmax_in_flight_per_node = 1",
+        )
+        .expect("the bounds themselves are valid");
+        assert_eq!(s.webhooks.partitions, 4096);
+        assert_eq!(s.webhooks.lease_ttl, Duration::from_millis(500));
+        let d = Settings::from_toml("").expect("defaults");
+        assert_eq!(
+            (d.webhooks.partitions, d.webhooks.lease_ttl),
+            (64, Duration::from_secs(5))
+        );
+        assert_eq!(d.webhooks.max_in_flight_per_node, 256);
+    }
+
+    #[test]
     fn dev_issuer_on_public_bind_is_refused_unless_allowed() {
         let err = Settings::from_toml("[http]\nbind = \"0.0.0.0:0\"").expect_err("public bind");
         assert!(
