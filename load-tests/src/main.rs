@@ -104,6 +104,10 @@ enum Scenario {
         /// PIDs of further nodes of the cluster, comma-separated, whose CPU is added.
         #[arg(long, value_delimiter = ',')]
         also_pids: Vec<u32>,
+        /// The nodes' first retry delay (`webhooks.retry_schedule`, with `jitter = 0`): a retry
+        /// after a failed attempt is timed against it, and its lateness reported.
+        #[arg(long)]
+        retry_delay_ms: Option<u64>,
     },
     /// N idle subscriptions over D dialogs: connect rate and server memory per connection.
     Connections {
@@ -1014,6 +1018,14 @@ struct Received {
     delivered: HashMap<(usize, String), chrono::DateTime<chrono::Utc>>,
     requests: u64,
     failed: u64,
+    /// Requests being answered now, and the most answered at once (what the nodes' in-flight
+    /// limits allow).
+    in_flight: u64,
+    max_in_flight: u64,
+    /// When each failed attempt was answered, until its retry arrives.
+    failed_at: HashMap<(usize, String), chrono::DateTime<chrono::Utc>>,
+    /// Each retry's arrival minus (its failed attempt's answer + the retry delay), in ms.
+    retry_lateness_ms: Vec<f64>,
 }
 
 /// The shape of a webhooks run.
@@ -1028,6 +1040,8 @@ struct WebhookLoad {
     dialogs: usize,
     /// Further nodes whose CPU counts.
     also_pids: Vec<u32>,
+    /// The nodes' retry delay, when retries are timed.
+    retry_delay: Option<Duration>,
 }
 
 async fn webhooks(cli: &Cli, t: &Tokens, load: WebhookLoad) -> anyhow::Result<()> {
@@ -1040,6 +1054,7 @@ async fn webhooks(cli: &Cli, t: &Tokens, load: WebhookLoad) -> anyhow::Result<()
         delay,
         dialogs,
         also_pids,
+        retry_delay,
     } = load;
     let c = client();
     setup(&c, &cli.target, t, 0).await?;
@@ -1059,26 +1074,46 @@ async fn webhooks(cli: &Cli, t: &Tokens, load: WebhookLoad) -> anyhow::Result<()
                 move |req: HttpRequest, path: web::Path<usize>, _body: web::Bytes| {
                     let seen = seen.clone();
                     async move {
+                        let arrived = chrono::Utc::now();
+                        let key = (
+                            *path,
+                            req.headers()
+                                .get("webhook-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned(),
+                        );
+                        {
+                            let mut r = seen.lock().expect("receiver state");
+                            r.in_flight += 1;
+                            r.max_in_flight = r.max_in_flight.max(r.in_flight);
+                            if let (Some(delay), Some(failed)) =
+                                (retry_delay, r.failed_at.remove(&key))
+                            {
+                                let due =
+                                    failed + chrono::Duration::from_std(delay).unwrap_or_default();
+                                let late =
+                                    (arrived - due).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                                r.retry_lateness_ms.push(late);
+                            }
+                        }
                         if !delay.is_zero() {
                             actix_web::rt::time::sleep(delay).await;
                         }
-                        let id = req
-                            .headers()
-                            .get("webhook-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
+                        let id = key.1.clone();
                         let mut r = seen.lock().expect("receiver state");
+                        r.in_flight -= 1;
                         r.requests += 1;
                         if fail_every > 0
                             && r.requests.is_multiple_of(fail_every)
                             && id.starts_with("load-")
                         {
                             r.failed += 1;
+                            r.failed_at.insert(key, chrono::Utc::now());
                             return HttpResponse::InternalServerError().finish();
                         }
                         r.delivered
-                            .entry((path.into_inner(), id))
+                            .entry((key.0, id))
                             .or_insert_with(chrono::Utc::now);
                         HttpResponse::Ok().finish()
                     }
@@ -1119,6 +1154,10 @@ async fn webhooks(cli: &Cli, t: &Tokens, load: WebhookLoad) -> anyhow::Result<()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let mut r = seen.lock().expect("state");
+        r.max_in_flight = r.in_flight;
+    }
     // Every node of the cluster counts.
     let pids: Vec<String> = cli
         .server_pid
@@ -1187,7 +1226,7 @@ async fn webhooks(cli: &Cli, t: &Tokens, load: WebhookLoad) -> anyhow::Result<()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (mut lat, mut last, mut samples) = (Vec::new(), None, Vec::new());
-    let (requests, failed) = {
+    let (requests, failed, max_in_flight, lateness) = {
         let received = seen.lock().expect("state");
         let published = published.lock().expect("published");
         for ((_, id), at) in received
@@ -1205,7 +1244,12 @@ async fn webhooks(cli: &Cli, t: &Tokens, load: WebhookLoad) -> anyhow::Result<()
             }
             last = last.max(Some(*at));
         }
-        (received.requests, received.failed)
+        (
+            received.requests,
+            received.failed,
+            received.max_in_flight,
+            received.retry_lateness_ms.clone(),
+        )
     };
     // Throughput up to the last delivery (not the waiting loop's end).
     let first =
@@ -1223,6 +1267,14 @@ async fn webhooks(cli: &Cli, t: &Tokens, load: WebhookLoad) -> anyhow::Result<()
         "deliveries_per_second": if secs > 0.0 { delivered as f64 / secs } else { 0.0 },
         "receiver_requests": requests,
         "receiver_failures": failed,
+        "receiver_max_in_flight": max_in_flight,
+        // Negative: early. Bound: ±10% of the delay plus 50 ms.
+        "retry_lateness": percentiles(lateness.clone()),
+        "retry_earliest_ms": lateness.iter().copied().reduce(f64::min),
+        "retries_outside_bound": retry_delay.map(|d| {
+            let bound = d.as_secs_f64() * 1000.0 * 0.1 + 50.0;
+            lateness.iter().filter(|l| l.abs() > bound).count()
+        }),
         "latency_publish_to_delivery": percentiles(lat),
         "seconds": secs,
         "client_cpu_seconds": cpu_seconds("self").zip(self_cpu0).map(|(a, b)| a - b),
@@ -1315,6 +1367,7 @@ fn main() -> anyhow::Result<()> {
                 receiver_delay_ms,
                 dialogs,
                 also_pids,
+                retry_delay_ms,
             } => {
                 let shape = WebhookLoad {
                     subscriptions: *subscriptions,
@@ -1324,6 +1377,7 @@ fn main() -> anyhow::Result<()> {
                     delay: Duration::from_millis(*receiver_delay_ms),
                     dialogs: *dialogs,
                     also_pids: also_pids.clone(),
+                    retry_delay: retry_delay_ms.map(Duration::from_millis),
                 };
                 webhooks(&cli, &t, shape).await
             }
