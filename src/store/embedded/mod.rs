@@ -774,4 +774,51 @@ mod tests {
         assert_ne!(str_key(&["a|b", "c"]), str_key(&["a", "b|c"]));
         assert!(held_key(1_000, 5) < held_key(2_000, 1));
     }
+
+    #[tokio::test]
+    async fn a_subscription_keeps_its_newest_delivery_records_and_a_deleted_one_starts_over() {
+        use crate::domain::DeliveryRecord;
+        use crate::store::WebhookStore;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        let record = |n: usize| DeliveryRecord {
+            event_id: format!("e{n}"),
+            attempt: 1,
+            status_code: Some(200),
+            error: None,
+            duration_ms: 1,
+            at: chrono::Utc::now(),
+            next_attempt: None,
+        };
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let keep = crate::store::memory::DELIVERIES_KEEP;
+        for n in 0..keep + 30 {
+            store.record_delivery(a, record(n)).await.expect("record");
+            if n % 20 == 0 {
+                store.record_delivery(b, record(n)).await.expect("record");
+            }
+        }
+        let kept: Vec<String> = store
+            .deliveries(a)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        let newest: Vec<String> = (30..keep + 30).rev().map(|n| format!("e{n}")).collect();
+        assert_eq!(kept, newest, "the newest {keep}, newest first");
+        assert_eq!(store.deliveries(b).await.expect("read").len(), 7);
+
+        // Deleted: its records and their count go; a subscription of that id starts at zero.
+        store.delete_subscription(a).await.expect("delete");
+        assert!(store.deliveries(a).await.expect("read").is_empty());
+        for n in 0..3 {
+            store.record_delivery(a, record(n)).await.expect("record");
+        }
+        assert_eq!(store.deliveries(a).await.expect("read").len(), 3);
+        for n in 3..keep + 1 {
+            store.record_delivery(a, record(n)).await.expect("record");
+        }
+        assert_eq!(store.deliveries(a).await.expect("read").len(), keep);
+    }
 }

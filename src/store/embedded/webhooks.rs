@@ -57,6 +57,10 @@ impl WebhookStore for EmbeddedStore {
                 .map_err(unavailable)?
                 .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
                 .map_err(unavailable)?;
+            txn.open_table(META)
+                .map_err(unavailable)?
+                .remove(delivery_count_key(id).as_str())
+                .map_err(unavailable)?;
             let removed = txn
                 .open_table(SUBS)
                 .map_err(unavailable)?
@@ -98,21 +102,33 @@ impl WebhookStore for EmbeddedStore {
             let mut t = txn.open_table(DELIVERIES).map_err(unavailable)?;
             t.insert(id_key(subscription, n).as_slice(), json.as_slice())
                 .map_err(unavailable)?;
-            // Keep the newest DELIVERIES_KEEP of this subscription.
+            // Keep the newest DELIVERIES_KEEP of this subscription: a count per subscription
+            // says when the oldest goes, so a record costs a lookup, not a walk over the kept.
             let (lo, hi) = (id_key(subscription, 0), id_key(subscription, u64::MAX));
-            let keep = crate::store::memory::DELIVERIES_KEEP;
-            let cut = t
-                .range(lo.as_slice()..=hi.as_slice())
-                .map_err(unavailable)?
-                .rev()
-                .nth(keep)
-                .transpose()
-                .map_err(unavailable)?
-                .map(|(k, _)| k.value().to_vec());
-            if let Some(cut) = cut {
-                t.retain_in(lo.as_slice()..=cut.as_slice(), |_, _| false)
-                    .map_err(unavailable)?;
+            let keep = crate::store::memory::DELIVERIES_KEEP as u64;
+            let count_key = delivery_count_key(subscription);
+            let mut count = match meta.get(count_key.as_str()).map_err(unavailable)? {
+                Some(c) => c.value() + 1,
+                // Kept before counts were: counted once.
+                None => t
+                    .range(lo.as_slice()..=hi.as_slice())
+                    .map_err(unavailable)?
+                    .count() as u64,
+            };
+            while count > keep {
+                let oldest = t
+                    .range(lo.as_slice()..=hi.as_slice())
+                    .map_err(unavailable)?
+                    .next()
+                    .transpose()
+                    .map_err(unavailable)?
+                    .map(|(k, _)| k.value().to_vec());
+                let Some(oldest) = oldest else { break };
+                t.remove(oldest.as_slice()).map_err(unavailable)?;
+                count -= 1;
             }
+            meta.insert(count_key.as_str(), count)
+                .map_err(unavailable)?;
             Ok(())
         })
         .await
@@ -262,4 +278,9 @@ impl WebhookStore for EmbeddedStore {
 /// one range), then `PendingDelivery::key`.
 fn pending_key(partition: u16, key: &str) -> String {
     format!("{partition:05}|{key}")
+}
+
+/// The `meta` key counting the delivery records kept for `subscription`.
+fn delivery_count_key(subscription: Uuid) -> String {
+    format!("delivery_count:{subscription}")
 }
