@@ -549,9 +549,9 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
         }
     };
 
-    // 1. 200 dialogs × 5 events through all three nodes: every event once per subscription.
+    // 1. 200 dialogs × 20 events through all three nodes: every event once per subscription.
     // Each dialog is written through one node, so its events have one order.
-    let first = burst("one", 200, 5);
+    let first = burst("one", 200, 20);
     let through = |k: usize| -> Vec<(String, String)> {
         first
             .iter()
@@ -583,7 +583,7 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
     // 2. Another burst through node A; node C is killed a third of the way, node B drained at
     // two thirds. Duplicates only for attempts in flight at the kill (at most the endpoints'
     // in-flight limits).
-    let second = burst("two", 200, 5);
+    let second = burst("two", 200, 10);
     let parts: Vec<&[(String, String)]> = second.chunks(second.len() / 3 + 1).collect();
     publish_all(&client, &a.base, &owner, parts[0]).await;
     c.kill9();
