@@ -35,8 +35,12 @@ pub enum CircuitChange {
 /// One endpoint's in-flight attempts, waiting lanes (`L`) and circuit.
 pub struct Endpoint<L> {
     in_flight: usize,
-    /// Endpoint-wide failures since the last success.
+    /// Endpoint-wide failures since the last success, the first lane they came from, and whether
+    /// another lane failed too: one lane failing again and again speaks for that lane (one
+    /// dialog the receiver chokes on), not for the endpoint.
     failures: u32,
+    failing: Option<L>,
+    several_failing: bool,
     /// Open until then; a later attempt is the trial.
     open_until: Option<Instant>,
     /// Lanes waiting for an in-flight slot, first come first served; lanes whose retry is due
@@ -51,6 +55,8 @@ impl<L> Default for Endpoint<L> {
         Endpoint {
             in_flight: 0,
             failures: 0,
+            failing: None,
+            several_failing: false,
             open_until: None,
             waiting: VecDeque::new(),
             retries: VecDeque::new(),
@@ -68,7 +74,7 @@ pub enum Admission {
     Wait,
 }
 
-impl<L> Endpoint<L> {
+impl<L: PartialEq> Endpoint<L> {
     /// Takes a slot if fewer than `limit` are in flight.
     pub fn admit(&mut self, limit: usize, now: Instant) -> Admission {
         if self.in_flight >= limit {
@@ -103,25 +109,35 @@ impl<L> Endpoint<L> {
             .or_else(|| self.waiting.pop_front())
     }
 
-    /// Records an attempt's result. Only endpoint-wide failures count (see `Outcome`); a success
-    /// closes the circuit. `failures_to_open` in a row open it for `cooldown`; a failed trial after
-    /// the cooldown opens it again.
+    /// Records the result of an attempt of `lane`. Only endpoint-wide failures count (see
+    /// `Outcome`); a success closes the circuit. `failures_to_open` in a row, from more than one
+    /// lane (unless one failure is enough), open it for `cooldown`; a failed trial after the
+    /// cooldown opens it again.
     pub fn record(
         &mut self,
         ok: bool,
+        lane: L,
         failures_to_open: u32,
         cooldown: Duration,
         now: Instant,
     ) -> CircuitChange {
         if ok {
             self.failures = 0;
+            self.failing = None;
+            self.several_failing = false;
             return match self.open_until.take() {
                 Some(_) => CircuitChange::Closed,
                 None => CircuitChange::Unchanged,
             };
         }
         self.failures += 1;
-        if self.failures < failures_to_open {
+        match &self.failing {
+            None => self.failing = Some(lane),
+            Some(first) if *first != lane => self.several_failing = true,
+            Some(_) => {}
+        }
+        let enough_lanes = self.several_failing || failures_to_open <= 1;
+        if self.failures < failures_to_open || !enough_lanes {
             return CircuitChange::Unchanged;
         }
         let was_open = self.open_until.replace(now + cooldown).is_some();
@@ -181,17 +197,29 @@ mod tests {
     fn the_circuit_opens_after_enough_failures_in_a_row_and_a_success_closes_it() {
         let mut e: Endpoint<u8> = Endpoint::default();
         let now = Instant::now();
-        assert_eq!(e.record(false, 3, COOLDOWN, now), CircuitChange::Unchanged);
-        assert_eq!(e.record(false, 3, COOLDOWN, now), CircuitChange::Unchanged);
+        assert_eq!(
+            e.record(false, 1, 3, COOLDOWN, now),
+            CircuitChange::Unchanged
+        );
+        assert_eq!(
+            e.record(false, 2, 3, COOLDOWN, now),
+            CircuitChange::Unchanged
+        );
         // A success in between starts the count again.
-        assert_eq!(e.record(true, 3, COOLDOWN, now), CircuitChange::Unchanged);
-        for _ in 0..2 {
-            assert_eq!(e.record(false, 3, COOLDOWN, now), CircuitChange::Unchanged);
+        assert_eq!(
+            e.record(true, 3, 3, COOLDOWN, now),
+            CircuitChange::Unchanged
+        );
+        for lane in 0..2 {
+            assert_eq!(
+                e.record(false, lane, 3, COOLDOWN, now),
+                CircuitChange::Unchanged
+            );
         }
-        assert_eq!(e.record(false, 3, COOLDOWN, now), CircuitChange::Opened);
+        assert_eq!(e.record(false, 2, 3, COOLDOWN, now), CircuitChange::Opened);
         assert_eq!(e.admit(10, now), Admission::Start { circuit_open: true });
         e.release();
-        assert_eq!(e.record(true, 3, COOLDOWN, now), CircuitChange::Closed);
+        assert_eq!(e.record(true, 2, 3, COOLDOWN, now), CircuitChange::Closed);
         assert_eq!(
             e.admit(10, now),
             Admission::Start {
@@ -201,10 +229,37 @@ mod tests {
     }
 
     #[test]
+    fn one_lane_failing_again_and_again_does_not_open_the_circuit_a_second_lane_does() {
+        let mut e: Endpoint<&str> = Endpoint::default();
+        let now = Instant::now();
+        for _ in 0..50 {
+            assert_eq!(
+                e.record(false, "bad", 5, COOLDOWN, now),
+                CircuitChange::Unchanged
+            );
+        }
+        assert_eq!(
+            e.record(false, "other", 5, COOLDOWN, now),
+            CircuitChange::Opened
+        );
+        // A success forgets which lanes failed.
+        assert_eq!(
+            e.record(true, "other", 5, COOLDOWN, now),
+            CircuitChange::Closed
+        );
+        for _ in 0..50 {
+            assert_eq!(
+                e.record(false, "other", 5, COOLDOWN, now),
+                CircuitChange::Unchanged
+            );
+        }
+    }
+
+    #[test]
     fn after_the_cooldown_one_trial_goes_out_and_its_failure_opens_the_circuit_again() {
         let mut e: Endpoint<u8> = Endpoint::default();
         let now = Instant::now();
-        assert_eq!(e.record(false, 1, COOLDOWN, now), CircuitChange::Opened);
+        assert_eq!(e.record(false, 7, 1, COOLDOWN, now), CircuitChange::Opened);
         let later = now + COOLDOWN + Duration::from_millis(1);
         assert_eq!(
             e.admit(10, later),
@@ -215,7 +270,7 @@ mod tests {
         );
         e.release();
         assert_eq!(
-            e.record(false, 1, COOLDOWN, later),
+            e.record(false, 7, 1, COOLDOWN, later),
             CircuitChange::Unchanged
         );
         assert_eq!(

@@ -48,7 +48,7 @@ impl Dispatcher {
                     .webhook_deliveries
                     .with_label_values(&["delivered"])
                     .inc();
-                self.endpoint_result(endpoint, true);
+                self.endpoint_result(endpoint, &key, true);
                 self.log(delivery.subscription, record(Some(status), None, None));
                 if is_validation && let Some(s) = sub {
                     let store = self.store.clone();
@@ -68,7 +68,7 @@ impl Dispatcher {
                     .webhook_deliveries
                     .with_label_values(&["gone"])
                     .inc();
-                self.endpoint_result(endpoint, true);
+                self.endpoint_result(endpoint, &key, true);
                 self.log(
                     delivery.subscription,
                     record(
@@ -124,7 +124,7 @@ impl Dispatcher {
                     .with_label_values(&["failed"])
                     .inc();
                 if endpoint_wide {
-                    self.endpoint_result(endpoint, false);
+                    self.endpoint_result(endpoint, &key, false);
                 }
                 match policy.next_delay(delivery.attempts, retry_after) {
                     Some(delay) => {
@@ -226,7 +226,7 @@ impl Dispatcher {
         })
     }
 
-    pub(super) fn endpoint_result(&mut self, endpoint: Option<&str>, ok: bool) {
+    pub(super) fn endpoint_result(&mut self, endpoint: Option<&str>, lane: &LaneKey, ok: bool) {
         let Some(e) = endpoint.and_then(|k| self.endpoints.get_mut(k)) else {
             return;
         };
@@ -234,7 +234,7 @@ impl Dispatcher {
             self.settings.circuit_failures,
             self.settings.circuit_cooldown,
         );
-        match e.record(ok, failures, cooldown, Instant::now()) {
+        match e.record(ok, lane.clone(), failures, cooldown, Instant::now()) {
             CircuitChange::Opened => self.metrics.webhook_open_circuits.inc(),
             CircuitChange::Closed => self.metrics.webhook_open_circuits.dec(),
             CircuitChange::Unchanged => {}
