@@ -1570,10 +1570,17 @@ async fn a_due_retry_goes_ahead_of_a_backlog_of_first_attempts_and_keeps_its_sch
     .await;
     let rx = subscribed_receiver(&node).await;
     rx.answer_with(Answer::status(200).delayed(Duration::from_millis(100)));
-    // The first event's first attempt fails at once.
-    rx.then(vec![Answer::status(500)]);
-    let failing = node.create_dialog(&dialog_body()).await;
-    let failing = id(&node.dialog_events(&failing).await[0]);
+    // One dialog's first attempt fails at once; its retry is due 300 ms later, by when the
+    // backlog below waits for the endpoint's one slot.
+    let bad = Uuid::now_v7().to_string();
+    rx.answer_for_dialog(&bad, Some(500));
+    node.create_dialog(&dialog_with_id(&bad)).await;
+    let failing = id(&node.dialog_events(&bad).await[0]);
+    rx.wait_for("the failed first attempt", SOON, |_| {
+        !with_id(&rx, &failing).is_empty()
+    })
+    .await;
+    rx.answer_for_dialog(&bad, None);
     let mut backlog = Vec::new();
     for _ in 0..20 {
         let d = node.create_dialog(&dialog_body()).await;
