@@ -243,17 +243,22 @@ impl WsSocket {
         }
     }
 
-    /// Ends the connection: a close frame with `reason` (if any) after what is queued, all of it
-    /// written within `linger`, the write side shut, then whatever the peer still sends read and
-    /// dropped until it closes too (within `linger` again), so that unread input does not turn
-    /// the close into a reset that could destroy the close frame on its way.
+    /// Ends the connection: a close frame with `reason` after what is queued, all of it written
+    /// within `linger`, the write side shut, then whatever the peer still sends read and dropped
+    /// until it closes too (within `linger` again), so that unread input does not turn the close
+    /// into a reset that could destroy the close frame on its way.
+    ///
+    /// Without a `reason` the peer is gone (its stream ended or failed, or a write failed): the
+    /// socket is closed at once, with nothing to send and nobody to wait for. A mass disconnect
+    /// then costs each socket one `close`, not a shutdown, a wait and a read besides.
     pub async fn close(mut self, reason: Option<(u16, String)>, linger: Duration) {
-        if let Some((code, description)) = reason {
-            self.queue(Message::Close(Some(CloseReason {
-                code: CloseCode::Other(code),
-                description: Some(description),
-            })));
-        }
+        let Some((code, description)) = reason else {
+            return;
+        };
+        self.queue(Message::Close(Some(CloseReason {
+            code: CloseCode::Other(code),
+            description: Some(description),
+        })));
         if tokio::time::timeout(linger, self.flush()).await.is_err() {
             return;
         }
