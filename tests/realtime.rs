@@ -1571,6 +1571,46 @@ async fn an_sse_client_that_goes_away_is_detached_at_once() {
 }
 
 #[actix_web::test]
+async fn websocket_clients_that_vanish_together_are_all_detached_and_the_one_left_keeps_receiving()
+{
+    let node = start("[realtime]\nping_interval = \"60s\"").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    let mut stays = WsClient::subscribed(&node, &token, "s", &id, None, 1).await;
+    // More than the node tears down in one turn: every turn must follow.
+    let mut leaving = Vec::new();
+    for n in 0..50 {
+        leaving.push(WsClient::subscribed(&node, &token, "l", &id, None, n + 2).await);
+    }
+    let connections = || async {
+        labeled_metric(
+            &node,
+            "dialog_events_realtime_connections",
+            "transport=\"graphql-transport-ws\"",
+        )
+        .await
+    };
+    assert_eq!(connections().await, 51);
+    let gone = Instant::now();
+    // Dropped without a close frame: each socket's TCP connection just ends.
+    drop(leaving);
+    while connections().await != 1 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(2),
+            "{} connections still counted after {:?}",
+            connections().await,
+            gone.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Their subscriptions are detached from the dialog's actor too.
+    wait_subscriptions(&node, 1).await;
+    post_activity(&node, &id).await;
+    let event = stays.event().await;
+    assert_eq!(event["type"], "DIALOG_UPDATED", "{event}");
+}
+
+#[actix_web::test]
 async fn a_purge_sends_dialog_deleted_then_ends_every_stream_of_the_dialog() {
     let node = start("").await;
     let id = node.create_dialog(&dialog_body()).await;

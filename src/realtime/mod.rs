@@ -4,6 +4,7 @@
 
 pub mod limits;
 pub mod operation;
+mod reaper;
 pub mod schema;
 pub mod socket;
 pub mod sse;

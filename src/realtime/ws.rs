@@ -324,6 +324,16 @@ async fn run(mut conn: Connection) {
     let reason = conn.serve().await;
     gauge.dec();
     let Connection { socket, ops, .. } = conn;
+    if reason.is_none() {
+        // The peer is gone: nothing to send, so the teardown waits behind the frames.
+        super::reaper::bury(move || {
+            for (_, op) in ops.0 {
+                op.stop();
+            }
+            drop(socket);
+        });
+        return;
+    }
     for (_, op) in ops.0 {
         op.stop();
     }
