@@ -385,7 +385,8 @@ async fn a_delivery_waiting_for_its_retry_survives_the_death_of_the_dispatching_
 }
 
 /// Publishes `ids` (event id, dialog) through `base`, 25 at a time. A request that could not
-/// connect (so was never sent) is tried again.
+/// connect (so was never sent), or that was answered 503 (nothing written: a store timed out on a
+/// busy machine), is tried again, as a publisher would; a publish of the same id is idempotent.
 async fn publish_all(client: &awc::Client, base: &str, token: &str, ids: &[(String, String)]) {
     for chunk in ids.chunks(25) {
         let sends = chunk.iter().map(|(id, dialog)| async move {
@@ -403,7 +404,14 @@ async fn publish_all(client: &awc::Client, base: &str, token: &str, ids: &[(Stri
                 match sent {
                     Ok(mut resp) => {
                         let text = resp.body().await.unwrap_or_default();
-                        return (resp.status().as_u16(), String::from_utf8_lossy(&text).into_owned());
+                        let status = resp.status().as_u16();
+                        if status == 503 && tries < 5 {
+                            tries += 1;
+                            eprintln!("publishing {id}: 503; trying again");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                        return (status, String::from_utf8_lossy(&text).into_owned());
                     }
                     Err(awc::error::SendRequestError::Connect(e)) if tries < 5 => {
                         tries += 1;
