@@ -8,6 +8,7 @@
 //! reaper tears down `BATCH` of them per turn and yields between turns, so frames keep flowing.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 
 /// Teardowns per turn of the reaper.
 const BATCH: usize = 16;
@@ -15,13 +16,13 @@ const BATCH: usize = 16;
 type Remains = Box<dyn FnOnce()>;
 
 thread_local! {
-    static GRAVE: RefCell<Vec<Remains>> = const { RefCell::new(Vec::new()) };
+    static GRAVE: RefCell<VecDeque<Remains>> = const { RefCell::new(VecDeque::new()) };
     static REAPING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Queues `teardown` to run on this thread's reaper, started if it is not running.
 pub fn bury(teardown: impl FnOnce() + 'static) {
-    GRAVE.with(|g| g.borrow_mut().push(Box::new(teardown)));
+    GRAVE.with(|g| g.borrow_mut().push_back(Box::new(teardown)));
     if REAPING.with(|r| r.replace(true)) {
         return;
     }

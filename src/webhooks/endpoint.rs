@@ -32,6 +32,39 @@ pub enum CircuitChange {
     Unchanged,
 }
 
+/// Lanes waiting for a slot (an endpoint's, or the node's), first come first served, except that
+/// lanes whose retry is due go before lanes waiting for a first attempt: a backlog of new
+/// deliveries does not push retries past their schedule.
+pub struct WaitQueue<L> {
+    retries: VecDeque<L>,
+    first: VecDeque<L>,
+}
+
+impl<L> Default for WaitQueue<L> {
+    fn default() -> Self {
+        WaitQueue {
+            retries: VecDeque::new(),
+            first: VecDeque::new(),
+        }
+    }
+}
+
+impl<L> WaitQueue<L> {
+    /// Queues `lane`; `retry` when its head is a retry now due.
+    pub fn push(&mut self, lane: L, retry: bool) {
+        if retry {
+            self.retries.push_back(lane);
+        } else {
+            self.first.push_back(lane);
+        }
+    }
+
+    /// The next lane to offer a slot to: due retries first.
+    pub fn pop(&mut self) -> Option<L> {
+        self.retries.pop_front().or_else(|| self.first.pop_front())
+    }
+}
+
 /// One endpoint's in-flight attempts, waiting lanes (`L`) and circuit.
 pub struct Endpoint<L> {
     in_flight: usize,
@@ -43,11 +76,8 @@ pub struct Endpoint<L> {
     several_failing: bool,
     /// Open until then; a later attempt is the trial.
     open_until: Option<Instant>,
-    /// Lanes waiting for an in-flight slot, first come first served; lanes whose retry is due
-    /// (`retries`) before lanes waiting for a first attempt, so a backlog of new deliveries does
-    /// not push retries past their schedule.
-    waiting: VecDeque<L>,
-    retries: VecDeque<L>,
+    /// Lanes waiting for an in-flight slot.
+    waiting: WaitQueue<L>,
 }
 
 impl<L> Default for Endpoint<L> {
@@ -58,8 +88,7 @@ impl<L> Default for Endpoint<L> {
             failing: None,
             several_failing: false,
             open_until: None,
-            waiting: VecDeque::new(),
-            retries: VecDeque::new(),
+            waiting: WaitQueue::default(),
         }
     }
 }
@@ -74,7 +103,7 @@ pub enum Admission {
     Wait,
 }
 
-impl<L: PartialEq> Endpoint<L> {
+impl<L: PartialEq + Clone> Endpoint<L> {
     /// Takes a slot if fewer than `limit` are in flight.
     pub fn admit(&mut self, limit: usize, now: Instant) -> Admission {
         if self.in_flight >= limit {
@@ -89,11 +118,7 @@ impl<L: PartialEq> Endpoint<L> {
     /// Queues a lane that was told to `Wait` (once: the caller keeps track) for the next slot;
     /// a lane whose head is a due `retry` goes ahead of those waiting for a first attempt.
     pub fn wait(&mut self, lane: L, retry: bool) {
-        if retry {
-            self.retries.push_back(lane);
-        } else {
-            self.waiting.push_back(lane);
-        }
+        self.waiting.push(lane, retry);
     }
 
     /// Gives back a slot; the caller offers it to the waiting lanes in order (`next_waiting`:
@@ -104,9 +129,7 @@ impl<L: PartialEq> Endpoint<L> {
 
     /// The next waiting lane, if any: due retries first.
     pub fn next_waiting(&mut self) -> Option<L> {
-        self.retries
-            .pop_front()
-            .or_else(|| self.waiting.pop_front())
+        self.waiting.pop()
     }
 
     /// Records the result of an attempt of `lane`. Only endpoint-wide failures count (see
@@ -116,7 +139,7 @@ impl<L: PartialEq> Endpoint<L> {
     pub fn record(
         &mut self,
         ok: bool,
-        lane: L,
+        lane: &L,
         failures_to_open: u32,
         cooldown: Duration,
         now: Instant,
@@ -132,8 +155,8 @@ impl<L: PartialEq> Endpoint<L> {
         }
         self.failures += 1;
         match &self.failing {
-            None => self.failing = Some(lane),
-            Some(first) if *first != lane => self.several_failing = true,
+            None => self.failing = Some(lane.clone()),
+            Some(first) if first != lane => self.several_failing = true,
             Some(_) => {}
         }
         let enough_lanes = self.several_failing || failures_to_open <= 1;
@@ -198,28 +221,28 @@ mod tests {
         let mut e: Endpoint<u8> = Endpoint::default();
         let now = Instant::now();
         assert_eq!(
-            e.record(false, 1, 3, COOLDOWN, now),
+            e.record(false, &1, 3, COOLDOWN, now),
             CircuitChange::Unchanged
         );
         assert_eq!(
-            e.record(false, 2, 3, COOLDOWN, now),
+            e.record(false, &2, 3, COOLDOWN, now),
             CircuitChange::Unchanged
         );
         // A success in between starts the count again.
         assert_eq!(
-            e.record(true, 3, 3, COOLDOWN, now),
+            e.record(true, &3, 3, COOLDOWN, now),
             CircuitChange::Unchanged
         );
         for lane in 0..2 {
             assert_eq!(
-                e.record(false, lane, 3, COOLDOWN, now),
+                e.record(false, &lane, 3, COOLDOWN, now),
                 CircuitChange::Unchanged
             );
         }
-        assert_eq!(e.record(false, 2, 3, COOLDOWN, now), CircuitChange::Opened);
+        assert_eq!(e.record(false, &2, 3, COOLDOWN, now), CircuitChange::Opened);
         assert_eq!(e.admit(10, now), Admission::Start { circuit_open: true });
         e.release();
-        assert_eq!(e.record(true, 2, 3, COOLDOWN, now), CircuitChange::Closed);
+        assert_eq!(e.record(true, &2, 3, COOLDOWN, now), CircuitChange::Closed);
         assert_eq!(
             e.admit(10, now),
             Admission::Start {
@@ -234,22 +257,22 @@ mod tests {
         let now = Instant::now();
         for _ in 0..50 {
             assert_eq!(
-                e.record(false, "bad", 5, COOLDOWN, now),
+                e.record(false, &"bad", 5, COOLDOWN, now),
                 CircuitChange::Unchanged
             );
         }
         assert_eq!(
-            e.record(false, "other", 5, COOLDOWN, now),
+            e.record(false, &"other", 5, COOLDOWN, now),
             CircuitChange::Opened
         );
         // A success forgets which lanes failed.
         assert_eq!(
-            e.record(true, "other", 5, COOLDOWN, now),
+            e.record(true, &"other", 5, COOLDOWN, now),
             CircuitChange::Closed
         );
         for _ in 0..50 {
             assert_eq!(
-                e.record(false, "other", 5, COOLDOWN, now),
+                e.record(false, &"other", 5, COOLDOWN, now),
                 CircuitChange::Unchanged
             );
         }
@@ -259,7 +282,7 @@ mod tests {
     fn after_the_cooldown_one_trial_goes_out_and_its_failure_opens_the_circuit_again() {
         let mut e: Endpoint<u8> = Endpoint::default();
         let now = Instant::now();
-        assert_eq!(e.record(false, 7, 1, COOLDOWN, now), CircuitChange::Opened);
+        assert_eq!(e.record(false, &7, 1, COOLDOWN, now), CircuitChange::Opened);
         let later = now + COOLDOWN + Duration::from_millis(1);
         assert_eq!(
             e.admit(10, later),
@@ -270,7 +293,7 @@ mod tests {
         );
         e.release();
         assert_eq!(
-            e.record(false, 7, 1, COOLDOWN, later),
+            e.record(false, &7, 1, COOLDOWN, later),
             CircuitChange::Unchanged
         );
         assert_eq!(

@@ -21,7 +21,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::client::{self, Outcome};
-use super::endpoint::{Admission, CircuitChange, Endpoint, endpoint_key};
+use super::endpoint::{Admission, CircuitChange, Endpoint, WaitQueue, endpoint_key};
 use super::guard::{self, GuardedResolver};
 use super::retry::RetryPolicy;
 use crate::config::WebhookSettings;
@@ -98,11 +98,9 @@ pub struct Dispatcher {
     lanes: HashMap<LaneKey, Lane>,
     endpoints: HashMap<String, Endpoint<LaneKey>>,
     /// Attempts in flight on this node (at most `max_in_flight_per_node`), and the lanes waiting
-    /// for one to end, first come first served.
+    /// for one to end.
     in_flight: usize,
-    node_waiting: std::collections::VecDeque<LaneKey>,
-    /// Lanes whose retry is due, waiting for a node slot: served before `node_waiting`.
-    node_retries: std::collections::VecDeque<LaneKey>,
+    node_waiting: WaitQueue<LaneKey>,
 }
 
 impl Dispatcher {
@@ -141,7 +139,6 @@ impl Dispatcher {
             endpoints: HashMap::new(),
             in_flight: 0,
             node_waiting: Default::default(),
-            node_retries: Default::default(),
         }
     }
 
@@ -235,11 +232,7 @@ impl Dispatcher {
         if self.in_flight >= self.settings.max_in_flight_per_node {
             if !lane.node_waiting {
                 lane.node_waiting = true;
-                if retry {
-                    self.node_retries.push_back(key);
-                } else {
-                    self.node_waiting.push_back(key);
-                }
+                self.node_waiting.push(key, retry);
             }
             return;
         }
@@ -385,10 +378,7 @@ impl Dispatcher {
         }
         self.release_slot(endpoint.as_deref(), ctx);
         while self.in_flight < self.settings.max_in_flight_per_node
-            && let Some(next) = self
-                .node_retries
-                .pop_front()
-                .or_else(|| self.node_waiting.pop_front())
+            && let Some(next) = self.node_waiting.pop()
         {
             if let Some(lane) = self.lanes.get_mut(&next) {
                 lane.node_waiting = false;

@@ -234,7 +234,7 @@ impl Dispatcher {
             self.settings.circuit_failures,
             self.settings.circuit_cooldown,
         );
-        match e.record(ok, lane.clone(), failures, cooldown, Instant::now()) {
+        match e.record(ok, lane, failures, cooldown, Instant::now()) {
             CircuitChange::Opened => self.metrics.webhook_open_circuits.inc(),
             CircuitChange::Closed => self.metrics.webhook_open_circuits.dec(),
             CircuitChange::Unchanged => {}
