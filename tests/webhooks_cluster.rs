@@ -428,6 +428,23 @@ async fn publish_all(client: &awc::Client, base: &str, token: &str, ids: &[(Stri
     }
 }
 
+/// Waits (up to a minute) until every receiver got every one of `ids`, checks each with
+/// `check_delivered`, and returns the duplicates over all of them.
+async fn delivered_to_all(receivers: &[Receiver], what: &str, ids: &[(String, String)]) -> usize {
+    let want: std::collections::HashSet<&str> = ids.iter().map(|(i, _)| i.as_str()).collect();
+    let mut duplicates = 0;
+    for rx in receivers {
+        rx.wait_for(what, Duration::from_secs(60), |r| {
+            let got: std::collections::HashSet<&str> =
+                r.iter().map(|x| x.header("webhook-id")).collect();
+            want.iter().all(|i| got.contains(i))
+        })
+        .await;
+        duplicates += check_delivered(rx, ids);
+    }
+    duplicates
+}
+
 /// Checks that `rx` got every one of `ids` and that each dialog's events arrived first in the
 /// order they were published; returns how many were delivered more than once.
 fn check_delivered(rx: &Receiver, ids: &[(String, String)]) -> usize {
@@ -548,15 +565,6 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
         rx.wait_for("validation", Duration::from_secs(10), |r| !r.is_empty())
             .await;
     }
-    let all_delivered = |ids: &[(String, String)]| {
-        let want: std::collections::HashSet<String> = ids.iter().map(|(i, _)| i.clone()).collect();
-        move |r: &[common::receiver::Received]| {
-            let got: std::collections::HashSet<&str> =
-                r.iter().map(|x| x.header("webhook-id")).collect();
-            want.iter().all(|i| got.contains(i.as_str()))
-        }
-    };
-
     // 1. 200 dialogs × 20 events through all three nodes: every event once per subscription.
     // Each dialog is written through one node, so its events have one order.
     let first = burst("one", 200, 20);
@@ -574,19 +582,11 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
         publish_all(&client, &c.base, &owner, &tc),
     )
     .await;
-    for rx in &receivers {
-        rx.wait_for(
-            "the first burst",
-            Duration::from_secs(60),
-            all_delivered(&first),
-        )
-        .await;
-        assert_eq!(
-            check_delivered(rx, &first),
-            0,
-            "duplicates without any failure"
-        );
-    }
+    assert_eq!(
+        delivered_to_all(&receivers, "the first burst", &first).await,
+        0,
+        "duplicates without any failure"
+    );
 
     // 2. Another burst through node A; node C is killed a third of the way, node B drained at
     // two thirds. Duplicates only for attempts in flight at the kill (at most the endpoints'
@@ -602,16 +602,7 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
     });
     publish_all(&client, &a.base, &owner, parts[2]).await;
     let _b = drained.join().expect("drain");
-    let mut duplicates = 0;
-    for rx in &receivers {
-        rx.wait_for(
-            "the second burst",
-            Duration::from_secs(60),
-            all_delivered(&second),
-        )
-        .await;
-        duplicates += check_delivered(rx, &second);
-    }
+    let duplicates = delivered_to_all(&receivers, "the second burst", &second).await;
     eprintln!("second burst: {duplicates} duplicates over 10 subscriptions");
     // Attempts in flight on the killed node (8 per endpoint) and deliveries it had made but not
     // yet recorded as made.
@@ -633,18 +624,10 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
     );
     let third = burst("three", 100, 5);
     publish_all(&client, &a.base, &owner, &third).await;
-    for rx in &receivers {
-        rx.wait_for(
-            "the third burst",
-            Duration::from_secs(60),
-            all_delivered(&third),
-        )
-        .await;
-        assert_eq!(
-            check_delivered(rx, &third),
-            0,
-            "duplicates after a clean join"
-        );
-    }
+    assert_eq!(
+        delivered_to_all(&receivers, "the third burst", &third).await,
+        0,
+        "duplicates after a clean join"
+    );
     drop(a.child.kill());
 }
