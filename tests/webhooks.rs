@@ -1147,8 +1147,10 @@ async fn a_failing_endpoint_opens_its_circuit_and_a_trial_after_the_cooldown_clo
 
 #[actix_web::test]
 async fn a_lane_that_keeps_failing_does_not_slow_the_other_lanes_of_its_endpoint() {
-    // Default circuit settings; the failing lane retries every 100 ms throughout.
-    let schedule = vec!["\"100ms\""; 60].join(", ");
+    // Default circuit settings; the failing lane retries every 100 ms throughout. Each of its
+    // attempts takes 400 ms with the retry: 300 attempts outlast the test on a slow machine, so
+    // its first event is never dead-lettered (which would let its second go out).
+    let schedule = vec!["\"100ms\""; 300].join(", ");
     let node = start(&hooks(&format!("retry_schedule = [{schedule}]"))).await;
     let rx = subscribed_receiver(&node).await;
     let bad = Uuid::now_v7().to_string();
