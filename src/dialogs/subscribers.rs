@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 use crate::domain::Change;
+use crate::realtime::hub::Doorbell;
 
 /// Bytes a queued change is charged: the size of an encoded `next` frame with every field selected
 /// and a long operation id, rounded up.
@@ -30,15 +31,37 @@ pub struct ConnectionBudget {
     overflowed: AtomicBool,
     /// Woken when the connection is flagged too slow; the transport awaits it and closes.
     pub slow: Notify,
-    /// Woken on a push to any queue the connection drains itself (`SubscriberQueue::drained`):
-    /// one wake-up of the connection's task per change, with no task per subscription between.
+    /// Woken on a push to any queue the connection drains itself (`SubscriberQueue::drained`),
+    /// when the connection has no doorbell: one wake-up of the connection's task per change, with
+    /// no task per subscription between.
     pub ready: Notify,
+    /// Rung instead, for a connection seated in its worker's hub: the hub pumps it on the
+    /// worker's thread. At most one ring is outstanding (`rung`) until the hub answers it.
+    doorbell: Option<Doorbell>,
+    rung: AtomicBool,
     /// Node-wide gauge of buffered bytes, kept in step with `used`.
     gauge: Option<prometheus::IntGauge>,
 }
 
 impl ConnectionBudget {
     pub fn new(limit: usize, gauge: Option<prometheus::IntGauge>) -> Arc<Self> {
+        Self::build(limit, gauge, None)
+    }
+
+    /// A budget whose drained queues ring `doorbell` instead of waking `ready`.
+    pub fn seated(
+        limit: usize,
+        gauge: Option<prometheus::IntGauge>,
+        doorbell: Doorbell,
+    ) -> Arc<Self> {
+        Self::build(limit, gauge, Some(doorbell))
+    }
+
+    fn build(
+        limit: usize,
+        gauge: Option<prometheus::IntGauge>,
+        doorbell: Option<Doorbell>,
+    ) -> Arc<Self> {
         Arc::new(ConnectionBudget {
             limit: limit.max(CHANGE_COST),
             used: AtomicUsize::new(0),
@@ -46,8 +69,29 @@ impl ConnectionBudget {
             overflowed: AtomicBool::new(false),
             slow: Notify::new(),
             ready: Notify::new(),
+            doorbell,
+            rung: AtomicBool::new(false),
             gauge,
         })
+    }
+
+    /// Something was queued for the connection: rings its doorbell (unless a ring is still
+    /// unanswered) or wakes its task.
+    fn wake(&self) {
+        match &self.doorbell {
+            Some(bell) => {
+                if !self.rung.swap(true, Ordering::AcqRel) {
+                    bell.ring();
+                }
+            }
+            None => self.ready.notify_one(),
+        }
+    }
+
+    /// The hub is answering the ring: a push from now on rings again. Called before the queues
+    /// are drained, so a push that the drain misses always rings anew.
+    pub fn answered(&self) {
+        self.rung.store(false, Ordering::Release);
     }
 
     pub fn used(&self) -> usize {
@@ -144,7 +188,7 @@ impl SubscriberQueue {
 
     fn wake(&self) {
         if self.drained {
-            self.budget.ready.notify_one();
+            self.budget.wake();
         } else {
             self.ready.notify_one();
         }

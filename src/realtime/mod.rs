@@ -2,6 +2,7 @@
 //! `graphql-transport-ws` and legacy `graphql-ws` over WebSocket, and SSE. Subscriptions attach to
 //! the dialog's actor through the registry; each transport only frames what the actor queues.
 
+pub mod hub;
 pub mod limits;
 pub mod operation;
 mod reaper;

@@ -1,8 +1,9 @@
 //! The server side of a WebSocket on a connection that actix-http handed over after the upgrade
-//! (`HttpService::build().upgrade`): the connection's one task reads and writes the socket itself,
-//! with no HTTP dispatcher, channel or second task between. Its buffers exist only while bytes are
-//! in flight: an idle connection holds none.
+//! (`HttpService::build().upgrade`): the connection's task reads the socket (`Reader`), and it and
+//! its worker's hub write it (`Wire`), with no HTTP dispatcher or channel between. Its buffers exist
+//! only while bytes are in flight: an idle connection holds none.
 
+use std::cell::RefCell;
 use std::io;
 use std::time::Duration;
 
@@ -37,39 +38,49 @@ pub enum ReadError {
     Invalid(String),
 }
 
-pub struct WsSocket {
+/// The write side of a connection, and its socket: shared by the connection's task and its
+/// worker's hub (same thread), which both queue frames and write what the socket takes.
+pub struct Wire {
     io: TcpStream,
+    /// Encoded frames not yet taken by the socket; unallocated when empty. Borrowed only within
+    /// a call, never across an await.
+    write: RefCell<BytesMut>,
+}
+
+/// The read side of a connection: owned by the connection's task.
+pub struct Reader {
     codec: Codec,
     max: usize,
     /// Bytes read and not yet decoded; unallocated when empty.
     read: BytesMut,
-    /// Encoded frames not yet taken by the socket; unallocated when empty.
-    write: BytesMut,
     /// A fragmented message being gathered: its bytes so far, and whether it is text.
     partial: Option<(BytesMut, bool)>,
     /// The peer closed its side (or the socket failed): nothing more will be read.
     ended: bool,
 }
 
-impl WsSocket {
-    /// A socket for `io`, whose first bytes (read with the upgrade request) are `early`;
-    /// messages over `max` bytes are refused.
-    pub fn new(io: TcpStream, early: BytesMut, max: usize) -> Self {
-        WsSocket {
-            io,
-            codec: Codec::new().max_size(max),
-            max,
-            read: early,
-            write: BytesMut::new(),
-            partial: None,
-            ended: false,
-        }
-    }
+/// A connection's two sides: for `io`, whose first bytes (read with the upgrade request) are
+/// `early`; messages over `max` bytes are refused.
+pub fn split(io: TcpStream, early: BytesMut, max: usize) -> (Wire, Reader) {
+    let wire = Wire {
+        io,
+        write: RefCell::new(BytesMut::new()),
+    };
+    let reader = Reader {
+        codec: Codec::new().max_size(max),
+        max,
+        read: early,
+        partial: None,
+        ended: false,
+    };
+    (wire, reader)
+}
 
+impl Reader {
     /// The next message, `None` once the peer has closed the connection (or it failed). While
-    /// frames wait to be written, it writes them as the socket takes them. Cancel safe: what it
-    /// read stays in the socket's buffer.
-    pub async fn next(&mut self) -> Option<Result<Incoming, ReadError>> {
+    /// frames wait to be written on `wire`, it writes them as the socket takes them. Cancel safe:
+    /// what it read stays in the reader's buffer.
+    pub async fn next(&mut self, wire: &Wire) -> Option<Result<Incoming, ReadError>> {
         loop {
             match self.decode() {
                 Ok(Some(m)) => return Some(Ok(m)),
@@ -79,23 +90,23 @@ impl WsSocket {
             if self.ended {
                 return None;
             }
-            let readable = if self.write.is_empty() {
-                self.io.readable().await.map(|()| true)
+            let readable = if wire.backlog() == 0 {
+                wire.io.readable().await.map(|()| true)
             } else {
                 tokio::select! {
-                    r = self.io.readable() => r.map(|()| true),
-                    w = self.io.writable() => w.map(|()| false),
+                    r = wire.io.readable() => r.map(|()| true),
+                    w = wire.io.writable() => w.map(|()| false),
                 }
             };
             match readable {
-                Ok(true) => match self.try_read() {
+                Ok(true) => match self.try_read(wire) {
                     Ok(0) => self.ended = true,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => self.ended = true,
                 },
-                Ok(false) => match self.try_flush() {
-                    Ok(()) if self.write.is_empty() => return Some(Ok(Incoming::Written)),
+                Ok(false) => match wire.try_flush() {
+                    Ok(()) if wire.backlog() == 0 => return Some(Ok(Incoming::Written)),
                     Ok(()) => {}
                     Err(_) => self.ended = true,
                 },
@@ -106,9 +117,9 @@ impl WsSocket {
 
     /// One read into the buffer, without waiting. A plain function: its stack chunk is not kept
     /// in the connection's task between wake-ups.
-    fn try_read(&mut self) -> io::Result<usize> {
+    fn try_read(&mut self, wire: &Wire) -> io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
-        let n = self.io.try_read(&mut chunk)?;
+        let n = wire.io.try_read(&mut chunk)?;
         self.read.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
@@ -188,55 +199,59 @@ impl WsSocket {
             .unwrap_or_default();
         Ok(Some((whole, text)))
     }
+}
 
-    fn queue(&mut self, message: Message) {
-        // A server frame (unmasked, no size limit on output) always encodes.
-        let _ = self.codec.encode(message, &mut self.write);
+impl Wire {
+    fn queue(&self, message: Message) {
+        // A server frame (unmasked, no size limit on output) always encodes; the codec keeps no
+        // state between frames on this side.
+        let _ = Codec::new().encode(message, &mut self.write.borrow_mut());
     }
 
     /// Queues a text frame.
-    pub fn text(&mut self, text: impl Into<ByteString>) {
+    pub fn text(&self, text: impl Into<ByteString>) {
         self.queue(Message::Text(text.into()));
     }
 
     /// Queues one text frame whose text is `parts` one after the other, written straight into the
     /// write buffer (no string of the whole text is made first).
-    pub fn text_parts(&mut self, parts: &[&str]) {
-        put_text_frame(&mut self.write, parts);
+    pub fn text_parts(&self, parts: &[&str]) {
+        put_text_frame(&mut self.write.borrow_mut(), parts);
     }
 
-    pub fn ping(&mut self, bytes: &[u8]) {
+    pub fn ping(&self, bytes: &[u8]) {
         self.queue(Message::Ping(Bytes::copy_from_slice(bytes)));
     }
 
-    pub fn pong(&mut self, bytes: &[u8]) {
+    pub fn pong(&self, bytes: &[u8]) {
         self.queue(Message::Pong(Bytes::copy_from_slice(bytes)));
     }
 
     /// Bytes queued that the socket has not taken yet.
     pub fn backlog(&self) -> usize {
-        self.write.len()
+        self.write.borrow().len()
     }
 
     /// Writes what the socket takes now, without waiting; an error when the connection is gone.
-    pub fn try_flush(&mut self) -> io::Result<()> {
-        while !self.write.is_empty() {
-            match self.io.try_write(&self.write) {
+    pub fn try_flush(&self) -> io::Result<()> {
+        let mut write = self.write.borrow_mut();
+        while !write.is_empty() {
+            match self.io.try_write(&write) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.write.advance(n),
+                Ok(n) => write.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
-        self.write = BytesMut::new();
+        *write = BytesMut::new();
         Ok(())
     }
 
     /// Writes everything queued, waiting for the socket as long as it takes.
-    async fn flush(&mut self) -> io::Result<()> {
+    async fn flush(&self) -> io::Result<()> {
         loop {
             self.try_flush()?;
-            if self.write.is_empty() {
+            if self.backlog() == 0 {
                 return Ok(());
             }
             self.io.writable().await?;
@@ -251,7 +266,7 @@ impl WsSocket {
     /// Without a `reason` the peer is gone (its stream ended or failed, or a write failed): the
     /// socket is closed at once, with nothing to send and nobody to wait for. A mass disconnect
     /// then costs each socket one `close`, not a shutdown, a wait and a read besides.
-    pub async fn close(mut self, reason: Option<(u16, String)>, linger: Duration) {
+    pub async fn close(self, reason: Option<(u16, String)>, linger: Duration) {
         let Some((code, description)) = reason else {
             return;
         };

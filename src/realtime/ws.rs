@@ -4,7 +4,9 @@
 //! connection actix-http hands over, and each connection is then one task on its own socket
 //! (`super::socket`).
 
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +16,13 @@ use actix_http::{Method, Request, h1};
 use juniper::http::GraphQLRequest;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::RealtimeState;
+use super::hub::{Outlet as HubOutlet, Seat};
 use super::operation::{self, OpEvent};
 use super::schema::FastSubscription;
-use super::socket::{Incoming, ReadError, WsSocket};
+use super::socket::{Incoming, ReadError, Reader, Wire};
 use crate::dialogs::ConnectionBudget;
 
 /// Capacity of the channel from a connection's operations (while they resolve) to the connection.
@@ -70,7 +73,8 @@ pub async fn accept(
     // buffers (8 KiB each) are gone before the connection is served.
     // Boxed: the handshake's state is large and short-lived; inline it would size this future
     // (which lives as long as the connection) for good.
-    let Some((socket, protocol, header_token)) = Box::pin(handshake(req, framed, &state)).await
+    let Some(((wire, reader), protocol, header_token)) =
+        Box::pin(handshake(req, framed, &state)).await
     else {
         return Ok(());
     };
@@ -79,14 +83,13 @@ pub async fn accept(
     let open = state.sockets.enter();
     actix_web::rt::spawn(async move {
         match protocol {
-            Some(p) => run(Connection::new(p, socket, state, header_token)).await,
+            Some(p) => run(Connection::new(p, wire, reader, state, header_token)).await,
             None => {
-                socket
-                    .close(
-                        Some((4406, "Subprotocol not acceptable".into())),
-                        CLOSE_LINGER,
-                    )
-                    .await
+                wire.close(
+                    Some((4406, "Subprotocol not acceptable".into())),
+                    CLOSE_LINGER,
+                )
+                .await
             }
         }
         drop(open);
@@ -100,7 +103,7 @@ async fn handshake(
     req: Request,
     framed: Framed<TcpStream, h1::Codec>,
     state: &RealtimeState,
-) -> Option<(WsSocket, Option<Protocol>, Option<String>)> {
+) -> Option<((Wire, Reader), Option<Protocol>, Option<String>)> {
     let parts = framed.into_parts();
     let (mut io, early) = (parts.io, parts.read_buf);
     drop(parts.write_buf);
@@ -166,8 +169,8 @@ async fn handshake(
         }
     }
     let header_token = super::bearer_in(&head.headers).map(str::to_owned);
-    let socket = WsSocket::new(io, early, state.settings.max_frame_bytes);
-    Some((socket, protocol, header_token))
+    let sides = super::socket::split(io, early, state.settings.max_frame_bytes);
+    Some((sides, protocol, header_token))
 }
 
 /// One operation of a connection.
@@ -193,43 +196,141 @@ enum Step {
 
 struct Connection {
     protocol: Protocol,
-    socket: WsSocket,
+    reader: Reader,
+    /// Shared with the worker's hub, which pumps it when a dialog actor rings its doorbell.
+    outlet: Rc<Outlet>,
+    /// The connection's seat in its worker's hub; leaving it (on drop) stops the rings.
+    seat: Seat,
     state: std::sync::Arc<RealtimeState>,
     token: Option<String>,
     acked: bool,
-    budget: std::sync::Arc<ConnectionBudget>,
-    /// Operations by client id: resolving (or streaming through juniper) in a task that reports
-    /// through `resolving` and is aborted on `complete`/`stop` or when the connection ends; or
-    /// attached subscriptions this task drains itself.
-    ops: Ops,
     /// The channel from operations in a task to the connection; only while any runs.
     resolving: Option<Resolving>,
     /// The party's connection slot, taken when `connection_init` is accepted; freed on drop.
     slot: Option<super::limits::PartySlot>,
 }
 
+/// What a connection's task and its worker's hub share (both on the worker's thread): the
+/// socket's write side and the operations whose frames are written to it.
+struct Outlet {
+    wire: Wire,
+    /// Operations by client id: resolving (or streaming through juniper) in a task that reports
+    /// through `resolving` and is aborted on `complete`/`stop` or when the connection ends; or
+    /// attached subscriptions drained into `wire`. Borrowed only within a call.
+    ops: RefCell<Ops>,
+    budget: std::sync::Arc<ConnectionBudget>,
+    /// The message type of a payload: `next` or (legacy) `data`.
+    next: &'static str,
+    latency: prometheus::Histogram,
+    /// Frames the socket has not taken yet, beyond which the subscriptions' queues are left to
+    /// fill (and then coalesce) instead of being written.
+    backlog_limit: usize,
+    /// Wakes the connection's task after a pump left frames the socket did not take (the task
+    /// then waits for the socket to take them) or found the connection gone.
+    kick: Notify,
+    /// A write failed: the peer is gone.
+    gone: Cell<bool>,
+}
+
 impl Connection {
     fn new(
         protocol: Protocol,
-        socket: WsSocket,
+        wire: Wire,
+        reader: Reader,
         state: std::sync::Arc<RealtimeState>,
         token: Option<String>,
     ) -> Self {
-        let budget = ConnectionBudget::new(
+        let seat = Seat::take();
+        let budget = ConnectionBudget::seated(
             state.settings.client_queue_bytes,
             Some(state.metrics.buffered_bytes.clone()),
+            seat.doorbell(),
         );
+        let outlet = Rc::new(Outlet {
+            wire,
+            ops: RefCell::default(),
+            budget,
+            next: match protocol {
+                Protocol::TransportWs => "next",
+                Protocol::Legacy => "data",
+            },
+            latency: state.metrics.fanout_latency.clone(),
+            backlog_limit: state.settings.client_queue_bytes,
+            kick: Notify::new(),
+            gone: Cell::new(false),
+        });
+        let shared: Rc<dyn HubOutlet> = outlet.clone();
+        seat.sit(Rc::downgrade(&shared));
         Connection {
             protocol,
-            socket,
+            reader,
+            outlet,
+            seat,
             state,
             token,
             acked: false,
-            budget,
-            ops: Ops::default(),
             resolving: None,
             slot: None,
         }
+    }
+}
+
+impl HubOutlet for Outlet {
+    /// Writes what the connection's subscriptions hold, unless the socket is too far behind.
+    fn pump(&self) {
+        self.budget.answered();
+        if self.gone.get() {
+            return;
+        }
+        if self.wire.backlog() > self.backlog_limit {
+            // The client reads slower than changes come: its queues fill and coalesce
+            // meanwhile; once one had to, the client is too slow.
+            if self.budget.take_overflowed() {
+                self.budget.flag_too_slow();
+            }
+            return;
+        }
+        if self.drain().is_err() {
+            self.gone.set(true);
+            self.kick.notify_one();
+        } else if self.wire.backlog() > 0 {
+            self.kick.notify_one();
+        }
+    }
+}
+
+impl Outlet {
+    /// Writes what the attached subscriptions hold now, back to back, in as few writes as the
+    /// socket allows. Each frame is built once, straight into the write buffer: the operation's
+    /// framing around the payload.
+    fn drain(&self) -> Result<(), Gone> {
+        self.budget.take_overflowed();
+        let mut ended: Vec<String> = Vec::new();
+        let mut ops = self.ops.borrow_mut();
+        for (id, op) in &ops.0 {
+            let Op::Fast(fast) = op else { continue };
+            // Made on the first frame: most pumps find most subscriptions empty.
+            let mut id_json: Option<String> = None;
+            let done = operation::drain(fast, Some(&self.latency), |e| {
+                let (kind, payload) = match &e {
+                    OpEvent::Next(p) => (self.next, Some(p.as_str())),
+                    OpEvent::Complete => ("complete", None),
+                    // A drained subscription yields payloads and its end only.
+                    OpEvent::Error(_) | OpEvent::Fast(_) => return,
+                };
+                let id_json = id_json.get_or_insert_with(|| Value::String(id.clone()).to_string());
+                frame(&self.wire, id_json, kind, payload);
+            });
+            if done {
+                ended.push(id.clone());
+            }
+        }
+        // An ended subscription's id is free again once its `complete` is queued.
+        for id in ended {
+            ops.remove(&id);
+        }
+        drop(ops);
+        self.wire.try_flush().map_err(|_| Gone)
     }
 }
 
@@ -293,12 +394,12 @@ async fn next_result(resolving: &mut Option<Resolving>) -> Option<operation::OpR
 /// Queues one protocol message for operation `id_json` (the id as JSON). The payload is JSON
 /// text already: it is spliced in, not parsed again, and the message is framed straight into the
 /// socket's write buffer.
-fn frame(socket: &mut WsSocket, id_json: &str, kind: &str, payload: Option<&str>) {
+fn frame(wire: &Wire, id_json: &str, kind: &str, payload: Option<&str>) {
     let (comma, payload) = match payload {
         Some(p) => (r#","payload":"#, p),
         None => ("", ""),
     };
-    socket.text_parts(&[
+    wire.text_parts(&[
         r#"{"id":"#,
         id_json,
         r#","type":""#,
@@ -323,21 +424,26 @@ async fn run(mut conn: Connection) {
     gauge.inc();
     let reason = conn.serve().await;
     gauge.dec();
-    let Connection { socket, ops, .. } = conn;
+    let Connection { outlet, seat, .. } = conn;
+    // No more rings: the hub holds the outlet only while it pumps it, so it is this task's alone.
+    drop(seat);
+    let ops = outlet.ops.take();
     if reason.is_none() {
         // The peer is gone: nothing to send, so the teardown waits behind the frames.
         super::reaper::bury(move || {
             for (_, op) in ops.0 {
                 op.stop();
             }
-            drop(socket);
+            drop(outlet);
         });
         return;
     }
     for (_, op) in ops.0 {
         op.stop();
     }
-    socket.close(reason, CLOSE_LINGER).await;
+    if let Ok(outlet) = Rc::try_unwrap(outlet) {
+        outlet.wire.close(reason, CLOSE_LINGER).await;
+    }
 }
 
 impl Connection {
@@ -348,14 +454,18 @@ impl Connection {
         let timer = tokio::time::sleep(self.state.settings.init_timeout);
         tokio::pin!(timer);
         let mut shutdown = self.state.shutdown.clone();
-        // Frames the socket has not taken yet, beyond which the subscriptions' queues are left to
-        // fill (and then coalesce) instead of being written.
-        let backlog_limit = self.state.settings.client_queue_bytes;
         loop {
-            let budget = self.budget.clone();
+            // Frames are written by the worker's hub; this task wakes for what the client sends,
+            // its timer, a resolving operation, or the hub's kick.
+            let outlet = self.outlet.clone();
             tokio::select! {
                 _ = shutdown.changed() => return Some((1012, "Service restart".into())),
-                _ = budget.slow.notified(), if !self.budget.is_too_slow() => {}
+                _ = outlet.budget.slow.notified(), if !outlet.budget.is_too_slow() => {}
+                _ = outlet.kick.notified() => {
+                    if outlet.gone.get() {
+                        return None;
+                    }
+                }
                 _ = &mut timer => {
                     if !self.acked {
                         return Some((4408, "Connection initialisation timeout".into()));
@@ -364,14 +474,14 @@ impl Connection {
                         Protocol::TransportWs => r#"{"type":"ping"}"#,
                         Protocol::Legacy => r#"{"type":"ka"}"#,
                     };
-                    self.socket.ping(b"");
-                    self.socket.text(keep_alive);
+                    outlet.wire.ping(b"");
+                    outlet.wire.text(keep_alive);
                     if let Step::Close(..) = self.flush() {
                         return None;
                     }
                     timer.as_mut().reset(tokio::time::Instant::now() + ping_interval);
                 }
-                msg = self.socket.next() => {
+                msg = self.reader.next(&outlet.wire) => {
                     let acked = self.acked;
                     let step = match msg {
                         None => return None,
@@ -384,12 +494,15 @@ impl Connection {
                         Some(Ok(Incoming::Text(text))) => Box::pin(self.on_text(&text)).await,
                         Some(Ok(Incoming::Binary)) => Step::Close(4400, "Invalid message received".into()),
                         Some(Ok(Incoming::Ping(bytes))) => {
-                            self.socket.pong(&bytes);
+                            outlet.wire.pong(&bytes);
                             self.flush()
                         }
                         Some(Ok(Incoming::Pong)) => Step::Continue,
                         // The socket took everything it was behind with: catch up with the queues.
-                        Some(Ok(Incoming::Written)) => self.drain(),
+                        Some(Ok(Incoming::Written)) => match outlet.drain() {
+                            Ok(()) => Step::Continue,
+                            Err(Gone) => return None,
+                        },
                         Some(Ok(Incoming::Close)) => return Some((1000, "Normal closure".into())),
                     };
                     if let Step::Close(code, text) = step {
@@ -404,23 +517,15 @@ impl Connection {
                     if self.write_result(id, event).is_err() {
                         return None;
                     }
-                    if !self.ops.any_running() {
+                    if !self.outlet.ops.borrow().any_running() {
                         self.resolving = None;
                     }
                 }
-                _ = budget.ready.notified() => {
-                    if self.socket.backlog() > backlog_limit {
-                        // The client reads slower than changes come: its queues fill and coalesce
-                        // meanwhile; once one had to, the client is too slow.
-                        if self.budget.take_overflowed() {
-                            self.budget.flag_too_slow();
-                        }
-                    } else if let Step::Close(..) = self.drain() {
-                        return None;
-                    }
-                }
             }
-            if self.budget.is_too_slow() {
+            if outlet.gone.get() {
+                return None;
+            }
+            if outlet.budget.is_too_slow() {
                 self.state.metrics.slow_consumer_closes.inc();
                 return Some((4008, "Client too slow".into()));
             }
@@ -429,62 +534,34 @@ impl Connection {
 
     /// Writes what the socket takes now; the rest goes out as it becomes writable.
     fn flush(&mut self) -> Step {
-        match self.socket.try_flush() {
+        match self.outlet.wire.try_flush() {
             Ok(()) => Step::Continue,
             Err(_) => Step::Close(1000, "Normal closure".into()),
         }
     }
 
     fn send(&mut self, v: Value) -> Result<(), Gone> {
-        self.socket.text(v.to_string());
-        self.socket.try_flush().map_err(|_| Gone)
-    }
-
-    /// Writes what the attached subscriptions hold now, back to back, in as few writes as the
-    /// socket allows. Each frame is built once, in one allocation: the operation's framing around
-    /// the payload.
-    fn drain(&mut self) -> Step {
-        self.budget.take_overflowed();
-        let latency = &self.state.metrics.fanout_latency;
-        let next = match self.protocol {
-            Protocol::TransportWs => "next",
-            Protocol::Legacy => "data",
-        };
-        let mut ended: Vec<String> = Vec::new();
-        let socket = &mut self.socket;
-        for (id, op) in &self.ops.0 {
-            let Op::Fast(fast) = op else { continue };
-            // Made on the first frame: most wake-ups find most subscriptions empty.
-            let mut id_json: Option<String> = None;
-            let done = operation::drain(fast, Some(latency), |e| {
-                let (kind, payload) = match &e {
-                    OpEvent::Next(p) => (next, Some(p.as_str())),
-                    OpEvent::Complete => ("complete", None),
-                    // A drained subscription yields payloads and its end only.
-                    OpEvent::Error(_) | OpEvent::Fast(_) => return,
-                };
-                let id_json = id_json.get_or_insert_with(|| Value::String(id.clone()).to_string());
-                frame(socket, id_json, kind, payload);
-            });
-            if done {
-                ended.push(id.clone());
-            }
-        }
-        // An ended subscription's id is free again once its `complete` is queued.
-        for id in ended {
-            self.ops.remove(&id);
-        }
-        self.flush()
+        self.outlet.wire.text(v.to_string());
+        self.outlet.wire.try_flush().map_err(|_| Gone)
     }
 
     fn write_result(&mut self, id: String, event: OpEvent) -> Result<(), Gone> {
         if let OpEvent::Fast(fast) = event {
-            // Attached: this task drains it from now on (a client `complete` that came first
+            // Attached: the hub drains it from now on (a client `complete` that came first
             // leaves no entry, and dropping `fast` detaches it).
-            if let Some(op) = self.ops.get_mut(&id) {
-                *op = Op::Fast(fast);
-                // Whatever was queued before the hand-over goes out on the next turn.
-                self.budget.ready.notify_one();
+            let attached = match self.outlet.ops.borrow_mut().get_mut(&id) {
+                Some(op) => {
+                    *op = Op::Fast(fast);
+                    true
+                }
+                None => false,
+            };
+            if attached {
+                // Whatever was queued before the hand-over (its rings found no subscription).
+                HubOutlet::pump(&*self.outlet);
+                if self.outlet.gone.get() {
+                    return Err(Gone);
+                }
             }
             return Ok(());
         }
@@ -495,16 +572,16 @@ impl Connection {
             (OpEvent::Complete, _) => ("complete", None, true),
             (OpEvent::Fast(_), _) => return Ok(()),
         };
-        if done && self.ops.remove(&id).is_none() {
+        if done && self.outlet.ops.borrow_mut().remove(&id).is_none() {
             // Completed by the client already: nothing more may be sent for this id.
             return Ok(());
         }
-        if !done && !self.ops.contains_key(&id) {
+        if !done && !self.outlet.ops.borrow().contains_key(&id) {
             return Ok(());
         }
         let id_json = Value::String(id).to_string();
-        frame(&mut self.socket, &id_json, kind, payload);
-        self.socket.try_flush().map_err(|_| Gone)
+        frame(&self.outlet.wire, &id_json, kind, payload);
+        self.outlet.wire.try_flush().map_err(|_| Gone)
     }
 
     async fn on_text(&mut self, text: &str) -> Step {
@@ -531,7 +608,7 @@ impl Connection {
                 if let Some(op) = msg
                     .get("id")
                     .and_then(Value::as_str)
-                    .and_then(|id| self.ops.remove(id))
+                    .and_then(|id| self.outlet.ops.borrow_mut().remove(id))
                 {
                     op.stop();
                 }
@@ -541,7 +618,8 @@ impl Connection {
                 let Some(id) = msg.get("id").and_then(Value::as_str) else {
                     return Step::Close(4400, "Invalid message received".into());
                 };
-                if let Some(op) = self.ops.remove(id) {
+                let removed = self.outlet.ops.borrow_mut().remove(id);
+                if let Some(op) = removed {
                     op.stop();
                     return self.reply(json!({"type": "complete", "id": id}));
                 }
@@ -618,11 +696,11 @@ impl Connection {
                 ),
             );
         }
-        if self.ops.contains_key(id) {
+        if self.outlet.ops.borrow().contains_key(id) {
             return Step::Close(4409, format!("Subscriber for {id} already exists"));
         }
         let max = self.state.settings.max_subscriptions_per_connection;
-        if self.ops.len() >= max {
+        if self.outlet.ops.borrow().len() >= max {
             let message = format!(
                 "too many subscriptions on this connection (at most {max}, realtime.max_subscriptions_per_connection)"
             );
@@ -634,7 +712,7 @@ impl Connection {
         };
         let ctx = self
             .state
-            .context(self.token.clone(), Some(self.budget.clone()));
+            .context(self.token.clone(), Some(self.outlet.budget.clone()));
         let out = self
             .resolving
             .get_or_insert_with(|| {
@@ -644,7 +722,10 @@ impl Connection {
             .out
             .clone();
         let task = operation::spawn(self.state.schema.clone(), ctx, request, id.to_owned(), out);
-        self.ops.insert(id.to_owned(), Op::Running(task));
+        self.outlet
+            .ops
+            .borrow_mut()
+            .insert(id.to_owned(), Op::Running(task));
         Step::Continue
     }
 }
