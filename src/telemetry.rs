@@ -31,6 +31,7 @@ pub struct Metrics {
     pub connections: prometheus::IntGaugeVec,
     pub buffered_bytes: IntGauge,
     pub slow_consumer_closes: prometheus::IntCounter,
+    pub hub_wakeups: prometheus::IntCounter,
     pub fanout_latency: prometheus::Histogram,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_attempt_latency: prometheus::Histogram,
@@ -82,6 +83,11 @@ impl Metrics {
         let slow_consumer_closes = prometheus::IntCounter::new(
             "realtime_slow_consumer_closes_total",
             "Connections closed (4008) because they could not keep up",
+        )
+        .expect("static metric definition is valid");
+        let hub_wakeups = prometheus::IntCounter::new(
+            "realtime_hub_wakeups_total",
+            "Times a worker's fan-out hub woke to write frames: once per batch of changes, not per connection",
         )
         .expect("static metric definition is valid");
         let fanout_latency = prometheus::Histogram::with_opts(
@@ -140,6 +146,7 @@ impl Metrics {
             Box::new(connections.clone()),
             Box::new(buffered_bytes.clone()),
             Box::new(slow_consumer_closes.clone()),
+            Box::new(hub_wakeups.clone()),
             Box::new(fanout_latency.clone()),
         ];
         for c in collectors {
@@ -154,6 +161,7 @@ impl Metrics {
             connections,
             buffered_bytes,
             slow_consumer_closes,
+            hub_wakeups,
             fanout_latency,
             webhook_deliveries,
             webhook_attempt_latency,

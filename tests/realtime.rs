@@ -19,6 +19,7 @@ const CONNECTIONS: &str = "dialog_events_realtime_connections";
 const BUFFERED: &str = "dialog_events_realtime_buffered_bytes";
 const SLOW_CLOSES: &str = "dialog_events_realtime_slow_consumer_closes_total";
 const FANOUT_COUNT: &str = "dialog_events_realtime_fanout_latency_seconds_count";
+const HUB_WAKEUPS: &str = "dialog_events_realtime_hub_wakeups_total";
 
 fn dialog_path(id: &str) -> String {
     format!("/api/v1/serviceowner/dialogs/{id}")
@@ -1608,6 +1609,41 @@ async fn websocket_clients_that_vanish_together_are_all_detached_and_the_one_lef
     post_activity(&node, &id).await;
     let event = stays.event().await;
     assert_eq!(event["type"], "DIALOG_UPDATED", "{event}");
+}
+
+#[actix_web::test]
+async fn a_change_wakes_each_workers_hub_once_not_each_connection_and_every_frame_arrives_in_order()
+{
+    // Two HTTP workers (the test default) serve the connections; each change's frames to them
+    // must cost each worker a wake-up or so, not one per connection.
+    let node = start("[realtime]\nping_interval = \"60s\"").await;
+    let id = node.create_dialog(&dialog_body()).await;
+    let token = dialog_token(&node, &id).await;
+    const CLIENTS: usize = 60;
+    const CHANGES: u64 = 10;
+    let mut clients = Vec::new();
+    for n in 0..CLIENTS {
+        clients.push(WsClient::subscribed(&node, &token, "h", &id, None, n as i64 + 1).await);
+    }
+    let (base, _) = sequence_and_revision(&node, &id).await;
+    let wakeups_before = metric(&node, HUB_WAKEUPS).await;
+    for change in 1..=CHANGES {
+        post_activity(&node, &id).await;
+        // Every client gets the change (an activity commits two events) before the next one.
+        for client in clients.iter_mut() {
+            assert_eq!(seq(&client.event().await), base + 2 * change);
+        }
+    }
+    let wakeups = metric(&node, HUB_WAKEUPS).await - wakeups_before;
+    let frames = CLIENTS as i64 * CHANGES as i64;
+    assert!(wakeups > 0, "the frames were written by the workers' hubs");
+    // One per change and worker when the actor rings faster than the hub answers; a few more
+    // when a hub starts on the first rings of a change while the rest are still being rung.
+    // One wake-up per connection would be 600.
+    assert!(
+        wakeups <= frames / 6,
+        "{wakeups} hub wake-ups for {frames} frames of {CHANGES} changes"
+    );
 }
 
 #[actix_web::test]

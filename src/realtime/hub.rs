@@ -52,6 +52,8 @@ impl Doorbell {
 /// One worker's hub: its inbox and the connections seated on it.
 struct Hub {
     inbox: Arc<Inbox>,
+    /// Counts the hub task's wake-ups (`realtime_hub_wakeups_total`).
+    wakeups: prometheus::IntCounter,
     /// Seated connections by seat number; a free seat is `None` and listed in `free`. Weak: a
     /// connection's task owns its outlet, and a seat whose connection ended just stays unanswered.
     seats: RefCell<Vec<Option<Weak<dyn Outlet>>>>,
@@ -70,14 +72,16 @@ pub struct Seat {
 }
 
 impl Seat {
-    /// A free seat in this worker's hub, which is started when the worker has none running.
-    pub fn take() -> Seat {
+    /// A free seat in this worker's hub, which is started (counting its wake-ups in `wakeups`)
+    /// when the worker has none running.
+    pub fn take(wakeups: &prometheus::IntCounter) -> Seat {
         let hub = HUB.with(|h| {
             if let Some(hub) = h.borrow().upgrade() {
                 return hub;
             }
             let hub = Rc::new(Hub {
                 inbox: Arc::default(),
+                wakeups: wakeups.clone(),
                 seats: RefCell::default(),
                 free: RefCell::default(),
             });
@@ -126,6 +130,7 @@ async fn serve(hub: Rc<Hub>) {
     let mut batch: Vec<u32> = Vec::new();
     loop {
         hub.inbox.ready.notified().await;
+        hub.wakeups.inc();
         {
             let mut rung = hub.inbox.rung.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::swap(&mut *rung, &mut batch);
@@ -170,7 +175,8 @@ mod tests {
     async fn a_ring_from_another_thread_pumps_its_seat_on_this_one_and_a_left_seat_is_not_pumped() {
         let a = Rc::new(Counter(Cell::new(0)));
         let b = Rc::new(Counter(Cell::new(0)));
-        let (seat_a, seat_b) = (Seat::take(), Seat::take());
+        let wakeups = prometheus::IntCounter::new("wakeups", "test").expect("a counter");
+        let (seat_a, seat_b) = (Seat::take(&wakeups), Seat::take(&wakeups));
         let a_dyn: Rc<dyn Outlet> = a.clone();
         let b_dyn: Rc<dyn Outlet> = b.clone();
         seat_a.sit(Rc::downgrade(&a_dyn));
@@ -189,13 +195,18 @@ mod tests {
             actix_web::rt::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         assert_eq!((a.0.get(), b.0.get()), (2, 1));
+        assert!(
+            (1..=3).contains(&wakeups.get()),
+            "{} wake-ups",
+            wakeups.get()
+        );
         let bell_b = seat_b.doorbell();
         drop(seat_b);
         bell_b.ring();
         settle().await;
         assert_eq!(b.0.get(), 1, "a seat that was left is not pumped");
         // Its number is reused by the next connection.
-        let seat_c = Seat::take();
+        let seat_c = Seat::take(&wakeups);
         assert_eq!(seat_c.number, bell_b.seat);
     }
 }

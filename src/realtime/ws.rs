@@ -240,7 +240,7 @@ impl Connection {
         state: std::sync::Arc<RealtimeState>,
         token: Option<String>,
     ) -> Self {
-        let seat = Seat::take();
+        let seat = Seat::take(&state.metrics.hub_wakeups);
         let budget = ConnectionBudget::seated(
             state.settings.client_queue_bytes,
             Some(state.metrics.buffered_bytes.clone()),
