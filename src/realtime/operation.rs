@@ -1,6 +1,7 @@
 //! Runs one GraphQL subscription operation (juniper) as a task and reports its results as
 //! transport-neutral events; WebSocket and SSE adapters frame them.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -8,8 +9,9 @@ use juniper::http::GraphQLRequest;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::schema::{DialogEventPayload, FastSubscription, GqlContext, Schema};
+use super::schema::{DialogEventPayload, FastSubscription, GqlContext, Plan, Schema};
 use crate::dialogs::Popped;
+use crate::domain::Change;
 
 /// What an operation produced, as JSON text of the protocol's `payload`.
 pub enum OpEvent {
@@ -34,12 +36,13 @@ fn ended_payload(reason: &str) -> String {
     .to_string()
 }
 
-/// Hands out what `fast` holds now, in order, as payloads: a `Next` per change; once the
-/// subscription has ended, its error `Next` and `Complete`. True when it has ended.
+/// Hands out what `fast` holds now, in order: `Some(payload)` per change (and, once the
+/// subscription has ended, its error payload), then `None` for its `complete`. True when it has
+/// ended.
 pub fn drain(
     fast: &FastSubscription,
     latency: Option<&prometheus::Histogram>,
-    mut emit: impl FnMut(OpEvent),
+    mut emit: impl FnMut(Option<&str>),
 ) -> bool {
     loop {
         match fast.queue.try_pop() {
@@ -48,19 +51,45 @@ pub fn drain(
                     let elapsed = chrono::Utc::now() - change.at;
                     h.observe(elapsed.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
                 }
-                emit(OpEvent::Next(
-                    fast.plan.encode(&DialogEventPayload::of(&change, resync)),
-                ));
+                let payload = encoded(&fast.plan, &change, resync);
+                emit(Some(&payload));
             }
             Popped::Empty => return false,
             Popped::Ended => {
                 let reason = fast.queue.ended().unwrap_or("the subscription has ended");
-                emit(OpEvent::Next(ended_payload(reason)));
-                emit(OpEvent::Complete);
+                emit(Some(&ended_payload(reason)));
+                emit(None);
                 return true;
             }
         }
     }
+}
+
+/// The last payload encoded on this thread: its plan, change and resync flag, and the text. Held
+/// (not compared by address alone), so neither can be freed and its address reused meanwhile.
+type LastEncoded = (Arc<Plan>, Arc<Change>, bool, Rc<str>);
+
+thread_local! {
+    static LAST: std::cell::RefCell<Option<LastEncoded>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The payload of `change` for `plan`, encoded once per (change, plan) on this thread: a worker's
+/// hub writes one change to its many subscribers one after the other, and they mostly share a
+/// plan (`Plan::shared`).
+fn encoded(plan: &Arc<Plan>, change: &Arc<Change>, resync: bool) -> Rc<str> {
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((p, c, r, text)) = last.as_ref()
+            && Arc::ptr_eq(p, plan)
+            && Arc::ptr_eq(c, change)
+            && *r == resync
+        {
+            return text.clone();
+        }
+        let text: Rc<str> = plan.encode(&DialogEventPayload::of(change, resync)).into();
+        *last = Some((plan.clone(), change.clone(), resync, text.clone()));
+        text
+    })
 }
 
 /// An operation's result tagged with its operation id, for the connection's writer. Boxed: a
@@ -138,4 +167,52 @@ pub fn spawn(
         }
         report(&out, id, OpEvent::Complete).await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::realtime::schema::PayloadField;
+
+    fn change(n: u64) -> Arc<Change> {
+        Arc::new(Change {
+            first: n,
+            last: n,
+            event_id: format!("e{n}"),
+            deleted: false,
+            revision: None,
+            at: chrono::Utc::now(),
+        })
+    }
+
+    #[test]
+    fn a_change_is_encoded_once_per_plan_and_the_text_is_that_plans() {
+        let seq = Arc::new(Plan {
+            root: "dialogEvents".into(),
+            fields: vec![("sequence".into(), PayloadField::Sequence)],
+        });
+        let both = Arc::new(Plan {
+            root: "e".into(),
+            fields: vec![
+                ("sequence".into(), PayloadField::Sequence),
+                ("resync".into(), PayloadField::Resync),
+            ],
+        });
+        let (one, two) = (change(1), change(2));
+        let a = encoded(&seq, &one, false);
+        assert_eq!(&*a, r#"{"data":{"dialogEvents":{"sequence":1}}}"#);
+        assert!(Rc::ptr_eq(&a, &encoded(&seq, &one, false)), "encoded once");
+        assert_eq!(
+            &*encoded(&seq, &two, false),
+            r#"{"data":{"dialogEvents":{"sequence":2}}}"#
+        );
+        assert_eq!(
+            &*encoded(&both, &two, true),
+            r#"{"data":{"e":{"sequence":2,"resync":true}}}"#
+        );
+        assert_eq!(
+            &*encoded(&both, &two, false),
+            r#"{"data":{"e":{"sequence":2,"resync":false}}}"#
+        );
+    }
 }

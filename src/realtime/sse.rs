@@ -113,9 +113,9 @@ pub async fn stream(
                     let mut chunk = Vec::new();
                     let mut ended = false;
                     if let Some(f) = &fast {
-                        ended = operation::drain(f, Some(&latency), |e| {
-                            if let OpEvent::Next(p) = e {
-                                chunk.extend_from_slice(&sse_event("next", &p));
+                        ended = operation::drain(f, Some(&latency), |payload| {
+                            if let Some(p) = payload {
+                                chunk.extend_from_slice(&sse_event("next", p));
                             }
                         });
                     }

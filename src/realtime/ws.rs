@@ -311,12 +311,11 @@ impl Outlet {
             let Op::Fast(fast) = op else { continue };
             // Made on the first frame: most pumps find most subscriptions empty.
             let mut id_json: Option<String> = None;
-            let done = operation::drain(fast, Some(&self.latency), |e| {
-                let (kind, payload) = match &e {
-                    OpEvent::Next(p) => (self.next, Some(p.as_str())),
-                    OpEvent::Complete => ("complete", None),
-                    // A drained subscription yields payloads and its end only.
-                    OpEvent::Error(_) | OpEvent::Fast(_) => return,
+            let done = operation::drain(fast, Some(&self.latency), |payload| {
+                let kind = if payload.is_some() {
+                    self.next
+                } else {
+                    "complete"
                 };
                 let id_json = id_json.get_or_insert_with(|| Value::String(id.clone()).to_string());
                 frame(&self.wire, id_json, kind, payload);
