@@ -291,7 +291,6 @@ impl App {
         });
         let data = state.clone();
         let upgrades = realtime.clone().into_inner();
-        let workers_registry = state.registry.clone();
         let make_app = move || {
             actix_web::App::new()
                 .app_data(data.clone())
@@ -314,8 +313,6 @@ impl App {
             .disable_signals()
             .listen("http", listener, move || {
                 use actix_service::ServiceFactoryExt;
-                // Called on each worker's thread as it starts: its dialog actors run there too.
-                workers_registry.join_worker();
                 let upgrades = upgrades.clone();
                 let app = actix_service::IntoServiceFactory::into_factory(make_app())
                     .map_err(|e: actix_web::Error| e.error_response());

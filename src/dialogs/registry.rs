@@ -26,11 +26,6 @@ pub struct DialogRegistry {
     /// (`forget`); a stale `Addr` found here is replaced on the next lookup.
     shards: Vec<Mutex<HashMap<Uuid, Addr<DialogActor>>>>,
     arbiters: Vec<ArbiterHandle>,
-    /// The HTTP workers' arbiters, each added as its worker starts (`join_worker`). Actors run on
-    /// these when there are any: a request handled by its dialog's worker, and the frames that
-    /// worker writes for the change, then cross no thread. One whose worker stopped is removed
-    /// when an actor placed there finds it gone.
-    workers: std::sync::RwLock<Vec<(std::thread::ThreadId, ArbiterHandle)>>,
     deps: Arc<DialogDeps>,
     /// The policy as last read, and when: realtime subscriptions check their grant against it
     /// at attach (at most one store read per `POLICY_FRESH`, however many clients connect).
@@ -49,7 +44,6 @@ impl DialogRegistry {
         Arc::new(DialogRegistry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             arbiters,
-            workers: Default::default(),
             policy: Mutex::new(None),
             next_subscriber: AtomicU64::new(0),
             deps,
@@ -74,42 +68,18 @@ impl DialogRegistry {
         if let Some(addr) = shard.get(&id).filter(|a| a.connected()) {
             return addr.clone();
         }
-        let make = || DialogActor::new(id, self.deps.clone(), Arc::downgrade(self));
-        let at = self.slot(&id) >> 8;
-        let worker = {
-            let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
-            (!workers.is_empty()).then(|| workers[at % workers.len()].clone())
-        };
-        if let Some((thread, worker)) = worker {
-            let actor = make();
-            let addr = DialogActor::start_in_arbiter(&worker, move |_| actor);
-            // A stopped arbiter drops the actor at once, and with it the address's mailbox.
-            if addr.connected() {
-                shard.insert(id, addr.clone());
-                return addr;
-            }
-            self.workers
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|(t, _)| *t != thread);
-        }
-        let addr = match self.arbiters.get(at % self.arbiters.len().max(1)) {
-            Some(arbiter) => {
-                let actor = make();
-                DialogActor::start_in_arbiter(arbiter, move |_| actor)
-            }
-            None => make().start(),
+        let deps = self.deps.clone();
+        let weak = Arc::downgrade(self);
+        let actor = DialogActor::new(id, deps, weak);
+        let addr = match self
+            .arbiters
+            .get((self.slot(&id) >> 8) % self.arbiters.len().max(1))
+        {
+            Some(arbiter) => DialogActor::start_in_arbiter(arbiter, move |_| actor),
+            None => actor.start(),
         };
         shard.insert(id, addr.clone());
         addr
-    }
-
-    /// Adds the calling HTTP worker's arbiter to those that run dialog actors.
-    pub fn join_worker(&self) {
-        self.workers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((std::thread::current().id(), actix::Arbiter::current()));
     }
 
     /// Runs `command` on the dialog's actor.
