@@ -7,9 +7,10 @@
 //! - [`telemetry`]: tracing subscriber and the node's Prometheus metrics.
 //! - [`http`]: actix-web routes, problem+json errors, extractors.
 //! - [`realtime`]: GraphQL schema, WebSocket (both protocols, on sockets handed over at the
-//!   upgrade) and SSE subscriptions.
+//!   upgrade) and SSE subscriptions; each HTTP worker's fan-out hub writes its connections' frames.
 //! - [`webhooks`]: the dispatcher actor, signing, retry policy, endpoint guard.
-//! - [`dialogs`]: per-dialog actors and the registry that starts them on demand.
+//! - [`dialogs`]: per-dialog actors, the registry that starts them on demand, and the subscriber
+//!   queues and doorbells through which they hand changes to the HTTP workers.
 //! - [`auth`]: token verification (JWKS, dev issuer), dialog tokens, authorization policy.
 //! - [`store`]: the store traits (dialogs, event log, registry, webhooks, cluster) and their
 //!   backends: `embedded` (durable, redb; the single-node default), `memory` and `redis`.

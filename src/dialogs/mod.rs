@@ -3,10 +3,12 @@
 
 pub mod actor;
 pub mod command;
+pub mod doorbell;
 pub mod registry;
 pub mod subscribers;
 
 pub use actor::{DialogActor, DialogDeps};
 pub use command::{Access, Command, CommandError, Outcome};
+pub use doorbell::{Doorbell, Inbox};
 pub use registry::{DialogRegistry, SubscriptionGuard};
 pub use subscribers::{ConnectionBudget, Popped, SubscriberQueue};

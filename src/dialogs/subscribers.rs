@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
+use super::doorbell::Doorbell;
 use crate::domain::Change;
-use crate::realtime::hub::Doorbell;
 
 /// Bytes a queued change is charged: the size of an encoded `next` frame with every field selected
 /// and a long operation id, rounded up.

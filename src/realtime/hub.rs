@@ -6,9 +6,9 @@
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::sync::Notify;
+use crate::dialogs::{Doorbell, Inbox};
 
 /// Connections pumped per turn of the hub, before it yields to the worker's other tasks (reads,
 /// handshakes) and goes on with the rest of the batch.
@@ -17,36 +17,6 @@ const TURN: usize = 256;
 /// What a connection does when its doorbell was rung: writes what its subscriptions hold.
 pub trait Outlet {
     fn pump(&self);
-}
-
-/// The doorbells rung since the hub last looked, shared with the dialog actors.
-#[derive(Default)]
-struct Inbox {
-    /// Seats whose doorbell rang, in order; the hub swaps the list out under the lock.
-    rung: Mutex<Vec<u32>>,
-    /// Wakes the hub task: notified when a doorbell rings into an empty list (one wake-up per
-    /// batch; a permit is kept when the hub is busy, so no ring is missed).
-    ready: Notify,
-}
-
-/// Rings one connection's seat in its worker's hub; cheap to clone, and sent to dialog actors.
-#[derive(Clone)]
-pub struct Doorbell {
-    inbox: Arc<Inbox>,
-    seat: u32,
-}
-
-impl Doorbell {
-    pub fn ring(&self) {
-        let first = {
-            let mut rung = self.inbox.rung.lock().unwrap_or_else(|e| e.into_inner());
-            rung.push(self.seat);
-            rung.len() == 1
-        };
-        if first {
-            self.inbox.ready.notify_one();
-        }
-    }
 }
 
 /// One worker's hub: its inbox and the connections seated on it.
@@ -102,10 +72,7 @@ impl Seat {
 
     /// The doorbell that makes the hub pump whatever sits here.
     pub fn doorbell(&self) -> Doorbell {
-        Doorbell {
-            inbox: self.hub.inbox.clone(),
-            seat: self.number,
-        }
+        Doorbell::new(self.hub.inbox.clone(), self.number)
     }
 
     /// Seats `outlet`: rings from now on pump it.
@@ -129,12 +96,8 @@ impl Drop for Seat {
 async fn serve(hub: Rc<Hub>) {
     let mut batch: Vec<u32> = Vec::new();
     loop {
-        hub.inbox.ready.notified().await;
+        hub.inbox.rung(&mut batch).await;
         hub.wakeups.inc();
-        {
-            let mut rung = hub.inbox.rung.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::swap(&mut *rung, &mut batch);
-        }
         for (i, seat) in batch.drain(..).enumerate() {
             if i > 0 && i % TURN == 0 {
                 tokio::task::yield_now().await;
@@ -200,13 +163,13 @@ mod tests {
             "{} wake-ups",
             wakeups.get()
         );
-        let bell_b = seat_b.doorbell();
+        let (bell_b, freed) = (seat_b.doorbell(), seat_b.number);
         drop(seat_b);
         bell_b.ring();
         settle().await;
         assert_eq!(b.0.get(), 1, "a seat that was left is not pumped");
         // Its number is reused by the next connection.
         let seat_c = Seat::take(&wakeups);
-        assert_eq!(seat_c.number, bell_b.seat);
+        assert_eq!(seat_c.number, freed);
     }
 }
