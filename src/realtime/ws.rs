@@ -1,8 +1,9 @@
 //! GraphQL over WebSocket: `graphql-transport-ws` and the legacy `graphql-ws`
 //! (subscriptions-transport-ws) on one connection loop, with their close codes, keep-alive, init
 //! timeout, frame limit and the slow-consumer close (4008). The handshake is answered here on the
-//! connection actix-http hands over, and each connection is then one task on its own socket
-//! (`super::socket`).
+//! connection actix-http hands over. Each connection is then one task reading its own socket
+//! (`super::socket`), and its frames are written by its worker's hub (`super::hub`) through the
+//! part the two share (`Outlet`).
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
