@@ -130,13 +130,17 @@ enum Scenario {
         #[arg(long, value_delimiter = ',')]
         server_pids: Vec<u32>,
     },
-    /// N subscribers over D dialogs close their sockets at once: how long the server takes to
-    /// answer each close frame, and to close the TCP connection after it.
+    /// N subscribers over D dialogs close their sockets, at once or one at a time (`--rate`): how
+    /// long the server takes to answer each close frame, and to close the TCP connection after it.
     Closes {
         #[arg(long, default_value_t = 1000)]
         count: usize,
         #[arg(long, default_value_t = 10)]
         dialogs: usize,
+        /// Closes per second, one connection at a time; without it every connection closes at
+        /// once (a burst).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// One client process of `connections --processes N` (started by it).
     #[command(hide = true)]
@@ -379,7 +383,13 @@ async fn open_subscribers(
 /// `--out`, set once in `main`.
 static OUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
-async fn closes(cli: &Cli, t: &Tokens, count: usize, dialogs: usize) -> anyhow::Result<()> {
+async fn closes(
+    cli: &Cli,
+    t: &Tokens,
+    count: usize,
+    dialogs: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
     let c = client();
     let ids = setup(&c, &cli.target, t, dialogs).await?;
     let mut dialog_tokens = Vec::new();
@@ -391,29 +401,37 @@ async fn closes(cli: &Cli, t: &Tokens, count: usize, dialogs: usize) -> anyhow::
     let pid = cli.server_pid.map(|p| p.to_string());
     let server_cpu0 = pid.as_deref().and_then(cpu_seconds);
     let started = Instant::now();
-    // Every socket sends its close frame at once, then times the server's close frame and the
-    // end of the TCP stream (each bounded by 10 s).
-    let timings = futures::future::join_all(sockets.into_iter().map(|mut socket| async move {
-        let sent = Instant::now();
-        socket
-            .send(ws::Message::Close(Some(ws::CloseCode::Normal.into())))
-            .await
-            .ok()?;
-        let mut close_frame = None;
-        let deadline = sent + Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout_at(deadline.into(), socket.next()).await {
-                Ok(Some(Ok(ws::Frame::Close(_)))) => {
-                    close_frame = Some(sent.elapsed().as_secs_f64() * 1000.0);
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_))) | Ok(None) => {
-                    return Some((close_frame, sent.elapsed().as_secs_f64() * 1000.0));
-                }
-                Err(_) => return Some((close_frame, f64::INFINITY)),
+    // Every socket sends its close frame (all at once, or one after another at `rate`), then
+    // times the server's close frame and the end of the TCP stream (each bounded by 10 s).
+    let timings = futures::future::join_all(sockets.into_iter().enumerate().map(
+        |(i, mut socket)| async move {
+            if let Some(rate) = rate {
+                tokio::time::sleep_until(
+                    (started + Duration::from_secs_f64(i as f64 / rate)).into(),
+                )
+                .await;
             }
-        }
-    }))
+            let sent = Instant::now();
+            socket
+                .send(ws::Message::Close(Some(ws::CloseCode::Normal.into())))
+                .await
+                .ok()?;
+            let mut close_frame = None;
+            let deadline = sent + Duration::from_secs(10);
+            loop {
+                match tokio::time::timeout_at(deadline.into(), socket.next()).await {
+                    Ok(Some(Ok(ws::Frame::Close(_)))) => {
+                        close_frame = Some(sent.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(_))) | Ok(None) => {
+                        return Some((close_frame, sent.elapsed().as_secs_f64() * 1000.0));
+                    }
+                    Err(_) => return Some((close_frame, f64::INFINITY)),
+                }
+            }
+        },
+    ))
     .await;
     let secs = started.elapsed().as_secs_f64();
     let (mut frame_ms, mut eof_ms, mut failed) = (Vec::new(), Vec::new(), 0usize);
@@ -436,7 +454,7 @@ async fn closes(cli: &Cli, t: &Tokens, count: usize, dialogs: usize) -> anyhow::
     });
     save(
         "closes",
-        json!({"target": cli.target, "count": count, "dialogs": dialogs}),
+        json!({"target": cli.target, "count": count, "dialogs": dialogs, "rate": rate}),
         figures,
         &[],
         "ms",
@@ -1352,7 +1370,11 @@ fn main() -> anyhow::Result<()> {
                 hold,
                 ..
             } => connections(&cli, &t, *count, *dialogs, *hold).await,
-            Scenario::Closes { count, dialogs } => closes(&cli, &t, *count, *dialogs).await,
+            Scenario::Closes {
+                count,
+                dialogs,
+                rate,
+            } => closes(&cli, &t, *count, *dialogs, *rate).await,
             Scenario::ConnectionsWorker {
                 plan,
                 count,
