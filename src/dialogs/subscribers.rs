@@ -294,14 +294,7 @@ mod tests {
     use super::*;
 
     fn change(n: u64) -> Arc<Change> {
-        Arc::new(Change {
-            first: n,
-            last: n,
-            event_id: format!("e{n}"),
-            deleted: false,
-            revision: None,
-            at: chrono::Utc::now(),
-        })
+        Change::numbered(n)
     }
 
     #[tokio::test]

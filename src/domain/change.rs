@@ -42,4 +42,17 @@ impl Change {
             at,
         })
     }
+
+    /// A change of the one event `n`, committed now: for the queue and encoding tests.
+    #[cfg(test)]
+    pub fn numbered(n: u64) -> Arc<Change> {
+        Arc::new(Change {
+            first: n,
+            last: n,
+            event_id: format!("e{n}"),
+            deleted: false,
+            revision: None,
+            at: Utc::now(),
+        })
+    }
 }

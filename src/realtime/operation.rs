@@ -175,14 +175,7 @@ mod tests {
     use crate::realtime::schema::PayloadField;
 
     fn change(n: u64) -> Arc<Change> {
-        Arc::new(Change {
-            first: n,
-            last: n,
-            event_id: format!("e{n}"),
-            deleted: false,
-            revision: None,
-            at: chrono::Utc::now(),
-        })
+        Change::numbered(n)
     }
 
     #[test]

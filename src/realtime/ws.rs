@@ -310,16 +310,13 @@ impl Outlet {
         let mut ops = self.ops.borrow_mut();
         for (id, op) in &ops.0 {
             let Op::Fast(fast) = op else { continue };
-            // Made on the first frame: most pumps find most subscriptions empty.
-            let mut id_json: Option<String> = None;
             let done = operation::drain(fast, Some(&self.latency), |payload| {
                 let kind = if payload.is_some() {
                     self.next
                 } else {
                     "complete"
                 };
-                let id_json = id_json.get_or_insert_with(|| Value::String(id.clone()).to_string());
-                frame(&self.wire, id_json, kind, payload);
+                frame(&self.wire, id, kind, payload);
             });
             if done {
                 ended.push(id.clone());
@@ -391,17 +388,27 @@ async fn next_result(resolving: &mut Option<Resolving>) -> Option<operation::OpR
     }
 }
 
-/// Queues one protocol message for operation `id_json` (the id as JSON). The payload is JSON
-/// text already: it is spliced in, not parsed again, and the message is framed straight into the
-/// socket's write buffer.
-fn frame(wire: &Wire, id_json: &str, kind: &str, payload: Option<&str>) {
+/// Queues one protocol message for operation `id`. The payload is JSON text already: it is
+/// spliced in, not parsed again, and the message is framed straight into the socket's write
+/// buffer. An id that needs no escaping (the usual case) is written as it is, with no string made
+/// per frame.
+fn frame(wire: &Wire, id: &str, kind: &str, payload: Option<&str>) {
     let (comma, payload) = match payload {
         Some(p) => (r#","payload":"#, p),
         None => ("", ""),
     };
+    let escaped;
+    let (quote, id) = if plain_in_json(id) {
+        ("\"", id)
+    } else {
+        escaped = Value::String(id.to_owned()).to_string();
+        ("", escaped.as_str())
+    };
     wire.text_parts(&[
         r#"{"id":"#,
-        id_json,
+        quote,
+        id,
+        quote,
         r#","type":""#,
         kind,
         "\"",
@@ -409,6 +416,11 @@ fn frame(wire: &Wire, id_json: &str, kind: &str, payload: Option<&str>) {
         payload,
         "}",
     ]);
+}
+
+/// Whether `s` is written in a JSON string as it is: no quote, backslash or control character.
+fn plain_in_json(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 /// The connection is gone: nothing can be written to it any more.
@@ -579,8 +591,7 @@ impl Connection {
         if !done && !self.outlet.ops.borrow().contains_key(&id) {
             return Ok(());
         }
-        let id_json = Value::String(id).to_string();
-        frame(&self.outlet.wire, &id_json, kind, payload);
+        frame(&self.outlet.wire, &id, kind, payload);
         self.outlet.wire.try_flush().map_err(|_| Gone)
     }
 
@@ -746,4 +757,20 @@ fn token_in_payload(payload: &Value) -> Option<String> {
         _ => raw.trim(),
     };
     (!token.is_empty()).then(|| token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_written_as_it_is_is_exactly_its_json_and_any_other_is_escaped() {
+        for id in ["1", "sub-ÆØÅ", "a b/c", "\u{7f}", "\u{2028}"] {
+            assert!(plain_in_json(id), "{id:?}");
+            assert_eq!(format!("\"{id}\""), Value::String(id.into()).to_string());
+        }
+        for id in ["a\"b", "a\\b", "tab\there", "\u{1}"] {
+            assert!(!plain_in_json(id), "{id:?}");
+        }
+    }
 }
