@@ -132,7 +132,7 @@ impl App {
                 }
                 Some(url) => {
                     let redis = Arc::new(
-                        RedisStore::new(url, &settings.redis.prefix, settings.events.retention)?
+                        RedisStore::new(&settings.redis, settings.events.retention)?
                             .with_partitions(settings.webhooks.partitions),
                     );
                     redis
@@ -142,7 +142,12 @@ impl App {
                     redis
                         .seed_policy(&settings.resources, &settings.delegations)
                         .await?;
-                    let bus = RedisBus::start(url, &settings.redis.prefix, redis.shared(), sink)?;
+                    let bus = RedisBus::start(
+                        &settings.redis,
+                        settings.webhooks.partitions,
+                        redis.shared(),
+                        sink,
+                    )?;
                     let keys = KeySource::new(&settings, Some(redis.clone()));
                     shared_redis = Some(redis.clone());
                     (redis, Arc::new(bus), keys)

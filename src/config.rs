@@ -80,9 +80,28 @@ pub struct LogSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// One Redis, or with `cluster` one or more comma-separated seed nodes of a Redis Cluster.
     #[serde(default)]
     pub url: Option<String>,
     pub prefix: String,
+    /// Redis Cluster: hash-tagged keys, partitioned logs and sharded pub/sub.
+    #[serde(default)]
+    pub cluster: bool,
+    /// A commit is answered only after this many replicas acknowledged it (`WAIT`).
+    #[serde(default)]
+    pub wait_replicas: u32,
+}
+
+impl RedisSettings {
+    /// The nodes `url` names: one, or a cluster's seeds.
+    pub fn seeds(&self) -> Vec<String> {
+        self.url
+            .iter()
+            .flat_map(|u| u.split(','))
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -389,12 +408,25 @@ impl Settings {
         {
             bail!("invalid configuration: public.base_url must start with http:// or https://");
         }
-        if let Some(url) = &self.redis.url
-            && !has_scheme(url, &["redis://", "rediss://", "redis+unix://"])
-        {
-            bail!(
-                "invalid configuration: redis.url must start with redis://, rediss:// or redis+unix://"
-            );
+        if self.redis.url.is_some() {
+            let seeds = self.redis.seeds();
+            if seeds.is_empty()
+                || seeds
+                    .iter()
+                    .any(|u| !has_scheme(u, &["redis://", "rediss://", "redis+unix://"]))
+            {
+                bail!(
+                    "invalid configuration: redis.url must start with redis://, rediss:// or redis+unix://"
+                );
+            }
+            if seeds.len() > 1 && !self.redis.cluster {
+                bail!(
+                    "invalid configuration: redis.url names several nodes; set redis.cluster = true for a Redis Cluster"
+                );
+            }
+        }
+        if self.redis.wait_replicas > 16 {
+            bail!("invalid configuration: redis.wait_replicas must be at most 16");
         }
         if self.redis.prefix.is_empty() {
             bail!("invalid configuration: redis.prefix must not be empty");
@@ -481,6 +513,33 @@ mod tests {
             (64, Duration::from_secs(5))
         );
         assert_eq!(d.webhooks.max_in_flight_per_node, 256);
+    }
+
+    #[test]
+    fn several_redis_seeds_need_cluster_mode_and_each_needs_a_scheme() {
+        let err =
+            Settings::from_toml("[redis]\nurl = \"redis://127.0.0.1:7000,redis://127.0.0.1:7001\"")
+                .expect_err("two nodes without cluster");
+        assert!(err.to_string().contains("redis.cluster"), "{err}");
+        let err = Settings::from_toml(
+            "[redis]\nurl = \"redis://127.0.0.1:7000,127.0.0.1:7001\"\ncluster = true",
+        )
+        .expect_err("a seed without scheme");
+        assert!(err.to_string().contains("redis.url"), "{err}");
+        let err = Settings::from_toml("[redis]\nwait_replicas = 17").expect_err("too many");
+        assert!(err.to_string().contains("redis.wait_replicas"), "{err}");
+        let s = Settings::from_toml(
+            "[redis]\nurl = \"redis://127.0.0.1:7000, redis://127.0.0.1:7001\"\ncluster = true\nwait_replicas = 1",
+        )
+        .expect("a cluster of two seeds");
+        assert_eq!(
+            s.redis.seeds(),
+            ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+        );
+        assert_eq!(s.redis.wait_replicas, 1);
+        let d = Settings::from_toml("").expect("defaults");
+        assert!(!d.redis.cluster);
+        assert_eq!(d.redis.wait_replicas, 0);
     }
 
     #[test]

@@ -170,12 +170,8 @@ fn token(
 fn key_source(settings: &Settings) -> anyhow::Result<KeySource> {
     let redis = match &settings.redis.url {
         Some(url) if settings.auth.keys_file.is_none() => Some(std::sync::Arc::new(
-            dialog_events::store::RedisStore::new(
-                url,
-                &settings.redis.prefix,
-                settings.events.retention,
-            )
-            .with_context(|| format!("failed to reach Redis at redis.url {url}"))?,
+            dialog_events::store::RedisStore::new(&settings.redis, settings.events.retention)
+                .with_context(|| format!("failed to reach Redis at redis.url {url}"))?,
         )),
         _ => None,
     };

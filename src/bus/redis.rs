@@ -1,14 +1,20 @@
-//! The Redis pub/sub bridge: one PUBLISH per committed change on channel `{prefix}:dialog:{id}`,
-//! and one dedicated subscriber connection per node that subscribes a dialog's channel while the
-//! node has local subscribers of it (batched SUBSCRIBE/UNSUBSCRIBE). The subscriber reconnects with
+//! The Redis pub/sub bridge: one PUBLISH per committed change on the dialog's channel, and one
+//! dedicated subscriber connection per node that subscribes a dialog's channel while the node has
+//! local subscribers of it (batched SUBSCRIBE/UNSUBSCRIBE). The subscriber reconnects with
 //! backoff, resubscribes, and reports `Reconnected` so dialog actors repair from the store's log.
+//!
+//! On a Redis Cluster the bridge uses sharded pub/sub: a change is published (SPUBLISH) only on
+//! the shard that owns its dialog's slot, and the subscriber (a cluster connection speaking RESP3)
+//! subscribes each channel (SSUBSCRIBE) on the shard that owns it. When a shard's connection
+//! drops, the connection resubscribes that shard's channels and the node repairs from the log.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::store::redis::SharedConnection;
+use crate::config::RedisSettings;
+use crate::store::redis::{SharedConnection, dialog_channel};
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -32,6 +38,8 @@ enum Interest {
 pub struct RedisBus {
     conn: Arc<SharedConnection>,
     prefix: String,
+    /// On a cluster, the partition count that places a dialog's channel in a slot.
+    cluster: Option<u16>,
     /// To the subscriber task; closed when the bus is dropped, which ends the task.
     interest: mpsc::UnboundedSender<Interest>,
     /// Whether the subscriber connection is up (readiness).
@@ -39,39 +47,68 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// Starts the subscriber task on the current actix system.
+    /// Starts the subscriber task on the current actix system; on a cluster, `partitions` (the
+    /// store's `webhooks.partitions`) places each dialog's channel in its partition's slot.
     pub fn start(
-        url: &str,
-        prefix: &str,
+        settings: &RedisSettings,
+        partitions: u16,
         conn: Arc<SharedConnection>,
         sink: EnvelopeSink,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("invalid configuration: redis.url: {e}"))?;
         let (interest, rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
-        actix_web::rt::spawn(subscriber(
-            client,
-            prefix.to_owned(),
-            rx,
-            sink,
-            connected.clone(),
-        ));
+        let prefix = settings.prefix.clone();
+        let cluster = settings.cluster.then_some(partitions);
+        if settings.cluster {
+            actix_web::rt::spawn(cluster_subscriber(
+                settings.seeds(),
+                Channels {
+                    prefix: prefix.clone(),
+                    cluster,
+                },
+                rx,
+                sink,
+                connected.clone(),
+            ));
+        } else {
+            let url = settings.seeds().into_iter().next().unwrap_or_default();
+            let client = redis::Client::open(url)
+                .map_err(|e| anyhow::anyhow!("invalid configuration: redis.url: {e}"))?;
+            actix_web::rt::spawn(subscriber(
+                client,
+                Channels {
+                    prefix: prefix.clone(),
+                    cluster: None,
+                },
+                rx,
+                sink,
+                connected.clone(),
+            ));
+        }
         Ok(RedisBus {
             conn,
-            prefix: prefix.to_owned(),
+            prefix,
+            cluster,
             interest,
             connected,
         })
     }
 
     fn channel(&self, dialog: Uuid) -> String {
-        channel(&self.prefix, dialog)
+        dialog_channel(&self.prefix, self.cluster, dialog)
     }
 }
 
-fn channel(prefix: &str, dialog: Uuid) -> String {
-    format!("{prefix}:dialog:{dialog}")
+/// Names the channels of dialogs.
+struct Channels {
+    prefix: String,
+    cluster: Option<u16>,
+}
+
+impl Channels {
+    fn of(&self, dialog: Uuid) -> String {
+        dialog_channel(&self.prefix, self.cluster, dialog)
+    }
 }
 
 #[async_trait]
@@ -82,17 +119,21 @@ impl Bus for RedisBus {
         let channel = self.channel(envelope.dialog_id);
         let send = async {
             let mut conn = self.conn.get().await.map_err(BusError::Unavailable)?;
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(payload)
-                .query_async::<i64>(&mut conn)
-                .await
-                .map_err(|e| {
-                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                        self.conn.forget();
-                    }
-                    BusError::Unavailable(e.to_string())
-                })
+            redis::cmd(if self.cluster.is_some() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            })
+            .arg(channel)
+            .arg(payload)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    self.conn.forget();
+                }
+                BusError::Unavailable(e.to_string())
+            })
         };
         match tokio::time::timeout(OP_TIMEOUT, send).await {
             Ok(result) => result.map(|_| ()),
@@ -129,7 +170,7 @@ impl Bus for RedisBus {
 /// Owns the node's subscriber connection for its whole life.
 async fn subscriber(
     client: redis::Client,
-    prefix: String,
+    channels: Channels,
     mut interest_rx: mpsc::UnboundedReceiver<Interest>,
     sink: EnvelopeSink,
     connected: Arc<AtomicBool>,
@@ -150,7 +191,7 @@ async fn subscriber(
             continue;
         };
         let (mut commands, mut messages) = pubsub.split();
-        let all: Vec<String> = interest.iter().map(|d| channel(&prefix, *d)).collect();
+        let all: Vec<String> = interest.iter().map(|d| channels.of(*d)).collect();
         if !all.is_empty() && commands.subscribe(all).await.is_err() {
             continue;
         }
@@ -178,8 +219,8 @@ async fn subscriber(
                     for c in changes {
                         apply(&mut interest, c);
                     }
-                    let added: Vec<String> = interest.difference(&before).map(|d| channel(&prefix, *d)).collect();
-                    let removed: Vec<String> = before.difference(&interest).map(|d| channel(&prefix, *d)).collect();
+                    let added: Vec<String> = interest.difference(&before).map(|d| channels.of(*d)).collect();
+                    let removed: Vec<String> = before.difference(&interest).map(|d| channels.of(*d)).collect();
                     if !added.is_empty() && commands.subscribe(added).await.is_err() {
                         break;
                     }
@@ -208,6 +249,131 @@ async fn subscriber(
         }
         connected.store(false, Ordering::Relaxed);
         tracing::warn!("redis bus connection lost; reconnecting");
+    }
+}
+
+/// The subscriber of a node on a Redis Cluster: one cluster connection (RESP3) whose pushes carry
+/// the sharded messages. The connection itself resubscribes a shard's channels after that shard's
+/// connection dropped or its slots moved; the node repairs from the log once it has.
+async fn cluster_subscriber(
+    seeds: Vec<String>,
+    channels: Channels,
+    mut interest_rx: mpsc::UnboundedReceiver<Interest>,
+    sink: EnvelopeSink,
+    connected: Arc<AtomicBool>,
+) {
+    let mut interest: HashSet<Uuid> = HashSet::new();
+    let mut backoff = BACKOFF_START;
+    let mut first = true;
+    loop {
+        let (tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
+        let client = redis::cluster::ClusterClientBuilder::new(seeds.clone())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .connection_timeout(OP_TIMEOUT)
+            .response_timeout(OP_TIMEOUT)
+            .push_sender(tx)
+            .build();
+        let connection = match client {
+            Ok(client) => tokio::time::timeout(OP_TIMEOUT, client.get_async_connection()).await,
+            Err(e) => {
+                tracing::error!(error = %e, "the redis cluster bus cannot start");
+                return;
+            }
+        };
+        while let Ok(i) = interest_rx.try_recv() {
+            apply(&mut interest, i);
+        }
+        let Ok(Ok(mut conn)) = connection else {
+            connected.store(false, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        };
+        let all: Vec<String> = interest.iter().map(|d| channels.of(*d)).collect();
+        if !all.is_empty() && conn.ssubscribe(all).await.is_err() {
+            continue;
+        }
+        connected.store(true, Ordering::Relaxed);
+        backoff = BACKOFF_START;
+        if !first {
+            tracing::info!("redis cluster bus reconnected; repairing live dialogs from the log");
+            if sink.send(BusEvent::Reconnected).is_err() {
+                return;
+            }
+        }
+        first = false;
+        // A shard's connection dropped: messages may have been lost until it is back.
+        let mut lost = false;
+        let mut health = tokio::time::interval(HEALTH_INTERVAL);
+        health.reset();
+        loop {
+            tokio::select! {
+                next = interest_rx.recv() => {
+                    let Some(i) = next else { return };
+                    let mut changes = vec![i];
+                    while let Ok(more) = interest_rx.try_recv() {
+                        changes.push(more);
+                    }
+                    let before = interest.clone();
+                    for c in changes {
+                        apply(&mut interest, c);
+                    }
+                    let added: Vec<String> = interest.difference(&before).map(|d| channels.of(*d)).collect();
+                    let removed: Vec<String> = before.difference(&interest).map(|d| channels.of(*d)).collect();
+                    if !added.is_empty() && conn.ssubscribe(added).await.is_err() {
+                        lost = true;
+                    }
+                    if !removed.is_empty() && conn.sunsubscribe(removed).await.is_err() {
+                        lost = true;
+                    }
+                }
+                push = pushes.recv() => {
+                    let Some(push) = push else { break };
+                    match push.kind {
+                        redis::PushKind::SMessage => {
+                            let Some(redis::Value::BulkString(payload)) = push.data.get(1) else {
+                                continue;
+                            };
+                            match serde_json::from_slice::<Envelope>(payload) {
+                                Ok(env) => {
+                                    if sink.send(BusEvent::Envelope(env)).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) => tracing::warn!(error = %e, "ignoring a malformed bus message"),
+                            }
+                        }
+                        redis::PushKind::Disconnection => {
+                            tracing::warn!("a redis cluster bus connection dropped; it resubscribes");
+                            lost = true;
+                        }
+                        redis::PushKind::SSubscribe if lost => {
+                            lost = false;
+                            if sink.send(BusEvent::Reconnected).is_err() {
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ = health.tick() => {
+                    let alive = tokio::time::timeout(OP_TIMEOUT, redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await;
+                    let up = matches!(alive, Ok(Ok(_)));
+                    connected.store(up, Ordering::Relaxed);
+                    if !up {
+                        lost = true;
+                    } else if lost {
+                        // Back, and resubscribed by now (or with nothing to resubscribe).
+                        lost = false;
+                        if sink.send(BusEvent::Reconnected).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        connected.store(false, Ordering::Relaxed);
+        tracing::warn!("redis cluster bus connection lost; reconnecting");
     }
 }
 

@@ -170,23 +170,49 @@ pub fn path_of(url: &str) -> String {
 
 /// Starts a node, on Redis when `shared` is given.
 pub async fn start_on(extra: &str, shared: Option<Shared>) -> TestNode {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = format!("data_dir = {:?}", dir.path().display().to_string());
     let redis = match &shared {
         Some(s) => format!("[redis]\nurl = {:?}\nprefix = {:?}", s.redis.url, s.prefix),
         None if memory_backend() => "[store]\nkind = \"memory\"".to_owned(),
         None => String::new(),
     };
-    let settings = Settings::from_toml_layers(&[&data_dir, &base_config(), &redis, extra])
+    start_with(extra, &redis, shared).await
+}
+
+/// Starts a node on a Redis Cluster (`redis.cluster = true`), its keys under `prefix`.
+pub async fn start_on_cluster(
+    cluster: &redis::RedisCluster,
+    prefix: &str,
+    extra: &str,
+) -> TestNode {
+    let redis = format!(
+        "[redis]\nurl = {:?}\nprefix = {prefix:?}\ncluster = true",
+        cluster.url()
+    );
+    let public = format!("[public]\nbase_url = {CLUSTER_BASE_URL:?}\n{extra}");
+    start_with(&public, &redis, None).await
+}
+
+async fn start_with(extra: &str, redis: &str, shared: Option<Shared>) -> TestNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = format!("data_dir = {:?}", dir.path().display().to_string());
+    let settings = Settings::from_toml_layers(&[&data_dir, &base_config(), redis, extra])
         .expect("test settings are valid");
+    let on_cluster = settings.redis.cluster;
+    let cluster_keys = on_cluster.then(|| {
+        (
+            settings.redis.url.clone().unwrap_or_default(),
+            settings.redis.prefix.clone(),
+        )
+    });
     dialog_events::telemetry::init(&settings.log);
     let app = App::build(settings).await.expect("node builds");
     let base = format!("http://{}", app.local_addr());
     let node_id = app.node_id().to_owned();
     let handle = app.stopper();
-    let keys = match &shared {
-        Some(s) => shared_keys(s).await,
-        None => KeyStore::load_or_create(dir.path()).expect("keys"),
+    let keys = match (&shared, cluster_keys) {
+        (Some(s), _) => shared_keys(s).await,
+        (None, Some((url, prefix))) => cluster_keys_of(&url, &prefix).await,
+        (None, None) => KeyStore::load_or_create(dir.path()).expect("keys"),
     };
     actix_web::rt::spawn(async move {
         let _ = app.run().await;
@@ -238,6 +264,22 @@ pub async fn shared_keys(s: &Shared) -> KeyStore {
         .query_async(&mut conn)
         .await
         .expect("keys in redis");
+    KeyStore::from_json(&json).expect("valid keys")
+}
+
+/// The keys the nodes of a Redis Cluster stored.
+async fn cluster_keys_of(seeds: &str, prefix: &str) -> KeyStore {
+    let client = ::redis::cluster::ClusterClient::new(seeds.split(',').collect::<Vec<_>>())
+        .expect("cluster seeds");
+    let mut conn = client
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    let json: String = ::redis::cmd("GET")
+        .arg(format!("{prefix}:keys"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys in the cluster");
     KeyStore::from_json(&json).expect("valid keys")
 }
 

@@ -20,11 +20,11 @@ impl ClusterStore for RedisStore {
         release: &[u16],
     ) -> Result<Claim, StoreError> {
         let mut inv = self.partitions.prepare_invoke();
-        inv.key(self.key("wmembers"))
+        inv.key(self.tagged("leases", "wmembers"))
             .arg(holder)
             .arg(ttl.as_millis() as u64)
             .arg(partitions)
-            .arg(self.key("lease:wp:"))
+            .arg(self.tagged("leases", "lease:wp:"))
             .arg(if taking { "1" } else { "0" });
         for n in release {
             inv.arg(n);
@@ -60,15 +60,46 @@ impl ClusterStore for RedisStore {
     }
 
     async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
-        let key = self.key(&format!("node:{}", node.id));
+        let key = self.tagged("nodes", &format!("node:{}", node.id));
         let json = serde_json::to_string(node).map_err(unavailable)?;
         let ms = ttl.as_millis() as u64;
-        self.with(|mut c| async move { c.pset_ex::<_, _, ()>(&key, json, ms).await })
-            .await
+        if !self.cluster {
+            return self
+                .with(|mut c| async move { c.pset_ex::<_, _, ()>(&key, json, ms).await })
+                .await;
+        }
+        // SCAN would visit one master only: on a cluster the live nodes are also listed in a
+        // sorted set (by when their entry lapses), in the same slot as their entries.
+        let (list, id) = (self.tagged("nodes", "nodes"), node.id.clone());
+        let until = Utc::now().timestamp_millis() + ms as i64;
+        self.with(|mut c| async move {
+            redis::pipe()
+                .pset_ex(&key, json, ms)
+                .ignore()
+                .zadd(&list, id, until)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        let keys = self.scan_keys(self.key("node:*")).await?;
+        let keys = if self.cluster {
+            let list = self.tagged("nodes", "nodes");
+            let now = Utc::now().timestamp_millis();
+            let ids: Vec<String> = self
+                .with(|mut c| async move {
+                    let _: i64 = c.zrembyscore(&list, "-inf", now).await?;
+                    c.zrange(&list, 0, -1).await
+                })
+                .await?;
+            ids.iter()
+                .map(|id| self.tagged("nodes", &format!("node:{id}")))
+                .collect()
+        } else {
+            self.scan_keys(self.key("node:*")).await?
+        };
         if keys.is_empty() {
             return Ok(Vec::new());
         }

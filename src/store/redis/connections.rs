@@ -78,7 +78,8 @@ impl ConnectionScripts {
 
 impl RedisStore {
     fn connections_key(&self, party: &str) -> String {
-        self.key(&format!("conns:{party}"))
+        // One slot for all parties on a cluster: a refresh sets many parties in one script.
+        self.tagged("conns", &format!("conns:{party}"))
     }
 
     /// Takes up to `want` of `party`'s `limit` connections for `node` (as many as the cluster has

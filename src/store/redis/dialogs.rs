@@ -30,6 +30,8 @@ impl DialogStore for RedisStore {
             (None, None) => (String::new(), String::new()),
         };
         let mut children = Children::of(commit.state.as_deref(), commit.children_before)?;
+        // Everything the commit touches lives in its dialog's partition (one slot on a cluster).
+        let n = self.dialog_partition(id);
         let new_seq = commit.expected_sequence + commit.events.len() as u64;
         let change = Change::of(
             &commit.events,
@@ -45,32 +47,29 @@ impl DialogStore for RedisStore {
             .iter()
             .map(|e| {
                 serde_json::to_string(e.as_ref())
-                    .map(|json| (json, self.event_key(&resource, &e.id)))
+                    .map(|json| (json, self.event_key(n, &resource, &e.id)))
                     .map_err(unavailable)
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Every event of a dialog belongs to the dialog's lanes, so to one partition.
-        let feed = self.feed_key(crate::domain::partition_of(
-            &id.to_string(),
-            self.partition_count,
-        ));
+        let feed = self.feed_key(n);
         loop {
             let mut inv = self.commit.prepare_invoke();
             for k in [
-                format!("d:{id}"),
-                format!("dlog:{id}"),
-                format!("dch:{id}"),
-                "idx".to_owned(),
-                format!("idx:r:{resource}"),
-                format!("idx:p:{party}"),
-                format!("log:{resource}"),
-                "held".to_owned(),
-                "heldc".to_owned(),
-                format!("hu:{id}"),
-                format!("da:{id}"),
-                format!("dt:{id}"),
+                self.dialog_key(id, "d"),
+                self.dialog_key(id, "dlog"),
+                self.dialog_key(id, "dch"),
+                self.part_key(n, "idx"),
+                self.part_key(n, &format!("idx:r:{resource}")),
+                self.part_key(n, &format!("idx:p:{party}")),
+                self.part_key(n, &format!("log:{resource}")),
+                self.part_key(n, "held"),
+                self.part_key(n, "heldc"),
+                self.dialog_key(id, "hu"),
+                self.dialog_key(id, "da"),
+                self.dialog_key(id, "dt"),
             ] {
-                inv.key(self.key(&k));
+                inv.key(k);
             }
             let hold_ms = commit.hold_until.map_or(0, |t| t.timestamp_millis().max(0));
             inv.arg(commit.expected_sequence)
@@ -98,15 +97,28 @@ impl DialogStore for RedisStore {
             for json in children.activities.iter().chain(&children.transmissions) {
                 inv.arg(json);
             }
-            match &commit.announce {
-                Some((channel, message)) => inv.arg(channel).arg(message.as_slice()),
-                None => inv.arg("").arg(""),
+            // With replicas to wait for, the change is announced only once they acknowledged it:
+            // a change lost with its master must never have reached a subscriber.
+            let announce = commit.announce.as_ref().filter(|_| self.wait_replicas == 0);
+            match announce {
+                Some((channel, message)) => inv
+                    .arg(self.publish_command())
+                    .arg(channel)
+                    .arg(message.as_slice()),
+                None => inv.arg("").arg("").arg(""),
             };
             let result: String = self
-                .with(|mut c| async move { inv.invoke_async(&mut c).await })
+                .invoke_replicated(&inv, &self.dialog_key(id, "d"))
                 .await?;
             return match result.as_str() {
-                "OK" => Ok(()),
+                "OK" => {
+                    if let Some((channel, message)) =
+                        commit.announce.as_ref().filter(|_| announce.is_none())
+                    {
+                        self.announce(channel, message).await;
+                    }
+                    Ok(())
+                }
                 "EXISTS" => Err(StoreError::AlreadyExists),
                 // Stored whole by an older version: write the lists in full this once.
                 "WHOLE" if !children.replace => {
@@ -120,40 +132,49 @@ impl DialogStore for RedisStore {
 
     async fn list_dialogs(&self, query: &DialogQuery) -> Result<Vec<Dialog>, StoreError> {
         let index = match (&query.resources, &query.parties) {
-            (_, Some(p)) if p.len() == 1 => self.key(&format!("idx:p:{}", p[0])),
-            (Some(r), _) if r.len() == 1 => self.key(&format!("idx:r:{}", r[0])),
-            _ => self.key("idx"),
+            (_, Some(p)) if p.len() == 1 => format!("idx:p:{}", p[0]),
+            (Some(r), _) if r.len() == 1 => format!("idx:r:{}", r[0]),
+            _ => "idx".to_owned(),
         };
+        // One index per partition on a cluster: each is read in id order and the pages merged.
+        let indexes: Vec<String> = self
+            .read_partitions()
+            .map(|n| self.part_key(n, &index))
+            .collect();
         let mut out = Vec::new();
         let mut cursor = query
             .after
             .map(|a| format!("({a}"))
             .unwrap_or_else(|| "-".to_owned());
         loop {
-            let (idx, from) = (index.clone(), cursor.clone());
-            let ids: Vec<String> = self
-                .with(|mut c| async move {
-                    redis::cmd("ZRANGEBYLEX")
-                        .arg(&idx)
-                        .arg(&from)
-                        .arg("+")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(LIST_BATCH)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
+            let mut pipe = redis::pipe();
+            for idx in &indexes {
+                pipe.cmd("ZRANGEBYLEX")
+                    .arg(idx)
+                    .arg(&cursor)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(LIST_BATCH);
+            }
+            let pages: Vec<Vec<String>> = self.query_spread(pipe).await?;
+            // The first LIST_BATCH ids of the union are exact: each index gave its first
+            // LIST_BATCH after the cursor.
+            let more = pages.iter().any(|p| p.len() == LIST_BATCH);
+            let mut ids: Vec<String> = pages.into_iter().flatten().collect();
+            ids.sort_unstable();
+            ids.truncate(LIST_BATCH);
             if ids.is_empty() {
                 return Ok(out);
             }
             let mut pipe = redis::pipe();
             for id in &ids {
+                let Ok(id) = Uuid::parse_str(id) else {
+                    continue;
+                };
                 self.read_dialog(&mut pipe, id);
             }
-            let rows: Vec<redis::Value> = self
-                .with(|mut c| async move { pipe.query_async(&mut c).await })
-                .await?;
+            let rows: Vec<redis::Value> = self.query_spread(pipe).await?;
             let mut rows = rows.into_iter();
             while let (Some(state), Some(activities), Some(transmissions)) =
                 (rows.next(), rows.next(), rows.next())
@@ -173,7 +194,7 @@ impl DialogStore for RedisStore {
                     }
                 }
             }
-            if ids.len() < LIST_BATCH {
+            if !more && ids.len() < LIST_BATCH {
                 return Ok(out);
             }
             cursor = format!("({}", ids.last().map(String::as_str).unwrap_or(""));
@@ -186,7 +207,7 @@ impl DialogStore for RedisStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<CloudEvent>>, StoreError> {
-        let key = self.key(&format!("dlog:{id}"));
+        let key = self.dialog_key(id, "dlog");
         let raw: Vec<String> = self
             .with(|mut c| async move { c.lrange(&key, 0, -1).await })
             .await?;
@@ -209,7 +230,7 @@ impl DialogStore for RedisStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<Change>>, StoreError> {
-        let key = self.key(&format!("dch:{id}"));
+        let key = self.dialog_key(id, "dch");
         // Readers want the tail (a gap of a few changes, a short resume): read backwards in growing
         // windows instead of the whole list.
         let mut window = TAIL_WINDOW;
@@ -309,10 +330,23 @@ fn assemble(
 }
 
 impl RedisStore {
+    /// Publishes a committed change to the other nodes; a failure only costs them a repair from
+    /// the log at the dialog's next change.
+    async fn announce(&self, channel: &str, message: &[u8]) {
+        let mut publish = redis::cmd(self.publish_command());
+        publish.arg(channel).arg(message);
+        let sent = self
+            .with(|mut c| async move { publish.query_async::<i64>(&mut c).await })
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "a committed change could not be announced");
+        }
+    }
+
     /// Queues the three reads of a dialog (`assemble` takes their answers).
-    fn read_dialog(&self, pipe: &mut redis::Pipeline, id: impl std::fmt::Display) {
-        pipe.hget(self.key(&format!("d:{id}")), "state")
-            .lrange(self.key(&format!("da:{id}")), 0, -1)
-            .lrange(self.key(&format!("dt:{id}")), 0, -1);
+    fn read_dialog(&self, pipe: &mut redis::Pipeline, id: Uuid) {
+        pipe.hget(self.dialog_key(id, "d"), "state")
+            .lrange(self.dialog_key(id, "da"), 0, -1)
+            .lrange(self.dialog_key(id, "dt"), 0, -1);
     }
 }

@@ -1,7 +1,7 @@
 //! `RedisStore`: the poll log per resource, the global log, held-back events and publish dedupe.
 
 use super::*;
-use crate::store::EventLog;
+use crate::store::{EventLog, RegistryStore};
 
 #[async_trait]
 impl EventLog for RedisStore {
@@ -10,9 +10,21 @@ impl EventLog for RedisStore {
         resource: &str,
         event_id: &str,
     ) -> Result<Option<LogPosition>, StoreError> {
-        let key = self.event_key(resource, event_id);
-        let sid: Option<String> = self.with(|mut c| async move { c.get(&key).await }).await?;
-        Ok(sid.as_deref().and_then(position_of))
+        if !self.cluster {
+            let key = self.event_key(0, resource, event_id);
+            let sid: Option<String> = self.with(|mut c| async move { c.get(&key).await }).await?;
+            return Ok(sid.as_deref().and_then(position_of));
+        }
+        // The event's partition is not known from its id: ask each partition.
+        let mut pipe = redis::pipe();
+        for n in self.read_partitions() {
+            pipe.get(self.event_key(n, resource, event_id));
+        }
+        let found: Vec<Option<String>> = self.query_spread(pipe).await?;
+        Ok(found
+            .iter()
+            .enumerate()
+            .find_map(|(n, sid)| spread_position(sid.as_deref()?, n as u16)))
     }
 
     async fn read_log(
@@ -22,7 +34,10 @@ impl EventLog for RedisStore {
         limit: usize,
         filter: EventFilter<'_>,
     ) -> Result<Vec<LogEntry>, StoreError> {
-        let key = self.key(&format!("log:{resource}"));
+        if self.cluster {
+            return self.read_spread_log(resource, after, limit, filter).await;
+        }
+        let key = self.part_key(0, &format!("log:{resource}"));
         let batch = (limit * 2).clamp(100, 2000);
         let mut from = if after == 0 {
             "-".to_owned()
@@ -72,31 +87,48 @@ impl EventLog for RedisStore {
         let json = serde_json::to_string(&event).map_err(unavailable)?;
         let mut inv = self.publish.prepare_invoke();
         let marker = tuple(&[&resource, &event.source, &event.id]);
-        inv.key(self.key(&format!("ext:{marker}")))
-            .key(self.key(&format!("log:{resource}")))
-            .key(self.event_key(&resource, &event.id))
-            .key(self.feed_of(&event))
+        // All in the partition of the event's lanes (one slot on a cluster).
+        let n = crate::domain::event_partition(&event, self.partition_count);
+        let first = self.part_key(n, &format!("ext:{marker}"));
+        inv.key(&first)
+            .key(self.part_key(n, &format!("log:{resource}")))
+            .key(self.event_key(n, &resource, &event.id))
+            .key(self.feed_key(n))
             .arg(json)
             .arg(self.retention_ms());
-        let added: i64 = self
-            .with(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await?;
+        let added: i64 = self.invoke_replicated(&inv, &first).await?;
         Ok(added == 1)
     }
 
     async fn release_due(&self, _now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let mut inv = self.release.prepare_invoke();
-        inv.key(self.key("held"))
-            .arg(self.feed_key(0))
-            .arg(self.retention_ms());
-        let n: i64 = self
-            .with(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await?;
-        Ok(n as usize)
+        let mut released = 0;
+        for n in self.read_partitions() {
+            let mut inv = self.release.prepare_invoke();
+            inv.key(self.part_key(n, "held"))
+                .arg(self.feed_key(n))
+                .arg(self.retention_ms());
+            let moved: i64 = self
+                .with(|mut c| async move { inv.invoke_async(&mut c).await })
+                .await?;
+            released += moved as usize;
+        }
+        Ok(released)
     }
 
     async fn prune_log(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
-        let mut keys = self.scan_keys(self.key("log:*")).await?;
+        let mut keys = if self.cluster {
+            // SCAN would visit one master only: the logs are those of the registered resources.
+            let policy = self.policy().await?;
+            let mut keys = Vec::new();
+            for r in policy.resources() {
+                for n in self.read_partitions() {
+                    keys.push(self.part_key(n, &format!("log:{}", r.id)));
+                }
+            }
+            keys
+        } else {
+            self.scan_keys(self.key("log:*")).await?
+        };
         keys.extend((0..self.partition_count).map(|n| self.feed_key(n)));
         let min_id = format!("{}-0", before.timestamp_millis().max(0));
         let mut pruned = 0usize;
@@ -142,9 +174,7 @@ impl EventLog for RedisStore {
                 .arg(limit);
         }
         type Entries = Vec<(String, Vec<(String, String)>)>;
-        let read: Vec<Entries> = self
-            .with(|mut c| async move { pipe.query_async(&mut c).await })
-            .await?;
+        let read: Vec<Entries> = self.query_spread(pipe).await?;
         let mut pages = Vec::with_capacity(from.len());
         for (&(partition, after), entries) in from.iter().zip(read) {
             let more = entries.len() == limit;
@@ -189,12 +219,100 @@ impl EventLog for RedisStore {
                 .arg(1);
         }
         type Entries = Vec<(String, Vec<(String, String)>)>;
-        let last: Vec<Entries> = self
-            .with(|mut c| async move { pipe.query_async(&mut c).await })
-            .await?;
+        let last: Vec<Entries> = self.query_spread(pipe).await?;
         Ok(last
             .iter()
             .map(|e| e.first().and_then(|(sid, _)| position_of(sid)).unwrap_or(0))
             .collect())
+    }
+}
+
+/// A stream's entries as XRANGE answers them.
+type Entries = Vec<(String, Vec<(String, String)>)>;
+
+impl RedisStore {
+    /// `read_log` on a cluster: the resource's log is one stream per partition. Each partition is
+    /// read with its master's clock; only entries older than the earliest of those clocks are
+    /// final (a later append to any partition gets a stream id at or after its master's clock),
+    /// so those are merged in position order and the rest wait for the next read. A reader's
+    /// positions therefore only grow, and nothing appended later can land behind one.
+    async fn read_spread_log(
+        &self,
+        resource: &str,
+        mut after: LogPosition,
+        limit: usize,
+        filter: EventFilter<'_>,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let per_partition = limit.clamp(16, 1000);
+        let mut out = Vec::new();
+        loop {
+            let (from_id, from_n) = spread_parts(after);
+            let reads = self.read_partitions().map(|n| {
+                let start = if after == 0 {
+                    "-".to_owned()
+                } else if n > from_n {
+                    from_id.clone()
+                } else {
+                    format!("({from_id}")
+                };
+                let key = self.part_key(n, &format!("log:{resource}"));
+                self.with(move |mut c| async move {
+                    redis::pipe()
+                        .cmd("TIME")
+                        .cmd("XRANGE")
+                        .arg(&key)
+                        .arg(&start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(per_partition)
+                        .query_async::<((u64, u64), Entries)>(&mut c)
+                        .await
+                })
+            });
+            let pages = futures::future::try_join_all(reads).await?;
+            // Positions below `bound` are all known: below every master's clock, and within the
+            // entries each full page returned.
+            let mut bound = LogPosition::MAX;
+            let mut full = false;
+            let mut entries = Vec::new();
+            for (n, ((secs, micros), page)) in pages.into_iter().enumerate() {
+                bound = bound.min(spread_floor(secs * 1000 + micros / 1000));
+                if page.len() == per_partition {
+                    full = true;
+                    if let Some(last) = page
+                        .last()
+                        .and_then(|(sid, _)| spread_position(sid, n as u16))
+                    {
+                        bound = bound.min(last + 1);
+                    }
+                }
+                for (sid, fields) in page {
+                    let Some(position) = spread_position(&sid, n as u16) else {
+                        continue;
+                    };
+                    if let Some((_, json)) = fields.into_iter().find(|(f, _)| f == "e") {
+                        entries.push((position, json));
+                    }
+                }
+            }
+            entries.retain(|(p, _)| *p > after && *p < bound);
+            entries.sort_unstable_by_key(|(p, _)| *p);
+            for (position, json) in entries {
+                let event: CloudEvent = serde_json::from_str(&json).map_err(unavailable)?;
+                if filter(&event) {
+                    out.push(LogEntry {
+                        position,
+                        event: Arc::new(event),
+                    });
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if !full || bound <= after + 1 {
+                return Ok(out);
+            }
+            after = bound - 1;
+        }
     }
 }

@@ -32,6 +32,7 @@
 //! - `{p}:node:{id}` a live node (expires unless refreshed)
 
 mod cluster;
+mod conn;
 mod connections;
 mod dialogs;
 mod log;
@@ -43,11 +44,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_redis::{Pool, Runtime};
 use redis::AsyncCommands;
 use uuid::Uuid;
 
+pub use conn::{Conn, SharedConnection};
+
 use super::prelude::RegistryStore;
+use crate::config::RedisSettings;
+
 use super::{Commit, DialogQuery, EventFilter, FeedPage, LogEntry, LogPosition, StoreError};
 use crate::domain::{
     Change, CloudEvent, DeadLetter, DelegationEntry, DeliveryRecord, Dialog, NodeInfo,
@@ -62,6 +66,8 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const TAIL_WINDOW: usize = 16;
 /// Webhook partitions of a store not told otherwise (`webhooks.partitions`' default).
 const DEFAULT_PARTITIONS: u16 = 64;
+/// How long a write waits for `redis.wait_replicas` replicas (ms).
+const WAIT_TIMEOUT_MS: u64 = 1000;
 /// Dialog ids fetched per round trip when listing.
 const LIST_BATCH: usize = 200;
 
@@ -74,7 +80,8 @@ const LIST_BATCH: usize = 200;
 /// the lists are rewritten whole, else appended to), 16 and 17 the stored activities and
 /// transmissions the new ones follow, 18 and 19 how many new activities ka and transmissions kt;
 /// then n pairs (event JSON, its event-position key), then ka activities, then kt transmissions,
-/// and last a channel and a message to PUBLISH once the commit is made ('' for none).
+/// and last the publish command (`PUBLISH`, or `SPUBLISH` on a cluster), a channel and a message
+/// to publish once the commit is made ('' for none).
 /// Returns OK, EXISTS, CONFLICT, or WHOLE (the stored dialog predates the lists: send it again
 /// with replace).
 const COMMIT_LUA: &str = r#"
@@ -143,7 +150,7 @@ if ARGV[5] == '1' and n > 0 then
     end
   end
 end
-if ARGV[#ARGV - 1] ~= '' then redis.call('PUBLISH', ARGV[#ARGV - 1], ARGV[#ARGV]) end
+if ARGV[#ARGV - 1] ~= '' then redis.call(ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]) end
 return 'OK'
 "#;
 
@@ -248,44 +255,6 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 "#;
 
-/// One multiplexed connection that every caller shares (redis-rs pipelines the commands of
-/// concurrent callers on it), taken out of the pool and replaced after a connection error. A pool
-/// checkout costs a round trip of its own (deadpool-redis checks each connection with UNWATCH and
-/// PING before handing it out): three per dialog write, more than the write itself. Nothing here
-/// uses WATCH/MULTI or blocking commands, which a shared connection could not serve.
-pub struct SharedConnection {
-    pool: Pool,
-    current: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
-}
-
-impl SharedConnection {
-    fn new(pool: Pool) -> Self {
-        SharedConnection {
-            pool,
-            current: std::sync::Mutex::new(None),
-        }
-    }
-
-    fn current(&self) -> std::sync::MutexGuard<'_, Option<redis::aio::MultiplexedConnection>> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The shared connection, connecting first when there is none.
-    pub async fn get(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        if let Some(c) = self.current().clone() {
-            return Ok(c);
-        }
-        let taken =
-            deadpool_redis::Connection::take(self.pool.get().await.map_err(|e| e.to_string())?);
-        Ok(self.current().get_or_insert(taken).clone())
-    }
-
-    /// After an error that may have broken the connection: the next call connects again.
-    pub fn forget(&self) {
-        self.current().take();
-    }
-}
-
 /// How long a policy read serves while `policy:ver` stays the same (a safety net for edits made
 /// to the registry keys by hand, which do not count the version up).
 const POLICY_MAX_AGE: Duration = Duration::from_secs(5);
@@ -306,6 +275,10 @@ pub struct RedisStore {
     partition_count: u16,
     swap: redis::Script,
     connections: connections::ConnectionScripts,
+    /// Redis Cluster (`redis.cluster`): keys carry hash tags, logs are split by partition.
+    cluster: bool,
+    /// Replicas a commit waits for (`redis.wait_replicas`).
+    wait_replicas: u32,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -316,6 +289,19 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 fn position_of(stream_id: &str) -> Option<LogPosition> {
     let (ms, seq) = stream_id.split_once('-')?;
     Some((ms.parse::<u64>().ok()? << 20) | seq.parse::<u64>().ok()?)
+}
+
+/// The channel a dialog's changes are published on: `{prefix}:dialog:{id}` on one Redis; on a
+/// cluster (`partitions` given) `{prefix}:{w<n>}:dialog:{id}`, in the slot of the dialog's
+/// partition, so the commit script can publish it (sharded) on the shard it runs on.
+pub fn dialog_channel(prefix: &str, partitions: Option<u16>, dialog: Uuid) -> String {
+    match partitions {
+        Some(count) => format!(
+            "{prefix}:{{w{}}}:dialog:{dialog}",
+            crate::domain::partition_of(&dialog.to_string(), count)
+        ),
+        None => format!("{prefix}:dialog:{dialog}"),
+    }
 }
 
 /// A key part made of several strings that no choice of strings can make ambiguous: each part is
@@ -330,25 +316,48 @@ fn tuple(parts: &[&str]) -> String {
     out
 }
 
+/// On a cluster a resource's poll log is one stream per partition, and a position names both the
+/// entry's stream id and its partition: `(ms - SPREAD_EPOCH_MS) << 23 | seq << 12 | partition`
+/// (41 bits of milliseconds from 2025 reach into 2094). One stream takes
+/// fewer than 2,048 entries in a millisecond (a shard's own rate is far below 2 million a second)
+/// and `webhooks.partitions` is at most 4,096, so positions order as (ms, seq, partition).
+fn spread_position(stream_id: &str, partition: u16) -> Option<LogPosition> {
+    let (ms, seq) = stream_id.split_once('-')?;
+    let ms = ms.parse::<u64>().ok()?.checked_sub(SPREAD_EPOCH_MS)?;
+    let seq = seq.parse::<u64>().ok()?.min(0x7FF);
+    Some((ms << 23) | (seq << 12) | u64::from(partition & 0xFFF))
+}
+
+/// 2025-01-01T00:00:00Z: spread positions count milliseconds from here.
+const SPREAD_EPOCH_MS: u64 = 1_735_689_600_000;
+
+/// The first spread position of millisecond `ms` (a Redis clock reading).
+fn spread_floor(ms: u64) -> LogPosition {
+    ms.saturating_sub(SPREAD_EPOCH_MS) << 23
+}
+
+/// A spread position's stream id and partition.
+fn spread_parts(position: LogPosition) -> (String, u16) {
+    (
+        format!(
+            "{}-{}",
+            (position >> 23) + SPREAD_EPOCH_MS,
+            (position >> 12) & 0x7FF
+        ),
+        (position & 0xFFF) as u16,
+    )
+}
+
 fn stream_id_of(position: LogPosition) -> String {
     format!("{}-{}", position >> 20, position & 0xF_FFFF)
 }
 
 impl RedisStore {
-    pub fn new(url: &str, prefix: &str, retention: Duration) -> anyhow::Result<Self> {
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(64);
-        pool_cfg.timeouts.wait = Some(OP_TIMEOUT);
-        pool_cfg.timeouts.create = Some(OP_TIMEOUT);
-        pool_cfg.timeouts.recycle = Some(OP_TIMEOUT);
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| anyhow::anyhow!("invalid configuration: redis.url: {e}"))?;
+    pub fn new(settings: &RedisSettings, retention: Duration) -> anyhow::Result<Self> {
         Ok(RedisStore {
-            shared: Arc::new(SharedConnection::new(pool)),
+            shared: Arc::new(SharedConnection::new(settings)?),
             policy: std::sync::Mutex::new(None),
-            prefix: prefix.to_owned(),
+            prefix: settings.prefix.clone(),
             retention,
             commit: redis::Script::new(COMMIT_LUA),
             release: redis::Script::new(RELEASE_LUA),
@@ -357,6 +366,8 @@ impl RedisStore {
             partition_count: DEFAULT_PARTITIONS,
             swap: redis::Script::new(SWAP_LUA),
             connections: connections::ConnectionScripts::new(),
+            cluster: settings.cluster,
+            wait_replicas: settings.wait_replicas,
         })
     }
 
@@ -368,12 +379,7 @@ impl RedisStore {
 
     /// The feed of webhook partition `n`.
     fn feed_key(&self, n: u16) -> String {
-        self.key(&format!("wf:{n}"))
-    }
-
-    /// The feed `event` goes to.
-    fn feed_of(&self, event: &CloudEvent) -> String {
-        self.feed_key(crate::domain::event_partition(event, self.partition_count))
+        self.part_key(n, &format!("wf:{n}"))
     }
 
     fn policy_cache(&self) -> std::sync::MutexGuard<'_, PolicyCache> {
@@ -385,20 +391,125 @@ impl RedisStore {
         self.shared.clone()
     }
 
+    /// A key of its own (no script or transaction touches it together with another).
     fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.prefix)
     }
 
-    /// Where an event's position in its resource's log is kept.
-    fn event_key(&self, resource: &str, event_id: &str) -> String {
-        self.key(&format!("ev:{}", tuple(&[resource, event_id])))
+    /// A key of group `tag`: on a cluster every key of one tag lives in one hash slot; on one
+    /// Redis the tag is not written (the layout of a single Redis is unchanged).
+    fn tagged(&self, tag: &str, rest: &str) -> String {
+        if self.cluster {
+            format!("{}:{{{tag}}}:{rest}", self.prefix)
+        } else {
+            self.key(rest)
+        }
+    }
+
+    /// A key of partition `n` (its log, index, held-back events and feed); on one Redis there is
+    /// one of each for all partitions, except the feeds, which are per partition everywhere.
+    fn part_key(&self, n: u16, rest: &str) -> String {
+        self.tagged(&format!("w{n}"), rest)
+    }
+
+    /// The partition a dialog's keys, its events and its channel belong to.
+    pub(super) fn dialog_partition(&self, id: Uuid) -> u16 {
+        crate::domain::partition_of(&id.to_string(), self.partition_count)
+    }
+
+    /// A key of dialog `id` (`kind` `d`, `dlog`, `dch`, `da`, `dt`, `hu`), in its partition's slot.
+    fn dialog_key(&self, id: Uuid, kind: &str) -> String {
+        self.part_key(self.dialog_partition(id), &format!("{kind}:{id}"))
+    }
+
+    /// The partitions whose keys a cross-dialog read visits: all on a cluster, else the one set.
+    fn read_partitions(&self) -> std::ops::Range<u16> {
+        if self.cluster {
+            0..self.partition_count
+        } else {
+            0..1
+        }
+    }
+
+    /// Where an event's position in its resource's log (of partition `n`) is kept.
+    fn event_key(&self, n: u16, resource: &str, event_id: &str) -> String {
+        self.part_key(n, &format!("ev:{}", tuple(&[resource, event_id])))
+    }
+
+    /// `PUBLISH` on one Redis; `SPUBLISH` on a cluster, which reaches only the channel's shard.
+    pub(super) fn publish_command(&self) -> &'static str {
+        if self.cluster { "SPUBLISH" } else { "PUBLISH" }
+    }
+
+    /// Runs a write script. With `redis.wait_replicas`, answers only once that many replicas of
+    /// the master that ran it (the one holding `key`) acknowledged it (`WAIT`); fewer in time is
+    /// an error, as the write might not survive a failover.
+    async fn invoke_replicated<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        key: &str,
+    ) -> Result<T, StoreError> {
+        let out: T = self
+            .with(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        if self.wait_replicas == 0 {
+            return Ok(out);
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.wait_replicas).arg(WAIT_TIMEOUT_MS);
+        let route = redis::cluster_routing::RoutingInfo::SingleNode(
+            redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(
+                redis::cluster_routing::Route::with_key(
+                    key,
+                    redis::cluster_routing::SlotAddr::Master,
+                ),
+            ),
+        );
+        let acked: i64 = self
+            .with(|c| async move {
+                match c {
+                    Conn::Single(mut c) => wait.query_async(&mut c).await,
+                    Conn::Cluster(mut c) => {
+                        let v = c.route_command(wait, route).await?;
+                        redis::from_redis_value::<i64>(v).map_err(redis::RedisError::from)
+                    }
+                }
+            })
+            .await?;
+        if acked < i64::from(self.wait_replicas) {
+            return Err(unavailable(format!(
+                "the write reached {acked} of {} replicas in time",
+                self.wait_replicas
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Runs every command of `pipe` and parses their answers as one pipeline's: on one Redis as
+    /// one pipeline, on a cluster each command on its own, concurrently (a pipeline must keep to
+    /// one slot there), which the cluster connection sends to each master back to back.
+    async fn query_spread<T: redis::FromRedisValue>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        if !self.cluster {
+            return self
+                .with(|mut c| async move { pipe.query_async(&mut c).await })
+                .await;
+        }
+        let answers = futures::future::try_join_all(pipe.cmd_iter().map(|cmd| {
+            let cmd = cmd.clone();
+            self.with(|mut c| async move { cmd.query_async::<redis::Value>(&mut c).await })
+        }))
+        .await?;
+        redis::from_redis_value(redis::Value::Array(answers)).map_err(unavailable)
     }
 
     /// Runs `f` on the shared connection under the operation timeout; a connection error or a
     /// timeout makes the next call connect again.
     async fn with<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let run = async {
@@ -480,6 +591,21 @@ mod tests {
         let c = position_of("1700000000001-0").expect("id");
         assert!(a < b && b < c);
         assert_eq!(stream_id_of(b), "1700000000000-7");
+    }
+
+    #[test]
+    fn spread_positions_order_by_time_then_sequence_then_partition_and_round_trip() {
+        let a = spread_position("1780000000000-5", 63).expect("id");
+        let b = spread_position("1780000000000-6", 0).expect("id");
+        let c = spread_position("1780000000000-6", 1).expect("id");
+        let d = spread_position("1780000000001-0", 0).expect("id");
+        assert!(a < b && b < c && c < d);
+        assert_eq!(spread_parts(a), ("1780000000000-5".to_owned(), 63));
+        assert_eq!(spread_parts(c), ("1780000000000-6".to_owned(), 1));
+        // A date far ahead still fits: 2090-01-01 in ms.
+        let late = spread_position("3786825600000-2047", 4095).expect("id");
+        assert_eq!(spread_parts(late), ("3786825600000-2047".to_owned(), 4095));
+        assert!(spread_floor(1_780_000_000_000) <= a && d < spread_floor(1_780_000_000_002));
     }
 
     #[test]

@@ -8,7 +8,7 @@ impl RegistryStore for RedisStore {
     async fn policy(&self) -> Result<Arc<Policy>, StoreError> {
         // Every change of the registry or the delegations counts `policy:ver` up after it is
         // written, so the policy read with a version is at least as new as that version.
-        let ver = self.key("policy:ver");
+        let ver = self.tagged("policy", "policy:ver");
         let now: Option<u64> = {
             let ver = ver.clone();
             self.with(|mut c| async move { c.get(&ver).await }).await?
@@ -19,7 +19,7 @@ impl RegistryStore for RedisStore {
         {
             return Ok(policy.clone());
         }
-        let (res, dlg) = (self.key("res"), self.key("dlg"));
+        let (res, dlg) = (self.tagged("policy", "res"), self.tagged("policy", "dlg"));
         let (version, resources, delegations): (Option<u64>, Vec<String>, Vec<String>) = self
             .with(|mut c| async move {
                 redis::pipe()
@@ -47,7 +47,7 @@ impl RegistryStore for RedisStore {
         let json = serde_json::to_string(&entry).map_err(unavailable)?;
         let mut change = redis::cmd("HSET");
         change
-            .arg(self.key("res"))
+            .arg(self.tagged("policy", "res"))
             .arg(entry.id.to_string())
             .arg(json);
         self.change_policy(change).await.map(|_| ())
@@ -55,21 +55,21 @@ impl RegistryStore for RedisStore {
 
     async fn delete_resource(&self, id: &ResourceUrn) -> Result<bool, StoreError> {
         let mut change = redis::cmd("HDEL");
-        change.arg(self.key("res")).arg(id.to_string());
+        change.arg(self.tagged("policy", "res")).arg(id.to_string());
         Ok(self.change_policy(change).await? > 0)
     }
 
     async fn add_delegation(&self, entry: DelegationEntry) -> Result<(), StoreError> {
         let json = serde_json::to_string(&entry).map_err(unavailable)?;
         let mut change = redis::cmd("SADD");
-        change.arg(self.key("dlg")).arg(json);
+        change.arg(self.tagged("policy", "dlg")).arg(json);
         self.change_policy(change).await.map(|_| ())
     }
 
     async fn remove_delegation(&self, entry: &DelegationEntry) -> Result<bool, StoreError> {
         let json = serde_json::to_string(entry).map_err(unavailable)?;
         let mut change = redis::cmd("SREM");
-        change.arg(self.key("dlg")).arg(json);
+        change.arg(self.tagged("policy", "dlg")).arg(json);
         Ok(self.change_policy(change).await? > 0)
     }
 }
@@ -78,7 +78,7 @@ impl RedisStore {
     /// Runs `change` (a write to the registry or the delegations) and counts `policy:ver` up in
     /// the same MULTI, after it; returns what `change` answered (the number it added or removed).
     async fn change_policy(&self, change: redis::Cmd) -> Result<i64, StoreError> {
-        let ver = self.key("policy:ver");
+        let ver = self.tagged("policy", "policy:ver");
         let (n,): (i64,) = self
             .with(|mut c| async move {
                 redis::pipe()

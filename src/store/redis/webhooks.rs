@@ -198,6 +198,10 @@ impl WebhookStore for RedisStore {
         &self,
         partitions: u16,
     ) -> Result<Option<LogPosition>, StoreError> {
+        if self.cluster {
+            // Partitions came before cluster mode: a cluster never held an unpartitioned feed.
+            return Ok(None);
+        }
         // One node adopts; a node starting beside it waits for it to finish.
         let marker = self.key("adopting");
         let me = Uuid::now_v7().to_string();
@@ -232,7 +236,7 @@ impl WebhookStore for RedisStore {
 impl RedisStore {
     /// The hash of partition `n`'s unfinished deliveries.
     fn pending_key(&self, n: u16) -> String {
-        self.key(&format!("pending:{n}"))
+        self.part_key(n, &format!("pending:{n}"))
     }
 
     /// `adopt_unpartitioned` under its marker: the old `pending` hash is filed by partition, and

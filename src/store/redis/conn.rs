@@ -1,0 +1,117 @@
+//! The one connection every command of a node shares: a multiplexed connection to a single Redis,
+//! or a cluster connection (one multiplexed connection per master, following MOVED and ASK and
+//! refreshing the slot map on its own after a failover).
+
+use deadpool_redis::Runtime;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use super::OP_TIMEOUT;
+use crate::config::RedisSettings;
+
+/// A connection to one Redis or to a Redis Cluster; cheap to clone (a handle).
+#[derive(Clone)]
+pub enum Conn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Pool {
+    Single(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// One connection that every caller shares (redis-rs pipelines the commands of concurrent
+/// callers on it), taken out of the pool and replaced after a connection error. A pool checkout
+/// costs a round trip of its own (deadpool-redis checks each connection before handing it out):
+/// three per dialog write, more than the write itself. Nothing here uses WATCH/MULTI across
+/// calls or blocking commands, which a shared connection could not serve.
+pub struct SharedConnection {
+    pool: Pool,
+    current: std::sync::Mutex<Option<Conn>>,
+}
+
+impl SharedConnection {
+    pub(super) fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
+        let invalid =
+            |e: &dyn std::fmt::Display| anyhow::anyhow!("invalid configuration: redis.url: {e}");
+        let mut pool_cfg = deadpool_redis::PoolConfig::new(4);
+        pool_cfg.timeouts.wait = Some(OP_TIMEOUT);
+        pool_cfg.timeouts.create = Some(OP_TIMEOUT);
+        pool_cfg.timeouts.recycle = Some(OP_TIMEOUT);
+        let seeds = settings.seeds();
+        let pool = if settings.cluster {
+            let mut cfg = deadpool_redis::cluster::Config::from_urls(seeds);
+            cfg.pool = Some(pool_cfg);
+            Pool::Cluster(
+                cfg.create_pool(Some(Runtime::Tokio1))
+                    .map_err(|e| invalid(&e))?,
+            )
+        } else {
+            let url = seeds.first().cloned().unwrap_or_default();
+            let mut cfg = deadpool_redis::Config::from_url(url);
+            cfg.pool = Some(pool_cfg);
+            Pool::Single(
+                cfg.create_pool(Some(Runtime::Tokio1))
+                    .map_err(|e| invalid(&e))?,
+            )
+        };
+        Ok(SharedConnection {
+            pool,
+            current: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared connection, connecting first when there is none.
+    pub async fn get(&self) -> Result<Conn, String> {
+        if let Some(c) = self.current().clone() {
+            return Ok(c);
+        }
+        let taken = match &self.pool {
+            Pool::Single(p) => Conn::Single(deadpool_redis::Connection::take(
+                p.get().await.map_err(|e| e.to_string())?,
+            )),
+            Pool::Cluster(p) => Conn::Cluster(deadpool_redis::cluster::Connection::take(
+                p.get().await.map_err(|e| e.to_string())?,
+            )),
+        };
+        Ok(self.current().get_or_insert(taken).clone())
+    }
+
+    /// After an error that may have broken the connection: the next call connects again.
+    pub fn forget(&self) {
+        self.current().take();
+    }
+}

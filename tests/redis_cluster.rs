@@ -1,0 +1,364 @@
+//! Nodes on a real Redis Cluster (three masters, one replica each, `redis.cluster = true`):
+//! one gap-free order across nodes, keys and sharded channels spread over the masters, the poll
+//! log read across partitions in one order, and a master's failover loses no acknowledged write.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::realtime::*;
+use common::redis::{RedisCluster, cli};
+use common::*;
+use serde_json::{Value, json};
+
+async fn add_activity(node: &TestNode, id: &str) -> u16 {
+    node.post(
+        &format!("/api/v1/serviceowner/dialogs/{id}/activities"),
+        &node.tokens.owner_a,
+        &json!({"type": "Information"}),
+    )
+    .await
+    .status
+    .as_u16()
+}
+
+/// Reads `n` payloads and returns their sequences.
+async fn sequences(client: &mut WsClient, n: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ev = client.event().await;
+        out.push(ev["sequence"].as_i64().expect("sequence"));
+    }
+    out
+}
+
+fn prefix() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates `n` dialogs through `nodes` in turn, 16 at a time.
+async fn create_dialogs(nodes: &[TestNode], n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    let body = dialog_body();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let made = chunk
+            .iter()
+            .map(|i| nodes[i % nodes.len()].create_dialog(&body));
+        ids.extend(futures::future::join_all(made).await);
+    }
+    ids
+}
+
+#[actix_web::test]
+async fn two_nodes_on_a_cluster_keep_one_order_and_spread_keys_and_channels_over_the_masters() {
+    let cluster = Arc::new(RedisCluster::start());
+    let prefix = prefix();
+    let nodes = vec![
+        start_on_cluster(&cluster, &prefix, "").await,
+        start_on_cluster(&cluster, &prefix, "").await,
+    ];
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // Keys spread: every master holds a share of 1,000 dialogs' keys.
+    let ids = create_dialogs(&nodes, 1000).await;
+    assert_eq!(ids.len(), 1000);
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+    let sizes: Vec<u64> = masters
+        .iter()
+        .map(|p| {
+            cli(*p, &["DBSIZE"])
+                .and_then(|s| s.parse().ok())
+                .expect("DBSIZE")
+        })
+        .collect();
+    let total: u64 = sizes.iter().sum();
+    assert!(total > 3000, "a dialog has several keys: {sizes:?}");
+    for s in &sizes {
+        assert!(
+            *s * 10 > total,
+            "each master holds a share of the keys: {sizes:?}"
+        );
+    }
+
+    // Sharded pub/sub: the node's subscriptions are spread over the shards, each channel on
+    // exactly one shard (not broadcast to all).
+    let watched: Vec<&String> = ids.iter().take(30).collect();
+    let mut clients = Vec::new();
+    for (i, id) in watched.iter().enumerate() {
+        let token = dialog_token(a, id).await;
+        clients.push(WsClient::subscribed(b, &token, "s", id, None, i as i64 + 1).await);
+    }
+    let per_master: Vec<usize> = masters
+        .iter()
+        .map(|p| {
+            cli(*p, &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*")])
+                .map(|s| s.lines().filter(|l| !l.is_empty()).count())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(per_master.iter().sum::<usize>(), 30, "{per_master:?}");
+    assert!(per_master.iter().all(|n| *n > 0), "{per_master:?}");
+    let plain =
+        cli(masters[0], &["PUBSUB", "CHANNELS", &format!("{prefix}:*")]).unwrap_or_default();
+    assert!(
+        plain.is_empty(),
+        "no plain pub/sub channel on a cluster: {plain}"
+    );
+    drop(clients);
+    wait_subscriptions(b, 0).await;
+
+    // One gap-free order across nodes: writers on both, subscribers on both.
+    let id = &ids[0];
+    let token = dialog_token(a, id).await;
+    let mut subs = Vec::new();
+    for node in &nodes {
+        subs.push(WsClient::subscribed(node, &token, "s", id, None, 1).await);
+    }
+    let per_node = 100;
+    let writers = nodes.iter().map(|n| async move {
+        for _ in 0..per_node {
+            assert_eq!(add_activity(n, id).await, 201);
+        }
+    });
+    let readers = subs.iter_mut().map(|c| sequences(c, 2 * per_node));
+    let (_, received) = futures::future::join(
+        futures::future::join_all(writers),
+        futures::future::join_all(readers),
+    )
+    .await;
+    let expected: Vec<i64> = (0..2 * per_node as i64).map(|i| 3 + 2 * i).collect();
+    for (i, seqs) in received.iter().enumerate() {
+        assert_eq!(seqs, &expected, "subscriber on node {i}");
+    }
+    let logged: Vec<u64> = b
+        .dialog_events(id)
+        .await
+        .iter()
+        .map(|e| e["dialogsequence"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(logged, (1..=1 + 4 * per_node as u64).collect::<Vec<_>>());
+}
+
+#[actix_web::test]
+async fn the_poll_api_on_a_cluster_reads_every_partition_in_one_order_that_only_moves_forward() {
+    let cluster = Arc::new(RedisCluster::start());
+    let prefix = prefix();
+    let hooks =
+        "[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = \"20ms\"";
+    let nodes = vec![
+        start_on_cluster(&cluster, &prefix, hooks).await,
+        start_on_cluster(&cluster, &prefix, hooks).await,
+    ];
+    // A webhook subscriber gets the events of every partition, whichever node owns it.
+    let rx = common::receiver::Receiver::start().await;
+    let r = nodes[0]
+        .post(
+            "/events/api/v1/subscriptions",
+            &nodes[0].tokens.owner_a,
+            &json!({"endPoint": rx.url, "resourceFilter": RESOURCE}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let sub = r.body["id"].as_str().expect("id").to_owned();
+    eventually(
+        Duration::from_secs(20),
+        "the subscription to be validated",
+        || async {
+            nodes[0]
+                .get(
+                    &format!("/events/api/v1/subscriptions/{sub}"),
+                    &nodes[0].tokens.owner_a,
+                )
+                .await
+                .body["validated"]
+                == true
+        },
+    )
+    .await;
+    let ids = create_dialogs(&nodes, 40).await;
+    for (i, id) in ids.iter().enumerate() {
+        for _ in 0..i % 3 {
+            assert_eq!(add_activity(&nodes[i % 2], id).await, 201);
+        }
+    }
+    let token = nodes[0].tokens.owner_a.clone();
+    let all = nodes[0].poll_all(&token, "").await;
+    // Every dialog's events, each once, in its own order: 1 ..= 1 + 2 × its activities.
+    let mut per_dialog: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in &all {
+        per_dialog
+            .entry(e["resourceinstance"].as_str().expect("dialog").to_owned())
+            .or_default()
+            .push(e["dialogsequence"].as_u64().expect("seq"));
+    }
+    assert_eq!(per_dialog.len(), 40);
+    for (i, id) in ids.iter().enumerate() {
+        let last = 1 + 2 * (i % 3) as u64;
+        assert_eq!(per_dialog[id], (1..=last).collect::<Vec<_>>(), "dialog {i}");
+    }
+    let polled: std::collections::HashSet<String> = all
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect();
+    eventually(
+        Duration::from_secs(20),
+        "every polled event pushed",
+        || async {
+            let pushed: std::collections::HashSet<String> = rx
+                .events()
+                .iter()
+                .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            pushed == polled
+        },
+    )
+    .await;
+    assert_eq!(rx.events().len(), polled.len(), "each pushed once");
+    // Small pages give the same order, page by page on alternating nodes.
+    let mut paged: Vec<Value> = Vec::new();
+    let mut path = format!("/events/api/v1/events?resource={RESOURCE}&after=0&size=7");
+    for turn in 0.. {
+        let r = nodes[turn % 2].get(&path, &token).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+        let page = r.body.as_array().expect("page").clone();
+        path = path_of(&r.header("next").expect("next"));
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    let ids_of = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| e["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    assert_eq!(ids_of(&paged), ids_of(&all));
+    // Later events come after the last page, never behind it.
+    for id in ids.iter().take(10) {
+        assert_eq!(add_activity(&nodes[1], id).await, 201);
+    }
+    let mut later = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while later.len() < 20 && std::time::Instant::now() < deadline {
+        let r = nodes[0].get(&path, &token).await;
+        let page = r.body.as_array().expect("page").clone();
+        path = path_of(&r.header("next").expect("next"));
+        later.extend(page);
+    }
+    assert_eq!(later.len(), 20, "the ten new changes' events");
+    let seen: std::collections::HashSet<String> = ids_of(&all).into_iter().collect();
+    assert!(ids_of(&later).iter().all(|id| !seen.contains(id)));
+}
+
+#[actix_web::test]
+async fn a_master_killed_during_writes_with_wait_replicas_loses_no_acknowledged_write() {
+    let cluster = Arc::new(RedisCluster::start());
+    let prefix = prefix();
+    let extra = "[redis]\nwait_replicas = 1";
+    let nodes = vec![
+        start_on_cluster(&cluster, &prefix, extra).await,
+        start_on_cluster(&cluster, &prefix, extra).await,
+    ];
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let ids = create_dialogs(&nodes, 12).await;
+    let watched = &ids[0];
+    let token = dialog_token(a, watched).await;
+    let mut sub = WsClient::subscribed(b, &token, "s", watched, None, 1).await;
+
+    // Twelve writers (one per dialog) for six seconds; a master dies after one.
+    let stop_at = std::time::Instant::now() + Duration::from_secs(6);
+    let writers = ids.iter().enumerate().map(|(i, id)| {
+        let node = &nodes[i % 2];
+        async move {
+            let mut acked = 0u64;
+            while std::time::Instant::now() < stop_at {
+                match add_activity(node, id).await {
+                    201 => acked += 1,
+                    // Not acknowledged (the master is failing over): try again.
+                    503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            acked
+        }
+    });
+    let killer = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let c = cluster.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            let victim = c.masters()[0];
+            c.kill(victim);
+            victim
+        })
+        .await
+        .expect("kill")
+    };
+    let (acked, victim) = futures::future::join(futures::future::join_all(writers), killer).await;
+    // The cluster helpers block: off the thread the nodes' tasks share.
+    let c = cluster.clone();
+    actix_web::rt::task::spawn_blocking(move || c.wait_for_failover())
+        .await
+        .expect("failover");
+    // The old master comes back as the new one's replica: writes are acknowledged again, and
+    // the next change of the watched dialog is announced (one that committed on the new master
+    // while it had no replica was not, as it might not have survived).
+    let c = cluster.clone();
+    actix_web::rt::task::spawn_blocking(move || c.restart(victim))
+        .await
+        .expect("restart");
+    let mut finished = false;
+    for _ in 0..100 {
+        if add_activity(a, watched).await == 201 {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(finished, "writes are acknowledged once the replica is back");
+    assert!(
+        acked.iter().all(|n| *n > 0),
+        "every writer got writes through: {acked:?}"
+    );
+    // Every acknowledged activity is there after the replica took over.
+    for (id, n) in ids.iter().zip(&acked) {
+        let r = a
+            .get(
+                &format!("/api/v1/serviceowner/dialogs/{id}"),
+                &a.tokens.owner_a,
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+        let activities = r.body["activities"].as_array().map_or(0, Vec::len) as u64;
+        assert!(
+            activities >= *n,
+            "dialog {id}: {n} acknowledged, {activities} stored"
+        );
+    }
+    // The subscriber got every change of its dialog once, in order (repaired where the bus
+    // lost messages during the failover): the log's sequences after `created`, each once.
+    let logged: Vec<i64> = a
+        .dialog_events(watched)
+        .await
+        .iter()
+        .map(|e| e["dialogsequence"].as_i64().expect("seq"))
+        .collect();
+    let last = *logged.last().expect("a log");
+    assert!(
+        last > 2 * (acked[0] as i64 + 1),
+        "{last} holds {} acknowledged changes",
+        acked[0] + 1
+    );
+    let expected: Vec<i64> = logged
+        .into_iter()
+        .filter(|s| *s > 1 && s % 2 == 1)
+        .collect();
+    let mut got = Vec::new();
+    while got.last().copied().unwrap_or(0) < last {
+        let ev = sub.event().await;
+        got.push(ev["sequence"].as_i64().expect("sequence"));
+    }
+    assert_eq!(got, expected);
+}
