@@ -30,6 +30,14 @@
 //!   `{p}:wmembers` sorted set of the nodes taking part in delivery (score: when their membership
 //!   lapses), `{p}:cursor:{name}` a saved feed position (`wf:{n}` for partition `n`)
 //! - `{p}:node:{id}` a live node (expires unless refreshed)
+//!
+//! On a Redis Cluster (`redis.cluster`) the keys one script or transaction touches share a hash
+//! tag: a dialog's keys and the partition-wide keys its commit writes (`idx*`, `log:*`, `ev:*`,
+//! `ext:*`, `held`, `heldc`, `wf:{n}`, `pending:{n}`) carry `{w<n>}`, the dialog's (or the
+//! published event's) webhook partition, e.g. `{p}:{w7}:d:{id}`; `res`, `dlg` and `policy:ver`
+//! carry `{policy}`, `wmembers` and the leases `{leases}`, `conns:*` `{conns}`, and the node
+//! entries `{nodes}` with a sorted set `{p}:{nodes}:nodes` listing them (SCAN sees one master
+//! only). The index, poll log and held-back keys are then one per partition.
 
 mod cluster;
 mod conn;
