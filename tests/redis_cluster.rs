@@ -85,12 +85,29 @@ async fn two_nodes_on_a_cluster_keep_one_order_and_spread_keys_and_channels_over
 
     // Sharded pub/sub: the node's subscriptions are spread over the shards, each channel on
     // exactly one shard (not broadcast to all).
+    // All at once, so the node subscribes many channels of many slots in one batch.
     let watched: Vec<&String> = ids.iter().take(30).collect();
-    let mut clients = Vec::new();
-    for (i, id) in watched.iter().enumerate() {
+    let opened = watched.iter().map(|id| async move {
         let token = dialog_token(a, id).await;
-        clients.push(WsClient::subscribed(b, &token, "s", id, None, i as i64 + 1).await);
-    }
+        let mut client = WsClient::connect(b, "graphql-transport-ws", None).await;
+        client.init(Some(&token)).await;
+        client.subscribe("s", id, None).await;
+        client
+    });
+    let mut clients = futures::future::join_all(opened).await;
+    wait_subscriptions(b, 30).await;
+    eventually(Duration::from_secs(5), "30 shard channels", || async {
+        masters
+            .iter()
+            .map(|p| {
+                cli(*p, &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*")])
+                    .map(|s| s.lines().filter(|l| !l.is_empty()).count())
+                    .unwrap_or(0)
+            })
+            .sum::<usize>()
+            == 30
+    })
+    .await;
     let per_master: Vec<usize> = masters
         .iter()
         .map(|p| {
@@ -107,11 +124,21 @@ async fn two_nodes_on_a_cluster_keep_one_order_and_spread_keys_and_channels_over
         plain.is_empty(),
         "no plain pub/sub channel on a cluster: {plain}"
     );
+    // A change to each watched dialog, written on the other node, reaches its subscriber as it
+    // happens, not by a later repair.
+    for id in &watched {
+        assert_eq!(add_activity(a, id).await, 201);
+    }
+    for client in clients.iter_mut() {
+        let ev = client.event().await;
+        assert_eq!(ev["sequence"], 3, "{ev}");
+    }
     drop(clients);
     wait_subscriptions(b, 0).await;
 
-    // One gap-free order across nodes: writers on both, subscribers on both.
-    let id = &ids[0];
+    // One gap-free order across nodes: writers on both, subscribers on both (a dialog not
+    // changed above).
+    let id = &ids[ids.len() - 1];
     let token = dialog_token(a, id).await;
     let mut subs = Vec::new();
     for node in &nodes {

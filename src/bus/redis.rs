@@ -290,7 +290,7 @@ async fn cluster_subscriber(
             continue;
         };
         let all: Vec<String> = interest.iter().map(|d| channels.of(*d)).collect();
-        if !all.is_empty() && conn.ssubscribe(all).await.is_err() {
+        if sharded(&conn, true, all).await.is_err() {
             continue;
         }
         connected.store(true, Ordering::Relaxed);
@@ -320,10 +320,10 @@ async fn cluster_subscriber(
                     }
                     let added: Vec<String> = interest.difference(&before).map(|d| channels.of(*d)).collect();
                     let removed: Vec<String> = before.difference(&interest).map(|d| channels.of(*d)).collect();
-                    if !added.is_empty() && conn.ssubscribe(added).await.is_err() {
+                    if sharded(&conn, true, added).await.is_err() {
                         lost = true;
                     }
-                    if !removed.is_empty() && conn.sunsubscribe(removed).await.is_err() {
+                    if sharded(&conn, false, removed).await.is_err() {
                         lost = true;
                     }
                 }
@@ -375,6 +375,33 @@ async fn cluster_subscriber(
         connected.store(false, Ordering::Relaxed);
         tracing::warn!("redis cluster bus connection lost; reconnecting");
     }
+}
+
+/// SSUBSCRIBE (or SUNSUBSCRIBE) `channels`: one command per slot, since one command may only
+/// name channels of one slot; a dialog channel's slot is its partition tag (`{w<n>}`). The
+/// slots' commands go out together.
+async fn sharded(
+    conn: &redis::cluster_async::ClusterConnection,
+    subscribe: bool,
+    channels: Vec<String>,
+) -> redis::RedisResult<()> {
+    let mut by_slot: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for c in channels {
+        let tag = c.split_once('}').map_or(c.as_str(), |(t, _)| t).to_owned();
+        by_slot.entry(tag).or_default().push(c);
+    }
+    futures::future::try_join_all(by_slot.into_values().map(|group| {
+        let mut conn = conn.clone();
+        async move {
+            if subscribe {
+                conn.ssubscribe(group).await
+            } else {
+                conn.sunsubscribe(group).await
+            }
+        }
+    }))
+    .await
+    .map(|_| ())
 }
 
 fn apply(interest: &mut HashSet<Uuid>, change: Interest) {

@@ -108,6 +108,8 @@ pub struct RedisCluster {
     /// `redis://127.0.0.1:{port}` of each server, masters first as created.
     pub urls: Vec<String>,
     pub ports: Vec<u16>,
+    /// Each server's cluster-bus port.
+    buses: Vec<u16>,
     dir: tempfile::TempDir,
     children: Mutex<Vec<Option<Child>>>,
 }
@@ -121,8 +123,17 @@ impl RedisCluster {
             tempfile::tempdir()
         }
         .expect("tempdir");
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        // Six server ports and six cluster-bus ports, each taken once.
+        let mut picked: Vec<u16> = Vec::new();
+        while picked.len() < 12 {
+            let p = free_port();
+            if !picked.contains(&p) {
+                picked.push(p);
+            }
+        }
+        let (ports, buses) = (picked[..6].to_vec(), picked[6..].to_vec());
         let cluster = RedisCluster {
+            buses,
             urls: ports
                 .iter()
                 .map(|p| format!("redis://127.0.0.1:{p}"))
@@ -158,7 +169,7 @@ impl RedisCluster {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-            .args(["--cluster-port", &free_port().to_string()])
+            .args(["--cluster-port", &self.buses[i].to_string()])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&node_dir)
