@@ -1,19 +1,92 @@
 //! Webhook delivery across nodes on one Redis: the nodes share the webhook partitions, a
 //! subscription made on one node sees events written through another, and killing or draining a
-//! node mid-burst loses no event and keeps every lane in order.
+//! node mid-burst loses no event and keeps every lane in order. With
+//! `DIALOG_EVENTS_TEST_REDIS=cluster` the same tests run on a Redis Cluster (three masters, one
+//! replica each).
 
 mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::receiver::Receiver;
+use common::redis::RedisCluster;
 use common::*;
 use dialog_events::auth::dev_token;
 use dialog_events::domain::Party;
 use serde_json::json;
+
+/// The Redis the nodes share: one `redis-server`, or with `DIALOG_EVENTS_TEST_REDIS=cluster` a
+/// Redis Cluster.
+struct SharedRedis {
+    single: Option<Shared>,
+    cluster: Option<Arc<RedisCluster>>,
+    url: String,
+    prefix: String,
+}
+
+impl SharedRedis {
+    fn new() -> SharedRedis {
+        if std::env::var("DIALOG_EVENTS_TEST_REDIS").is_ok_and(|v| v == "cluster") {
+            let cluster = Arc::new(RedisCluster::start());
+            SharedRedis {
+                url: cluster.url(),
+                cluster: Some(cluster),
+                single: None,
+                prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+            }
+        } else {
+            let s = Shared::new();
+            SharedRedis {
+                url: s.redis.url.clone(),
+                prefix: s.prefix.clone(),
+                single: Some(s),
+                cluster: None,
+            }
+        }
+    }
+
+    /// The keys the nodes stored.
+    async fn keys(&self) -> dialog_events::auth::KeyStore {
+        match &self.single {
+            Some(s) => shared_keys(s).await,
+            None => cluster_keys_of(&self.url, &self.prefix).await,
+        }
+    }
+
+    /// Which node holds the lease of each webhook partition (of 64).
+    async fn lease_owners(&self) -> Vec<Option<String>> {
+        let (keys, cmd) = {
+            let keys: Vec<String> = (0..64)
+                .map(|n| match self.cluster {
+                    Some(_) => format!("{}:{{leases}}:lease:wp:{n}", self.prefix),
+                    None => format!("{}:lease:wp:{n}", self.prefix),
+                })
+                .collect();
+            let mut cmd = ::redis::cmd("MGET");
+            cmd.arg(&keys);
+            (keys, cmd)
+        };
+        assert_eq!(keys.len(), 64);
+        if self.cluster.is_some() {
+            let client =
+                ::redis::cluster::ClusterClient::new(self.url.split(',').collect::<Vec<_>>())
+                    .expect("seeds");
+            let mut conn = client.get_async_connection().await.expect("cluster");
+            cmd.query_async(&mut conn).await.expect("mget")
+        } else {
+            let client = ::redis::Client::open(self.url.as_str()).expect("url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            cmd.query_async(&mut conn).await.expect("mget")
+        }
+    }
+}
 
 /// A node as a child process (so it can be killed with SIGKILL), killed on drop.
 struct NodeProcess {
@@ -23,7 +96,7 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start(
-        shared: &Shared,
+        shared: &SharedRedis,
         id: &str,
         config: &std::path::Path,
         data: &std::path::Path,
@@ -32,8 +105,12 @@ impl NodeProcess {
             .args(["serve", "--config"])
             .arg(config)
             .env("DIALOG_EVENTS__DATA_DIR", data)
-            .env("DIALOG_EVENTS__REDIS__URL", &shared.redis.url)
+            .env("DIALOG_EVENTS__REDIS__URL", &shared.url)
             .env("DIALOG_EVENTS__REDIS__PREFIX", &shared.prefix)
+            .env(
+                "DIALOG_EVENTS__REDIS__CLUSTER",
+                shared.cluster.is_some().to_string(),
+            )
             .env("DIALOG_EVENTS__NODE__ID", id)
             .env("DIALOG_EVENTS__LOG__FORMAT", "json")
             .env_remove("RUST_LOG")
@@ -88,24 +165,12 @@ impl Drop for NodeProcess {
 }
 
 /// Which node holds the lease of each webhook partition (of 64), from Redis.
-async fn owners(shared: &Shared) -> Vec<Option<String>> {
-    let client = ::redis::Client::open(shared.redis.url.as_str()).expect("url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let keys: Vec<String> = (0..64)
-        .map(|n| format!("{}:lease:wp:{n}", shared.prefix))
-        .collect();
-    ::redis::cmd("MGET")
-        .arg(&keys)
-        .query_async(&mut conn)
-        .await
-        .expect("mget")
+async fn owners(shared: &SharedRedis) -> Vec<Option<String>> {
+    shared.lease_owners().await
 }
 
 /// Waits until every partition is held and each of `nodes` holds some.
-async fn wait_for_spread(shared: &Shared, nodes: &[&str], within: Duration) -> Vec<String> {
+async fn wait_for_spread(shared: &SharedRedis, nodes: &[&str], within: Duration) -> Vec<String> {
     let deadline = Instant::now() + within;
     loop {
         let held = owners(shared).await;
@@ -164,7 +229,7 @@ async fn post(
 /// made through node A, and which node holds the dispatcher lease.
 struct TwoNodes {
     /// Keeps the Redis server alive as long as the nodes.
-    _shared: Shared,
+    _shared: SharedRedis,
     _dir: tempfile::TempDir,
     a: NodeProcess,
     b: NodeProcess,
@@ -175,12 +240,12 @@ struct TwoNodes {
 
 impl TwoNodes {
     async fn start(retry_schedule: &str) -> TwoNodes {
-        let shared = Shared::new();
+        let shared = SharedRedis::new();
         let dir = tempfile::tempdir().expect("dir");
         let config = config_with(dir.path(), retry_schedule);
         let a = NodeProcess::start(&shared, "node-a", &config, &dir.path().join("a"));
         let b = NodeProcess::start(&shared, "node-b", &config, &dir.path().join("b"));
-        let keys = shared_keys(&shared).await;
+        let keys = shared.keys().await;
         let owner = dev_token(
             &keys.dev_issuer,
             &format!("{SO} {SUB} {PUB}"),
@@ -490,7 +555,7 @@ fn burst(tag: &str, dialogs: usize, per: usize) -> Vec<(String, String)> {
 #[actix_web::test]
 async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order_across_a_kill_a_drain_and_a_join()
  {
-    let shared = Shared::new();
+    let shared = SharedRedis::new();
     let dir = tempfile::tempdir().expect("dir");
     let config = config_with(dir.path(), r#"["100ms", "200ms", "400ms"]"#);
     let mut a = NodeProcess::start(&shared, "node-a", &config, &dir.path().join("a"));
@@ -506,7 +571,7 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
         let n = held.iter().filter(|o| *o == node).count();
         assert!((16..=24).contains(&n), "{node} holds {n} of 64: {held:?}");
     }
-    let keys = shared_keys(&shared).await;
+    let keys = shared.keys().await;
     let owner = dev_token(
         &keys.dev_issuer,
         &format!("{SO} {SUB} {PUB}"),

@@ -268,7 +268,7 @@ pub async fn shared_keys(s: &Shared) -> KeyStore {
 }
 
 /// The keys the nodes of a Redis Cluster stored.
-async fn cluster_keys_of(seeds: &str, prefix: &str) -> KeyStore {
+pub async fn cluster_keys_of(seeds: &str, prefix: &str) -> KeyStore {
     let client = ::redis::cluster::ClusterClient::new(seeds.split(',').collect::<Vec<_>>())
         .expect("cluster seeds");
     let mut conn = client
