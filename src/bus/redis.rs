@@ -138,7 +138,7 @@ impl Bus for RedisBus {
         match tokio::time::timeout(OP_TIMEOUT, send).await {
             Ok(result) => result.map(|_| ()),
             Err(_) => {
-                self.conn.forget();
+                self.conn.timed_out();
                 Err(BusError::Unavailable("publish timed out".into()))
             }
         }

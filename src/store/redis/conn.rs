@@ -57,6 +57,9 @@ enum Pool {
 pub struct SharedConnection {
     pool: Pool,
     current: std::sync::Mutex<Option<Conn>>,
+    /// Held while connecting: callers that find no connection wait for one connect, instead of
+    /// each starting its own (a burst of connects under the load that broke the last one).
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl SharedConnection {
@@ -87,6 +90,7 @@ impl SharedConnection {
         Ok(SharedConnection {
             pool,
             current: std::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -96,6 +100,10 @@ impl SharedConnection {
 
     /// The shared connection, connecting first when there is none.
     pub async fn get(&self) -> Result<Conn, String> {
+        if let Some(c) = self.current().clone() {
+            return Ok(c);
+        }
+        let _connecting = self.connecting.lock().await;
         if let Some(c) = self.current().clone() {
             return Ok(c);
         }
@@ -113,5 +121,16 @@ impl SharedConnection {
     /// After an error that may have broken the connection: the next call connects again.
     pub fn forget(&self) {
         self.current().take();
+    }
+
+    /// After an answer that did not come in time. One Redis: the connection may be stuck, so the
+    /// next call connects again. A cluster connection is kept: it replaces a broken node
+    /// connection by itself, and dropping it would reconnect to every master at once, under the
+    /// load that made the answer slow.
+    pub fn timed_out(&self) {
+        let single = matches!(self.current().as_ref(), Some(Conn::Single(_)));
+        if single {
+            self.forget();
+        }
     }
 }

@@ -532,7 +532,7 @@ impl RedisStore {
         match tokio::time::timeout(OP_TIMEOUT, run).await {
             Ok(result) => result,
             Err(_) => {
-                self.shared.forget();
+                self.shared.timed_out();
                 Err(unavailable("timed out"))
             }
         }
