@@ -389,3 +389,55 @@ async fn a_master_killed_during_writes_with_wait_replicas_loses_no_acknowledged_
     }
     assert_eq!(got, expected);
 }
+
+#[actix_web::test]
+async fn on_a_cluster_a_seen_race_emits_one_seen_and_a_client_resumes_on_another_node() {
+    let cluster = Arc::new(RedisCluster::start());
+    let prefix = prefix();
+    let nodes = vec![
+        start_on_cluster(&cluster, &prefix, "").await,
+        start_on_cluster(&cluster, &prefix, "").await,
+    ];
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // Twenty concurrent end-user reads on both nodes: one seen event, one updated.
+    let id = a.create_dialog(&dialog_body()).await;
+    let path = format!("/api/v1/enduser/dialogs/{id}");
+    let reads = (0..20).map(|i| nodes[i % 2].get(&path, &nodes[i % 2].tokens.person_1));
+    for r in futures::future::join_all(reads).await {
+        assert_eq!(r.status.as_u16(), 200);
+    }
+    let t = types(&b.dialog_events(&id).await);
+    let count = |ty: &str| t.iter().filter(|x| *x == ty).count();
+    assert_eq!(count("dialogporten.dialog.seen.v1"), 1, "{t:?}");
+    assert_eq!(count("dialogporten.dialog.updated.v1"), 1, "{t:?}");
+
+    // A client leaves node A and resumes on node B from its last sequence.
+    let other = a.create_dialog(&dialog_body()).await;
+    let token = dialog_token(a, &other).await;
+    let mut client = WsClient::subscribed(a, &token, "s", &other, None, 1).await;
+    assert_eq!(add_activity(a, &other).await, 201);
+    let last = client.event().await["sequence"].as_i64().expect("sequence");
+    drop(client);
+    wait_subscriptions(a, 0).await;
+    for _ in 0..5 {
+        assert_eq!(add_activity(a, &other).await, 201);
+    }
+    let mut resumed = WsClient::connect(b, "graphql-transport-ws", None).await;
+    resumed.init(Some(&token)).await;
+    resumed.subscribe("r", &other, Some(last as u64)).await;
+    let replayed = sequences(&mut resumed, 5).await;
+    assert_eq!(replayed, (1..=5).map(|i| last + 2 * i).collect::<Vec<_>>());
+    wait_subscriptions(b, 1).await;
+    assert_eq!(add_activity(a, &other).await, 201);
+    assert_eq!(sequences(&mut resumed, 1).await, vec![last + 12]);
+
+    // The node list shows both nodes (a sorted set on a cluster, not SCAN).
+    let listed = a.get("/admin/v1/nodes", &a.tokens.admin).await;
+    assert_eq!(listed.status.as_u16(), 200, "{}", listed.body);
+    let text = listed.body.to_string();
+    assert!(
+        text.contains(&a.node_id) && text.contains(&b.node_id),
+        "{text}"
+    );
+}
