@@ -394,7 +394,7 @@ async fn a_master_killed_during_writes_with_wait_replicas_loses_no_acknowledged_
 async fn on_a_cluster_a_seen_race_emits_one_seen_and_a_client_resumes_on_another_node() {
     let cluster = Arc::new(RedisCluster::start());
     let prefix = prefix();
-    let nodes = vec![
+    let nodes = [
         start_on_cluster(&cluster, &prefix, "").await,
         start_on_cluster(&cluster, &prefix, "").await,
     ];
