@@ -109,6 +109,24 @@ impl Channels {
     fn of(&self, dialog: Uuid) -> String {
         dialog_channel(&self.prefix, self.cluster, dialog)
     }
+
+    /// Applies `first` and every interest change already waiting to `interest`; returns the
+    /// channels to subscribe and to unsubscribe.
+    fn changed(
+        &self,
+        interest: &mut HashSet<Uuid>,
+        first: Interest,
+        waiting: &mut mpsc::UnboundedReceiver<Interest>,
+    ) -> (Vec<String>, Vec<String>) {
+        let before = interest.clone();
+        apply(interest, first);
+        while let Ok(more) = waiting.try_recv() {
+            apply(interest, more);
+        }
+        let added = interest.difference(&before).map(|d| self.of(*d)).collect();
+        let removed = before.difference(interest).map(|d| self.of(*d)).collect();
+        (added, removed)
+    }
 }
 
 #[async_trait]
@@ -211,16 +229,7 @@ async fn subscriber(
             tokio::select! {
                 next = interest_rx.recv() => {
                     let Some(i) = next else { return };
-                    let mut changes = vec![i];
-                    while let Ok(more) = interest_rx.try_recv() {
-                        changes.push(more);
-                    }
-                    let before = interest.clone();
-                    for c in changes {
-                        apply(&mut interest, c);
-                    }
-                    let added: Vec<String> = interest.difference(&before).map(|d| channels.of(*d)).collect();
-                    let removed: Vec<String> = before.difference(&interest).map(|d| channels.of(*d)).collect();
+                    let (added, removed) = channels.changed(&mut interest, i, &mut interest_rx);
                     if !added.is_empty() && commands.subscribe(added).await.is_err() {
                         break;
                     }
@@ -310,16 +319,7 @@ async fn cluster_subscriber(
             tokio::select! {
                 next = interest_rx.recv() => {
                     let Some(i) = next else { return };
-                    let mut changes = vec![i];
-                    while let Ok(more) = interest_rx.try_recv() {
-                        changes.push(more);
-                    }
-                    let before = interest.clone();
-                    for c in changes {
-                        apply(&mut interest, c);
-                    }
-                    let added: Vec<String> = interest.difference(&before).map(|d| channels.of(*d)).collect();
-                    let removed: Vec<String> = before.difference(&interest).map(|d| channels.of(*d)).collect();
+                    let (added, removed) = channels.changed(&mut interest, i, &mut interest_rx);
                     if sharded(&conn, true, added).await.is_err() {
                         lost = true;
                     }

@@ -14,6 +14,18 @@ pub struct RedisServer {
     child: Mutex<Option<Child>>,
 }
 
+/// A throwaway directory for a server's files: on tmpfs when there is one, where fsync on every
+/// write is cheap (it is slow on a shared disk).
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("tempdir")
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -24,14 +36,7 @@ fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        // fsync on every write is cheap on tmpfs and slow on a shared disk; prefer /dev/shm.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("tempdir");
+        let dir = scratch_dir();
         let port = free_port();
         let server = RedisServer {
             port,
@@ -116,13 +121,7 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("tempdir");
+        let dir = scratch_dir();
         // Six server ports and six cluster-bus ports, each taken once.
         let mut picked: Vec<u16> = Vec::new();
         while picked.len() < 12 {

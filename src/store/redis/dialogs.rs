@@ -55,19 +55,20 @@ impl DialogStore for RedisStore {
         let feed = self.feed_key(n);
         loop {
             let mut inv = self.commit.prepare_invoke();
+            let state_key = self.dialog_key(n, id, "d");
             for k in [
-                self.dialog_key(id, "d"),
-                self.dialog_key(id, "dlog"),
-                self.dialog_key(id, "dch"),
+                state_key.clone(),
+                self.dialog_key(n, id, "dlog"),
+                self.dialog_key(n, id, "dch"),
                 self.part_key(n, "idx"),
                 self.part_key(n, &format!("idx:r:{resource}")),
                 self.part_key(n, &format!("idx:p:{party}")),
                 self.part_key(n, &format!("log:{resource}")),
                 self.part_key(n, "held"),
                 self.part_key(n, "heldc"),
-                self.dialog_key(id, "hu"),
-                self.dialog_key(id, "da"),
-                self.dialog_key(id, "dt"),
+                self.dialog_key(n, id, "hu"),
+                self.dialog_key(n, id, "da"),
+                self.dialog_key(n, id, "dt"),
             ] {
                 inv.key(k);
             }
@@ -107,9 +108,7 @@ impl DialogStore for RedisStore {
                     .arg(message.as_slice()),
                 None => inv.arg("").arg("").arg(""),
             };
-            let result: String = self
-                .invoke_replicated(&inv, &self.dialog_key(id, "d"))
-                .await?;
+            let result: String = self.invoke_replicated(&inv, &state_key).await?;
             return match result.as_str() {
                 "OK" => {
                     if let Some((channel, message)) =
@@ -207,7 +206,7 @@ impl DialogStore for RedisStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<CloudEvent>>, StoreError> {
-        let key = self.dialog_key(id, "dlog");
+        let key = self.dialog_key(self.dialog_partition(id), id, "dlog");
         let raw: Vec<String> = self
             .with(|mut c| async move { c.lrange(&key, 0, -1).await })
             .await?;
@@ -230,7 +229,7 @@ impl DialogStore for RedisStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<Change>>, StoreError> {
-        let key = self.dialog_key(id, "dch");
+        let key = self.dialog_key(self.dialog_partition(id), id, "dch");
         // Readers want the tail (a gap of a few changes, a short resume): read backwards in growing
         // windows instead of the whole list.
         let mut window = TAIL_WINDOW;
@@ -345,8 +344,9 @@ impl RedisStore {
 
     /// Queues the three reads of a dialog (`assemble` takes their answers).
     fn read_dialog(&self, pipe: &mut redis::Pipeline, id: Uuid) {
-        pipe.hget(self.dialog_key(id, "d"), "state")
-            .lrange(self.dialog_key(id, "da"), 0, -1)
-            .lrange(self.dialog_key(id, "dt"), 0, -1);
+        let n = self.dialog_partition(id);
+        pipe.hget(self.dialog_key(n, id, "d"), "state")
+            .lrange(self.dialog_key(n, id, "da"), 0, -1)
+            .lrange(self.dialog_key(n, id, "dt"), 0, -1);
     }
 }

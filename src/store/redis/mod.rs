@@ -425,9 +425,10 @@ impl RedisStore {
         crate::domain::partition_of(&id.to_string(), self.partition_count)
     }
 
-    /// A key of dialog `id` (`kind` `d`, `dlog`, `dch`, `da`, `dt`, `hu`), in its partition's slot.
-    fn dialog_key(&self, id: Uuid, kind: &str) -> String {
-        self.part_key(self.dialog_partition(id), &format!("{kind}:{id}"))
+    /// A key of dialog `id` (`kind` `d`, `dlog`, `dch`, `da`, `dt`, `hu`) in the slot of its
+    /// partition `n` (`dialog_partition`, worked out once per operation by the caller).
+    fn dialog_key(&self, n: u16, id: Uuid, kind: &str) -> String {
+        self.part_key(n, &format!("{kind}:{id}"))
     }
 
     /// The partitions whose keys a cross-dialog read visits: all on a cluster, else the one set.
