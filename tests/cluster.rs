@@ -9,6 +9,29 @@ use common::realtime::*;
 use common::*;
 use serde_json::json;
 
+/// What the nodes of a test share: one Redis, or with `DIALOG_EVENTS_TEST_REDIS=cluster` a
+/// three-master Redis Cluster.
+#[allow(dead_code)] // held only to keep the servers running
+enum Backing {
+    Single(Shared),
+    Cluster(std::sync::Arc<common::redis::RedisCluster>),
+}
+
+/// Starts `n` nodes on the Redis the suite runs against (see `Backing`).
+async fn nodes_on_redis(n: usize, extra: &str) -> (Vec<TestNode>, Backing) {
+    if !on_cluster() {
+        let (nodes, shared) = start_cluster(n, extra).await;
+        return (nodes, Backing::Single(shared));
+    }
+    let cluster = std::sync::Arc::new(common::redis::RedisCluster::start());
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(start_on_cluster(&cluster, &prefix, extra).await);
+    }
+    (nodes, Backing::Cluster(cluster))
+}
+
 /// The settings of a store on the one Redis at `url`.
 fn single_redis(url: &str, prefix: &str) -> dialog_events::config::RedisSettings {
     dialog_events::config::RedisSettings {
@@ -43,7 +66,7 @@ async fn sequences(client: &mut WsClient, n: usize) -> Vec<i64> {
 
 #[actix_web::test]
 async fn concurrent_writers_on_two_nodes_reach_subscribers_on_every_node_once_in_one_order() {
-    let (nodes, _redis) = start_cluster(3, "").await;
+    let (nodes, _redis) = nodes_on_redis(3, "").await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let id = a.create_dialog(&dialog_body()).await;
     let token = dialog_token(b, &id).await;
@@ -91,7 +114,7 @@ async fn concurrent_writers_on_two_nodes_reach_subscribers_on_every_node_once_in
 
 #[actix_web::test]
 async fn revoking_a_delegation_ends_the_delegates_streams_on_every_node_within_2_s() {
-    let (nodes, _redis) = start_cluster(2, "").await;
+    let (nodes, _redis) = nodes_on_redis(2, "").await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let id = a.create_dialog(&dialog_body()).await;
     // PERSON_2 reads PERSON_1's dialog through the delegation; PERSON_1 reads its own.
@@ -166,7 +189,7 @@ async fn open(node: &TestNode, token: &str) -> Result<WsClient, Option<u16>> {
 
 #[actix_web::test]
 async fn the_connection_limit_per_party_holds_across_nodes() {
-    let (nodes, _redis) = start_cluster(2, "[realtime]\nmax_connections_per_party = 2").await;
+    let (nodes, _redis) = nodes_on_redis(2, "[realtime]\nmax_connections_per_party = 2").await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let id = a.create_dialog(&dialog_body()).await;
     let token = end_user_dialog_token(a, &a.tokens.person_1, &id).await;
@@ -197,6 +220,24 @@ async fn the_connection_limit_per_party_holds_across_nodes() {
             }
         }
     }
+}
+
+#[actix_web::test]
+async fn the_connection_limit_per_party_admits_a_burst_up_to_the_limit_across_nodes() {
+    // 40 allowed; each node takes its slots from Redis in blocks of 2.
+    let (nodes, _redis) = nodes_on_redis(2, "[realtime]\nmax_connections_per_party = 40").await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let id = a.create_dialog(&dialog_body()).await;
+    let token = end_user_dialog_token(a, &a.tokens.person_1, &id).await;
+    // 20 connections of the party open on each node at the same moment: every one of them is
+    // admitted (concurrent connections share a node's blocks, none takes a block of its own).
+    let burst = (0..40).map(|i| open(&nodes[i % 2], &token));
+    let opened = futures::future::join_all(burst).await;
+    let refused = opened.iter().filter(|o| o.is_err()).count();
+    assert_eq!(refused, 0, "{} of 40 admitted", 40 - refused);
+    // And the limit still holds: a 41st is refused on either node.
+    assert_eq!(open(a, &token).await.err(), Some(Some(4429)));
+    assert_eq!(open(b, &token).await.err(), Some(Some(4429)));
 }
 
 #[actix_web::test]
@@ -491,7 +532,7 @@ async fn take(
 
 #[actix_web::test]
 async fn a_seen_race_across_two_nodes_emits_exactly_one_seen() {
-    let (nodes, _redis) = start_cluster(2, "").await;
+    let (nodes, _redis) = nodes_on_redis(2, "").await;
     let id = nodes[0].create_dialog(&dialog_body()).await;
     let path = format!("/api/v1/enduser/dialogs/{id}");
     let reads = (0..20).map(|i| nodes[i % 2].get(&path, &nodes[i % 2].tokens.person_1));
@@ -518,7 +559,7 @@ async fn a_seen_race_across_two_nodes_emits_exactly_one_seen() {
 
 #[actix_web::test]
 async fn resume_works_on_a_different_node_than_the_one_the_client_left() {
-    let (nodes, _redis) = start_cluster(2, "").await;
+    let (nodes, _redis) = nodes_on_redis(2, "").await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let id = a.create_dialog(&dialog_body()).await;
     let token = dialog_token(a, &id).await;

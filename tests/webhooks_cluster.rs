@@ -19,11 +19,6 @@ use dialog_events::auth::dev_token;
 use dialog_events::domain::Party;
 use serde_json::json;
 
-/// Whether the tests run on a Redis Cluster (`DIALOG_EVENTS_TEST_REDIS=cluster`).
-fn on_cluster() -> bool {
-    std::env::var("DIALOG_EVENTS_TEST_REDIS").is_ok_and(|v| v == "cluster")
-}
-
 /// The Redis the nodes share: one `redis-server`, or with `DIALOG_EVENTS_TEST_REDIS=cluster` a
 /// Redis Cluster.
 struct SharedRedis {

@@ -17,7 +17,7 @@ pub const SHARED_TTL: Duration = Duration::from_secs(30);
 /// How often a node refreshes (and corrects) its counts in Redis.
 pub const SHARED_REFRESH: Duration = Duration::from_secs(10);
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default)]
 struct Count {
     /// Slots held on this node: never more than the limit.
     open: usize,
@@ -25,6 +25,17 @@ struct Count {
     shared: usize,
     /// Slots this node holds in Redis: `shared` plus a spare block at most.
     reserved: usize,
+    /// The block being taken from Redis for this party, if one is: the party's other new
+    /// connections wait for it instead of each taking a block of their own.
+    fetching: Option<Arc<Fetch>>,
+}
+
+/// A block request to Redis in flight, and how it ended.
+#[derive(Default)]
+struct Fetch {
+    done: Arc<tokio::sync::Notify>,
+    /// Redis could not be reached: those waiting count on this node only, as the fetcher does.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// Open realtime connections by authenticated party (the dialog token's `c`).
@@ -88,39 +99,80 @@ impl PartyConnections {
             party: party.to_owned(),
             shared: false,
         };
-        {
-            let mut counts = self.lock();
-            let Some(n) = counts.get_mut(party) else {
-                return Some(slot);
+        let Some((store, node)) = &self.shared else {
+            return Some(slot);
+        };
+        loop {
+            let fetch = {
+                let mut counts = self.lock();
+                let Some(n) = counts.get_mut(party) else {
+                    return Some(slot);
+                };
+                if n.shared < n.reserved {
+                    // A slot of a block already held in Redis.
+                    n.shared += 1;
+                    slot.shared = true;
+                    return Some(slot);
+                }
+                match &n.fetching {
+                    // Another connection of the party is taking a block: wait for it, then
+                    // look again. A wait created before the lock is let go receives the
+                    // fetcher's `notify_waiters` even before it is first polled.
+                    Some(other) => Err((other.clone(), other.done.clone().notified_owned())),
+                    None => {
+                        let fetch = Arc::new(Fetch::default());
+                        n.fetching = Some(fetch.clone());
+                        Ok(fetch)
+                    }
+                }
             };
-            if n.shared < n.reserved {
-                // A slot of the block already held in Redis.
-                n.shared += 1;
-                slot.shared = true;
-                return Some(slot);
-            }
-        }
-        if let Some((store, node)) = &self.shared {
+            let fetch = match fetch {
+                Ok(fetch) => fetch,
+                Err((other, woken)) => {
+                    woken.await;
+                    if other.failed.load(std::sync::atomic::Ordering::Acquire) {
+                        return Some(slot);
+                    }
+                    continue;
+                }
+            };
             // Boxed: the Redis call's future is large, and inline it would size every
             // connection's task (held for the connection's life) for it.
             let taken = Box::pin(
                 store.acquire_connections(party, node, self.limit, self.block, SHARED_TTL),
-            );
-            match taken.await {
-                Ok(0) => return None, // dropping the slot gives back the local count
-                Ok(taken) => {
-                    slot.shared = true;
-                    if let Some(n) = self.lock().get_mut(party) {
+            )
+            .await;
+            let mut counts = self.lock();
+            let n = counts.get_mut(party);
+            if let Some(n) = n {
+                n.fetching = None;
+                if let Ok(taken) = taken {
+                    n.reserved += taken;
+                }
+            }
+            if taken.is_err() {
+                fetch
+                    .failed
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            fetch.done.notify_waiters();
+            match taken {
+                // At the limit across the cluster: dropping the slot gives back the local count.
+                Ok(0) => return None,
+                Ok(_) => {
+                    if let Some(n) = counts.get_mut(party) {
                         n.shared += 1;
-                        n.reserved += taken;
+                        slot.shared = true;
                     }
+                    return Some(slot);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cluster-wide connection count unavailable; counting on this node only")
+                    drop(counts);
+                    tracing::warn!(error = %e, "cluster-wide connection count unavailable; counting on this node only");
+                    return Some(slot);
                 }
             }
         }
-        Some(slot)
     }
 
     /// Connections `party` holds on this node now.

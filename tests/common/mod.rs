@@ -122,6 +122,12 @@ fn memory_backend() -> bool {
     std::env::var("DIALOG_EVENTS_TEST_BACKEND").is_ok_and(|v| v == "memory")
 }
 
+/// Whether the multi-node suites run on a Redis Cluster (`DIALOG_EVENTS_TEST_REDIS=cluster`)
+/// instead of one Redis.
+pub fn on_cluster() -> bool {
+    std::env::var("DIALOG_EVENTS_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}
+
 /// A Redis server and key prefix shared by the nodes of one test.
 #[derive(Clone)]
 pub struct Shared {
