@@ -1,6 +1,8 @@
 //! Nodes on a real Redis Cluster (three masters, one replica each, `redis.cluster = true`):
 //! one gap-free order across nodes, keys and sharded channels spread over the masters, the poll
-//! log read across partitions in one order, and a master's failover loses no acknowledged write.
+//! log read across partitions in one order, masters failing over one after another lose no
+//! acknowledged write, and slots moved to another master under writes (a resharding) keep every
+//! change flowing.
 
 mod common;
 
@@ -281,7 +283,8 @@ async fn the_poll_api_on_a_cluster_reads_every_partition_in_one_order_that_only_
 }
 
 #[actix_web::test]
-async fn a_master_killed_during_writes_with_wait_replicas_loses_no_acknowledged_write() {
+async fn masters_killed_one_after_another_during_writes_with_wait_replicas_lose_no_acknowledged_write()
+ {
     let cluster = Arc::new(RedisCluster::start());
     let prefix = prefix();
     let extra = "[redis]\nwait_replicas = 1";
@@ -295,13 +298,18 @@ async fn a_master_killed_during_writes_with_wait_replicas_loses_no_acknowledged_
     let token = dialog_token(a, watched).await;
     let mut sub = WsClient::subscribed(b, &token, "s", watched, None, 1).await;
 
-    // Twelve writers (one per dialog) for six seconds; a master dies after one.
-    let stop_at = std::time::Instant::now() + Duration::from_secs(6);
+    // Twelve writers (one per dialog) run while three masters die one after another, each
+    // after its replica took over from the one before and the killed one came back.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::time::Instant::now();
     let writers = ids.iter().enumerate().map(|(i, id)| {
         let node = &nodes[i % 2];
+        let done = done.clone();
         async move {
             let mut acked = 0u64;
-            while std::time::Instant::now() < stop_at {
+            while !done.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(90)
+            {
                 match add_activity(node, id).await {
                     201 => acked += 1,
                     // Not acknowledged (the master is failing over): try again.
@@ -313,29 +321,36 @@ async fn a_master_killed_during_writes_with_wait_replicas_loses_no_acknowledged_
         }
     });
     let killer = async {
+        let mut killed = Vec::new();
+        for round in 0..3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The cluster helpers block: off the thread the nodes' tasks share.
+            let c = cluster.clone();
+            let victim = actix_web::rt::task::spawn_blocking(move || {
+                let victim = c.masters()[round % 3];
+                c.kill(victim);
+                c.wait_for_failover();
+                // The old master comes back as the new one's replica.
+                c.restart(victim);
+                victim
+            })
+            .await
+            .expect("failover");
+            killed.push(victim);
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let c = cluster.clone();
-        actix_web::rt::task::spawn_blocking(move || {
-            let victim = c.masters()[0];
-            c.kill(victim);
-            victim
-        })
-        .await
-        .expect("kill")
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        killed
     };
-    let (acked, victim) = futures::future::join(futures::future::join_all(writers), killer).await;
-    // The cluster helpers block: off the thread the nodes' tasks share.
-    let c = cluster.clone();
-    actix_web::rt::task::spawn_blocking(move || c.wait_for_failover())
-        .await
-        .expect("failover");
-    // The old master comes back as the new one's replica: writes are acknowledged again, and
-    // the next change of the watched dialog is announced (one that committed on the new master
-    // while it had no replica was not, as it might not have survived).
-    let c = cluster.clone();
-    actix_web::rt::task::spawn_blocking(move || c.restart(victim))
-        .await
-        .expect("restart");
+    let (acked, killed) = futures::future::join(futures::future::join_all(writers), killer).await;
+    let distinct: std::collections::HashSet<u16> = killed.iter().copied().collect();
+    assert!(
+        distinct.len() >= 2,
+        "different masters were killed: {killed:?}"
+    );
+    // Writes are acknowledged again, and the next change of the watched dialog is announced
+    // (one that committed on a new master while it had no replica was not, as it might not
+    // have survived).
     let mut finished = false;
     for _ in 0..100 {
         if add_activity(a, watched).await == 201 {
@@ -344,7 +359,10 @@ async fn a_master_killed_during_writes_with_wait_replicas_loses_no_acknowledged_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(finished, "writes are acknowledged once the replica is back");
+    assert!(
+        finished,
+        "writes are acknowledged once the replicas are back"
+    );
     assert!(
         acked.iter().all(|n| *n > 0),
         "every writer got writes through: {acked:?}"
@@ -440,4 +458,146 @@ async fn on_a_cluster_a_seen_race_emits_one_seen_and_a_client_resumes_on_another
         text.contains(&a.node_id) && text.contains(&b.node_id),
         "{text}"
     );
+}
+
+/// The dialog channels of `prefix` that the master on `port` carries subscribers for.
+fn shard_channels(port: u16, prefix: &str) -> Vec<String> {
+    cli(port, &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*")])
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn slots_moved_to_another_master_during_writes_keep_every_change_flowing_to_subscribers() {
+    let cluster = Arc::new(RedisCluster::start());
+    let prefix = prefix();
+    let nodes = vec![
+        start_on_cluster(&cluster, &prefix, "").await,
+        start_on_cluster(&cluster, &prefix, "").await,
+    ];
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let ids = create_dialogs(&nodes, 24).await;
+    // A subscriber per dialog on node B; the changes are written through node A.
+    let opened = ids.iter().map(|id| async move {
+        let token = dialog_token(a, id).await;
+        let mut client = WsClient::connect(b, "graphql-transport-ws", None).await;
+        client.init(Some(&token)).await;
+        client.subscribe("s", id, None).await;
+        client
+    });
+    let mut subs = futures::future::join_all(opened).await;
+    wait_subscriptions(b, 24).await;
+    let masters = cluster.masters();
+    eventually(Duration::from_secs(5), "24 shard channels", || async {
+        masters
+            .iter()
+            .map(|p| shard_channels(*p, &prefix).len())
+            .sum::<usize>()
+            == 24
+    })
+    .await;
+    // The master carrying the most watched channels gives their slots to the next master.
+    let held: Vec<Vec<String>> = masters
+        .iter()
+        .map(|p| shard_channels(*p, &prefix))
+        .collect();
+    let from_i = (0..3).max_by_key(|i| held[*i].len()).expect("a master");
+    let (from, to) = (masters[from_i], masters[(from_i + 1) % 3]);
+    let slots: std::collections::BTreeSet<u16> = held[from_i]
+        .iter()
+        .map(|c| {
+            cli(from, &["CLUSTER", "KEYSLOT", c])
+                .and_then(|s| s.parse().ok())
+                .expect("slot")
+        })
+        .collect();
+    assert!(!slots.is_empty(), "{held:?}");
+
+    // A writer per dialog runs until the slots have moved, and a second after.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = ids.iter().map(|id| {
+        let done = done.clone();
+        async move {
+            let mut acked = 0u64;
+            let started = std::time::Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                match add_activity(a, id).await {
+                    201 => acked += 1,
+                    // Not acknowledged while its slot was between masters: try again.
+                    503 => tokio::time::sleep(Duration::from_millis(20)).await,
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            acked
+        }
+    });
+    let mover = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c = cluster.clone();
+        let moving = slots.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            for slot in moving {
+                c.move_slot(slot, from, to);
+            }
+        })
+        .await
+        .expect("slots moved");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (acked, ()) = futures::future::join(futures::future::join_all(writers), mover).await;
+    assert!(
+        acked.iter().all(|n| *n > 0),
+        "every writer got writes through: {acked:?}"
+    );
+
+    // The moved channels are carried by their new master now, none left behind.
+    let moved: Vec<&String> = held[from_i].iter().collect();
+    eventually(
+        Duration::from_secs(10),
+        "the moved channels on the new master",
+        || async {
+            let there = shard_channels(to, &prefix);
+            moved.iter().all(|c| there.contains(c))
+        },
+    )
+    .await;
+    let left = shard_channels(from, &prefix);
+    assert!(
+        moved.iter().all(|c| !left.contains(c)),
+        "left behind: {left:?}"
+    );
+
+    // Every acknowledged write is there, and every subscriber got every change of its dialog
+    // once, in order.
+    for ((id, n), sub) in ids.iter().zip(&acked).zip(subs.iter_mut()) {
+        let logged: Vec<i64> = a
+            .dialog_events(id)
+            .await
+            .iter()
+            .map(|e| e["dialogsequence"].as_i64().expect("seq"))
+            .collect();
+        let last = *logged.last().expect("a log");
+        assert!(
+            last > 2 * *n as i64,
+            "dialog {id}: {n} acknowledged, log ends at {last}"
+        );
+        let expected: Vec<i64> = logged
+            .into_iter()
+            .filter(|s| *s > 1 && s % 2 == 1)
+            .collect();
+        let mut got = Vec::new();
+        while got.last().copied().unwrap_or(0) < last {
+            let ev = sub.event().await;
+            got.push(ev["sequence"].as_i64().expect("sequence"));
+        }
+        assert_eq!(got, expected, "dialog {id}");
+    }
 }

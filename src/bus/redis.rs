@@ -8,7 +8,7 @@
 //! subscribes each channel (SSUBSCRIBE) on the shard that owns it. When a shard's connection
 //! drops, the connection resubscribes that shard's channels and the node repairs from the log.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -263,7 +263,9 @@ async fn subscriber(
 
 /// The subscriber of a node on a Redis Cluster: one cluster connection (RESP3) whose pushes carry
 /// the sharded messages. The connection itself resubscribes a shard's channels after that shard's
-/// connection dropped or its slots moved; the node repairs from the log once it has.
+/// connection dropped; the node repairs from the log once it has. When a resharding moves a
+/// slot, its master drops the slot's channel subscribers (an unasked `sunsubscribe`): those this
+/// node still wants are subscribed again at the slot's new master, then the node repairs.
 async fn cluster_subscriber(
     seeds: Vec<String>,
     channels: Channels,
@@ -313,6 +315,11 @@ async fn cluster_subscriber(
         first = false;
         // A shard's connection dropped: messages may have been lost until it is back.
         let mut lost = false;
+        // Channels the server dropped because their slot moved to another master, to subscribe
+        // again where the slot lives now.
+        let mut moved: Vec<String> = Vec::new();
+        // Channels this node unsubscribed itself, whose confirmations are still to come.
+        let mut leaving: HashMap<String, usize> = HashMap::new();
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
         health.reset();
         loop {
@@ -323,6 +330,9 @@ async fn cluster_subscriber(
                     if sharded(&conn, true, added).await.is_err() {
                         lost = true;
                     }
+                    for c in &removed {
+                        *leaving.entry(c.clone()).or_default() += 1;
+                    }
                     if sharded(&conn, false, removed).await.is_err() {
                         lost = true;
                     }
@@ -330,6 +340,22 @@ async fn cluster_subscriber(
                 push = pushes.recv() => {
                     let Some(push) = push else { break };
                     match push.kind {
+                        redis::PushKind::SUnsubscribe => {
+                            let Some(redis::Value::BulkString(channel)) = push.data.first() else {
+                                continue;
+                            };
+                            let channel = String::from_utf8_lossy(channel).into_owned();
+                            if let Some(n) = leaving.get_mut(&channel) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    leaving.remove(&channel);
+                                }
+                            } else if dialog_of(&channel).is_some_and(|d| interest.contains(&d)) {
+                                // Not asked for: a resharding moved the channel's slot (Redis
+                                // drops a shard channel's subscribers when its slot leaves).
+                                moved.push(channel);
+                            }
+                        }
                         redis::PushKind::SMessage => {
                             let Some(redis::Value::BulkString(payload)) = push.data.get(1) else {
                                 continue;
@@ -355,8 +381,23 @@ async fn cluster_subscriber(
                         }
                         _ => {}
                     }
+                    // Once the burst of a slot's drops is read, subscribe its channels again
+                    // (the first command meets MOVED and updates the slot map), then repair:
+                    // what was published in between reached no one here.
+                    if !moved.is_empty() && pushes.is_empty() {
+                        if resubscribe_moved(&conn, &mut moved).await {
+                            if sink.send(BusEvent::Reconnected).is_err() {
+                                return;
+                            }
+                        } else {
+                            lost = true;
+                        }
+                    }
                 }
                 _ = health.tick() => {
+                    if !moved.is_empty() && !resubscribe_moved(&conn, &mut moved).await {
+                        lost = true;
+                    }
                     let alive = tokio::time::timeout(OP_TIMEOUT, redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await;
                     let up = matches!(alive, Ok(Ok(_)));
                     connected.store(up, Ordering::Relaxed);
@@ -377,6 +418,32 @@ async fn cluster_subscriber(
     }
 }
 
+/// Subscribes the channels in `moved` again; true when that took (and `moved` is empty), false
+/// when they are kept for the next try.
+async fn resubscribe_moved(
+    conn: &redis::cluster_async::ClusterConnection,
+    moved: &mut Vec<String>,
+) -> bool {
+    let again = std::mem::take(moved);
+    tracing::info!(
+        channels = again.len(),
+        "shard channels left with their slot; subscribing them again"
+    );
+    match sharded(conn, true, again.clone()).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "shard channels could not be subscribed again yet");
+            *moved = again;
+            false
+        }
+    }
+}
+
+/// The dialog a channel (`…:dialog:{id}`) carries.
+fn dialog_of(channel: &str) -> Option<Uuid> {
+    channel.rsplit_once(":dialog:")?.1.parse().ok()
+}
+
 /// SSUBSCRIBE (or SUNSUBSCRIBE) `channels`: one command per slot, since one command may only
 /// name channels of one slot; a dialog channel's slot is its partition tag (`{w<n>}`). The
 /// slots' commands go out together.
@@ -385,7 +452,7 @@ async fn sharded(
     subscribe: bool,
     channels: Vec<String>,
 ) -> redis::RedisResult<()> {
-    let mut by_slot: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut by_slot: HashMap<String, Vec<String>> = Default::default();
     for c in channels {
         let tag = c.split_once('}').map_or(c.as_str(), |(t, _)| t).to_owned();
         by_slot.entry(tag).or_default().push(c);

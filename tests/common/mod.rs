@@ -243,8 +243,11 @@ async fn start_with(extra: &str, redis: &str, shared: Option<Shared>) -> TestNod
         stranger: mint(&format!("{EU} {SUB}"), person(STRANGER)),
         admin: mint(ADMIN, None),
     };
+    // Pooled connections are let go well before the node's keep-alive (5 s) closes them, so a
+    // request never goes out on a connection the node is closing.
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
+        .connector(awc::Connector::new().conn_keep_alive(Duration::from_secs(2)))
         .finish();
     TestNode {
         base,

@@ -264,6 +264,40 @@ impl RedisCluster {
         self.wait_until_ok(&self.ports);
     }
 
+    /// Moves hash slot `slot` with its keys from the master on `from` to the master on `to`, the
+    /// way a resharding does: the target imports, the source migrates its keys in batches with
+    /// `MIGRATE`, then every master learns the slot's new owner (and the source drops the
+    /// slot's shard-channel subscribers).
+    pub fn move_slot(&self, slot: u16, from: u16, to: u16) {
+        let slot = slot.to_string();
+        let from_id = cli(from, &["CLUSTER", "MYID"]).expect("source id");
+        let to_id = cli(to, &["CLUSTER", "MYID"]).expect("target id");
+        let ok = |port: u16, args: &[&str]| {
+            let out = cli(port, args).unwrap_or_default();
+            assert_eq!(out, "OK", "{args:?} on {port}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        loop {
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]).expect("keys");
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(from, &args);
+        }
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for other in self.masters() {
+            if other != from && other != to {
+                ok(other, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+        }
+    }
+
     /// Waits until a replica took over every slot of a killed master.
     pub fn wait_for_failover(&self) {
         let live: Vec<u16> = self
