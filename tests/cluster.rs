@@ -386,6 +386,38 @@ async fn a_change_is_published_by_its_commit_script_not_by_a_second_command() {
     );
 }
 
+#[actix_web::test]
+async fn a_dialogs_logs_keep_their_newest_thousand_entries() {
+    use ::redis::AsyncCommands;
+    let (nodes, shared) = start_cluster(1, "").await;
+    let node = &nodes[0];
+    let id = node.create_dialog(&dialog_body()).await;
+    // 1,000 activities: 2,001 events (created, then an activity and an update each) and 1,001
+    // changes, past the cap of 1,000 each.
+    for _ in 0..1000 {
+        post_activity(node, &id).await;
+    }
+    let mut raw = ::redis::Client::open(shared.redis.url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let key = |k: &str| format!("{}:{k}:{id}", shared.prefix);
+    let events: Vec<String> = raw.lrange(key("dlog"), 0, -1).await.expect("dlog");
+    let changes: usize = raw.llen(key("dch")).await.expect("dch");
+    assert_eq!((events.len(), changes), (1000, 1000));
+    let seq = |raw: &str| {
+        serde_json::from_str::<serde_json::Value>(raw).expect("event")["dialogsequence"]
+            .as_u64()
+            .expect("sequence")
+    };
+    assert_eq!(
+        (seq(&events[0]), seq(&events[999])),
+        (1002, 2001),
+        "the newest are kept, in order"
+    );
+}
+
 /// A dialog's state as the actor hands it to the store: changed from `before`.
 fn commit_of(
     next: Option<&dialog_events::domain::Dialog>,

@@ -98,7 +98,9 @@ if ARGV[2] == '1' then
   if cur[1] then return 'EXISTS' end
 else
   if (not cur[1]) or cur[1] ~= ARGV[1] then return 'CONFLICT' end
-  if redis.call('HSTRLEN', KEYS[1], 'state') == 0 then return 'CONFLICT' end
+  -- A purged dialog keeps its sequence with an empty state and no counts; a dialog with counts
+  -- always has a state, so only one without them needs looking at.
+  if (not cur[2]) and redis.call('HSTRLEN', KEYS[1], 'state') == 0 then return 'CONFLICT' end
   if ARGV[3] ~= '' and ARGV[15] ~= '1' then
     if not cur[2] then return 'WHOLE' end
     if cur[2] ~= ARGV[16] or cur[3] ~= ARGV[17] then return 'CONFLICT' end
@@ -122,11 +124,12 @@ else
   for i = 1, kt do redis.call('RPUSH', KEYS[12], ARGV[c0 + ka + i]) end
   redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', ARGV[4], 'na', ba + ka, 'nt', bt + kt)
 end
-for i = 1, n do redis.call('RPUSH', KEYS[2], ARGV[19 + 2 * i - 1]) end
-if n > 0 then redis.call('LTRIM', KEYS[2], -keep, -1) end
+-- The dialog's logs are trimmed only once they pass their cap (RPUSH answers the new length).
+local len = 0
+for i = 1, n do len = redis.call('RPUSH', KEYS[2], ARGV[19 + 2 * i - 1]) end
+if len > keep then redis.call('LTRIM', KEYS[2], -keep, -1) end
 if ARGV[7] ~= '' then
-  redis.call('RPUSH', KEYS[3], ARGV[7])
-  redis.call('LTRIM', KEYS[3], -keep, -1)
+  if redis.call('RPUSH', KEYS[3], ARGV[7]) > keep then redis.call('LTRIM', KEYS[3], -keep, -1) end
 end
 if ARGV[3] == '' then
   redis.call('ZREM', KEYS[4], ARGV[10])
