@@ -502,7 +502,7 @@ async fn delivered_to_all(receivers: &[Receiver], what: &str, ids: &[(String, St
     let want: std::collections::HashSet<&str> = ids.iter().map(|(i, _)| i.as_str()).collect();
     let mut duplicates = 0;
     for rx in receivers {
-        rx.wait_for(what, Duration::from_secs(60), |r| {
+        rx.wait_for(what, Duration::from_secs(180), |r| {
             let got: std::collections::HashSet<&str> =
                 r.iter().map(|x| x.header("webhook-id")).collect();
             want.iter().all(|i| got.contains(i))
