@@ -428,6 +428,8 @@ async fn after_a_power_loss_every_write_acknowledged_since_the_checkpoint_comes_
     );
     let mut node = Node::start(dir.path());
     let data = dir.path().join("data");
+    // Nothing reaches the database file between checkpoints: this is it before the dialogs.
+    let started = std::fs::read(data.join("store.redb")).expect("the database file");
     let keys = KeyStore::load_or_create(&data).expect("the node's keys");
     let owner = dev_token(
         &keys.dev_issuer,
@@ -453,9 +455,29 @@ async fn after_a_power_loss_every_write_acknowledged_since_the_checkpoint_comes_
         dialogs.push(id.as_str().expect("id").to_owned());
     }
     // The checkpoint follows within sync_interval; then the database file holds the dialogs and
-    // stays as it is while nothing is written.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let checkpointed = std::fs::read(data.join("store.redb")).expect("the database file");
+    // stays as it is while nothing is written. Its fsyncs can take a while on a busy disk: the
+    // copy is taken once the file has changed and then stayed the same for over a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = std::fs::read(data.join("store.redb")).expect("the database file");
+    let mut same = 0;
+    let checkpointed = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = std::fs::read(data.join("store.redb")).expect("the database file");
+        same = if now == seen && now != started {
+            same + 1
+        } else {
+            0
+        };
+        if same == 4 {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint reached the database file"
+        );
+        seen = now;
+    };
 
     // Activities from concurrent writers, each acknowledged once logged.
     let base = node.base.clone();
