@@ -76,6 +76,8 @@ async fn backup(
         return Err(ApiError::bad("to", "exists already; name a new file"));
     }
     let to = b.to.clone();
+    // The copy holds every write acknowledged before the request.
+    store.settled().await?;
     let bytes = web::block(move || store.backup(&to))
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("backup task failed: {e}")))??;

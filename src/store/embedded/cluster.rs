@@ -6,7 +6,7 @@ use crate::store::{Claim, ClusterStore};
 #[async_trait]
 impl ClusterStore for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|_| Ok(()))
+        self.read(|_| Ok(())).await
     }
 
     async fn claim_partitions(
@@ -26,6 +26,7 @@ impl ClusterStore for EmbeddedStore {
             let t = txn.open_table(CURSORS).map_err(unavailable)?;
             Ok(t.get(name).map_err(unavailable)?.map(|v| v.value()))
         })
+        .await
     }
 
     async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError> {

@@ -125,7 +125,47 @@ pub(super) struct PreparedCommit {
     pub(super) hold_until_ms: Option<i64>,
 }
 
+/// What a commit's checks read of its dialog: the sequence and, while the dialog lives, its
+/// (activities, transmissions) counts.
+pub(super) type DialogMark = (u64, Option<(u32, u32)>);
+
+/// The mark of a stored `dialogs` value.
+pub(super) fn mark_of(value: &[u8]) -> DialogMark {
+    (dialog_sequence(value), dialog_counts(value))
+}
+
 impl PreparedCommit {
+    /// Checks the commit against its dialog's mark (`None`: no such dialog) with `state` (its
+    /// state write, split): `AlreadyExists` or `Conflict` when it does not apply. Returns the
+    /// dialog's mark after it.
+    pub(super) fn check(
+        &self,
+        state: Option<&PreparedState>,
+        current: Option<DialogMark>,
+    ) -> Result<DialogMark, StoreError> {
+        let stored = match (self.create, current) {
+            (true, Some(_)) => return Err(StoreError::AlreadyExists),
+            (false, None) | (false, Some((_, None))) => return Err(StoreError::Conflict),
+            (false, Some((sequence, Some(counts)))) => {
+                if sequence != self.expected_sequence {
+                    return Err(StoreError::Conflict);
+                }
+                counts
+            }
+            (true, None) => (0, 0),
+        };
+        // The children follow what is stored (the sequence matched, so they do unless the
+        // state was built from something else).
+        if let Some(s) = state
+            && !s.replace
+            && s.base != stored
+        {
+            return Err(StoreError::Conflict);
+        }
+        let sequence = self.expected_sequence + self.events.len() as u64;
+        Ok((sequence, state.map(|s| (s.stored().0, s.stored().1))))
+    }
+
     pub(super) fn of(commit: Commit, now: DateTime<Utc>) -> Result<Self, StoreError> {
         let change = Change::of(
             &commit.events,
@@ -254,18 +294,7 @@ impl<'t> LogTables<'t> {
             .dialogs
             .get(key)
             .map_err(unavailable)?
-            .map(|v| (dialog_sequence(v.value()), dialog_counts(v.value())));
-        let stored = match (c.create, current) {
-            (true, Some(_)) => return Err(StoreError::AlreadyExists),
-            (false, None) | (false, Some((_, None))) => return Err(StoreError::Conflict),
-            (false, Some((sequence, Some(counts)))) => {
-                if sequence != c.expected_sequence {
-                    return Err(StoreError::Conflict);
-                }
-                counts
-            }
-            (true, None) => (0, 0),
-        };
+            .map(|v| mark_of(v.value()));
         let whole;
         let state = match &c.state {
             StateWrite::Purge => None,
@@ -275,16 +304,8 @@ impl<'t> LogTables<'t> {
             }
             StateWrite::Split(s) => Some(s),
         };
-        // The children follow what is stored (the sequence matched, so they do unless the
-        // state was built from something else).
-        if let Some(s) = state
-            && !s.replace
-            && s.base != stored
-        {
-            return Err(StoreError::Conflict);
-        }
+        let (new_sequence, _) = c.check(state, current)?;
         // Checked: from here on every failure is a storage failure, which drops the whole batch.
-        let new_sequence = c.expected_sequence + c.events.len() as u64;
         match state {
             Some(s) => {
                 s.write_children(c.id, &mut self.children)?;

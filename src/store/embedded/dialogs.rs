@@ -14,6 +14,7 @@ impl DialogStore for EmbeddedStore {
                 None => Ok(None),
             }
         })
+        .await
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
@@ -54,6 +55,7 @@ impl DialogStore for EmbeddedStore {
             }
             Ok(out)
         })
+        .await
     }
 
     async fn dialog_events(
@@ -63,6 +65,7 @@ impl DialogStore for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<Arc<CloudEvent>>, StoreError> {
         self.read(|txn| id_range(txn, DLOG, id, after, limit, false))
+            .await
     }
 
     async fn dialog_changes(
@@ -72,5 +75,6 @@ impl DialogStore for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<Arc<Change>>, StoreError> {
         self.read(|txn| id_range(txn, DCH, id, after, limit, true))
+            .await
     }
 }

@@ -17,6 +17,7 @@ impl EventLog for EmbeddedStore {
                 .map_err(unavailable)?
                 .map(|v| v.value()))
         })
+        .await
     }
 
     async fn read_log(
@@ -59,6 +60,7 @@ impl EventLog for EmbeddedStore {
             }
             Ok(out)
         })
+        .await
     }
 
     async fn append_external(&self, event: CloudEvent) -> Result<bool, StoreError> {
@@ -86,13 +88,15 @@ impl EventLog for EmbeddedStore {
         let now_ms = now.timestamp_millis();
         let due_key = held_key(now_ms, u64::MAX);
         // Most calls find nothing due: look before asking for a write.
-        let any = self.read(|txn| {
-            let t = txn.open_table(HELD).map_err(unavailable)?;
-            Ok(t.range(..=due_key.as_slice())
-                .map_err(unavailable)?
-                .next()
-                .is_some())
-        })?;
+        let any = self
+            .read(|txn| {
+                let t = txn.open_table(HELD).map_err(unavailable)?;
+                Ok(t.range(..=due_key.as_slice())
+                    .map_err(unavailable)?
+                    .next()
+                    .is_some())
+            })
+            .await?;
         if !any {
             return Ok(0);
         }
@@ -133,13 +137,15 @@ impl EventLog for EmbeddedStore {
         let before_ms = before.timestamp_millis();
         let is_old =
             |v: &[u8]| -> Result<bool, StoreError> { Ok(entry_of(v)?.appended_ms < before_ms) };
-        let any = self.read(|txn| {
-            let t = txn.open_table(GLOG).map_err(unavailable)?;
-            match t.first().map_err(unavailable)? {
-                Some((_, v)) => is_old(v.value()),
-                None => Ok(false),
-            }
-        })?;
+        let any = self
+            .read(|txn| {
+                let t = txn.open_table(GLOG).map_err(unavailable)?;
+                match t.first().map_err(unavailable)? {
+                    Some((_, v)) => is_old(v.value()),
+                    None => Ok(false),
+                }
+            })
+            .await?;
         if !any {
             return Ok(0);
         }
@@ -206,6 +212,7 @@ impl EventLog for EmbeddedStore {
                 Ok(out)
             })
         })
+        .await
     }
 
     async fn feed_heads(
@@ -213,13 +220,15 @@ impl EventLog for EmbeddedStore {
         _partitions: u16,
         which: &[u16],
     ) -> Result<Vec<LogPosition>, StoreError> {
-        let head = self.read(|txn| {
-            let t = txn.open_table(META).map_err(unavailable)?;
-            Ok(t.get("next_position")
-                .map_err(unavailable)?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        })?;
+        let head = self
+            .read(|txn| {
+                let t = txn.open_table(META).map_err(unavailable)?;
+                Ok(t.get("next_position")
+                    .map_err(unavailable)?
+                    .map(|v| v.value())
+                    .unwrap_or(0))
+            })
+            .await?;
         Ok(vec![head; which.len()])
     }
 }

@@ -291,6 +291,8 @@ pub struct EmbeddedStore {
     policy: Mutex<Arc<Policy>>,
     /// The single node of the embedded mode, with its heartbeat expiry.
     node: Mutex<Option<(NodeInfo, Instant)>>,
+    /// Holds reads back while writes answered during a checkpoint wait to be applied.
+    gate: Arc<Gate>,
 }
 
 impl EmbeddedStore {
@@ -302,6 +304,18 @@ impl EmbeddedStore {
         sync_interval: Duration,
         resources: &[ResourceEntry],
         delegations: &[DelegationEntry],
+    ) -> anyhow::Result<Self> {
+        Self::open_with(data_dir, sync, sync_interval, resources, delegations, None)
+    }
+
+    /// `open`; while `hold` is true, checkpoints wait to start (tests).
+    fn open_with(
+        data_dir: &Path,
+        sync: SyncMode,
+        sync_interval: Duration,
+        resources: &[ResourceEntry],
+        delegations: &[DelegationEntry],
+        hold: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         std::fs::create_dir_all(data_dir)
@@ -412,22 +426,32 @@ impl EmbeddedStore {
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_db = db.clone();
+        let gate = Arc::new(Gate::new());
+        let writer_gate = gate.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_db, rx, sync, sync_interval, wal))
+            .spawn(move || writer(writer_db, rx, sync, sync_interval, wal, writer_gate, hold))
             .context("failed to start the store's writer thread")?;
         Ok(EmbeddedStore {
             db,
             jobs: Mutex::new(tx),
             policy: Mutex::new(Arc::new(policy)),
             node: Mutex::new(None),
+            gate,
         })
     }
 
-    fn read<R>(
+    /// Returns once reads see every write acknowledged before the call.
+    pub async fn settled(&self) -> Result<(), StoreError> {
+        self.gate.current().await
+    }
+
+    /// Runs `f` on a snapshot that holds every write acknowledged before the call.
+    async fn read<R>(
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        self.gate.current().await?;
         let txn = self.db.begin_read().map_err(unavailable)?;
         f(&txn)
     }
@@ -689,6 +713,98 @@ mod tests {
         drop(db);
         let store = open(dir.path());
         assert_eq!(store.load_dialog(d0.id).await.expect("load"), Some(d2));
+    }
+
+    /// A checkpoint does not hold writes back: while one runs, dialog commits are checked against
+    /// the ones before them, logged and answered; reads wait until they are applied; and a crash
+    /// meanwhile loses none of them.
+    #[tokio::test]
+    async fn writes_are_answered_while_a_checkpoint_runs_and_reads_wait_for_them() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hold = Arc::new(AtomicBool::new(true));
+        let interval = Duration::from_millis(20);
+        let store = EmbeddedStore::open_with(
+            dir.path(),
+            SyncMode::Always,
+            interval,
+            &[],
+            &[],
+            Some(hold.clone()),
+        )
+        .expect("open the store");
+        let d0 = dialog();
+        store
+            .commit(commit(Some(d0.clone()), None))
+            .await
+            .expect("create");
+        // The checkpoint is due after the interval and waits on the hold from then on.
+        tokio::time::sleep(interval * 5).await;
+        let mut d = d0.clone();
+        for _ in 0..5 {
+            let next = with_activity(&d);
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                store.commit(commit(Some(next.clone()), Some(&d))),
+            )
+            .await
+            .expect("answered while the checkpoint runs")
+            .expect("add");
+            d = next;
+        }
+        // Checked against the writes before them as ever.
+        assert!(matches!(
+            store
+                .commit(commit(Some(with_activity(&d0)), Some(&d0)))
+                .await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            store.commit(commit(Some(d0.clone()), None)).await,
+            Err(StoreError::AlreadyExists)
+        ));
+
+        // A crash now: the files as they are, the checkpoint not durable.
+        let copy = tempfile::tempdir().expect("temp dir");
+        for f in std::fs::read_dir(dir.path()).expect("list") {
+            let f = f.expect("entry").path();
+            std::fs::copy(&f, copy.path().join(f.file_name().expect("name"))).expect("copy");
+        }
+        let crashed = open(copy.path());
+        assert_eq!(
+            crashed.load_dialog(d0.id).await.expect("load"),
+            Some(d.clone()),
+            "every acknowledged write comes back from the log"
+        );
+        drop(crashed);
+
+        {
+            let read = store.load_dialog(d0.id);
+            tokio::pin!(read);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), &mut read)
+                    .await
+                    .is_err(),
+                "a read waits while acknowledged writes are not applied"
+            );
+            hold.store(false, Ordering::Release);
+            let loaded = tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("the read ends with the checkpoint")
+                .expect("load");
+            assert_eq!(loaded, Some(d.clone()));
+        }
+        // Writes go on after it, and a restart reads them all back.
+        let next = with_activity(&d);
+        store
+            .commit(commit(Some(next.clone()), Some(&d)))
+            .await
+            .expect("add");
+        drop(store);
+        // Once the writer thread has let the file go.
+        drop(raw(dir.path()));
+        let store = open(dir.path());
+        assert_eq!(store.load_dialog(d0.id).await.expect("load"), Some(next));
     }
 
     #[tokio::test]

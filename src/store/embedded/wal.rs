@@ -1,22 +1,27 @@
-//! The commit log (`store.wal` beside the database) that makes `store.sync = "always"` cheap.
+//! The commit log (`store.wal` and `store.wal.1` beside the database) that makes
+//! `store.sync = "always"` cheap.
 //!
 //! A durable redb commit rewrites and fsyncs every B-tree page the batch touched. Instead, a batch
 //! made only of dialog commits is applied in a non-durable redb transaction and its prepared
 //! commits are appended here as one record, fsynced before anyone is answered. At most
 //! `store.sync_interval` later (or when the log passes `CHECKPOINT_BYTES`) one durable redb commit
-//! (a checkpoint) makes all of it durable in the database itself, and the log starts over from its
-//! beginning.
+//! (a checkpoint) makes all of it durable in the database itself.
 //!
-//! After a crash redb reopens at its last durable commit; the records whose batch number is above
-//! the `wal_batch` saved in that commit are applied again, in order, with the time each was first
-//! applied, so each gives the same result it gave then (a commit that met a conflict meets it
-//! again).
+//! The log has two segments, used in turn: a checkpoint first switches new records to the other
+//! segment, so that writes arriving while it runs are logged and answered there (see `writer`);
+//! once the checkpoint is durable, the segment it covered starts over at its next turn.
 //!
-//! The file starts with the database's `instance` number: a log left beside a restored backup (or
-//! any other database) is not applied to it. A record: payload length (u32), CRC-32 of the payload (u32), payload: batch number (u64), then
-//! the batch's commits. The file is preallocated and reused from offset 0 after each checkpoint, so
-//! an fsync rarely has to write file metadata; reading stops at the first record that is torn,
-//! fails its checksum, or whose batch number does not rise (the rest of an older round).
+//! After a crash redb reopens at its last durable commit; the records of either segment whose
+//! batch number is above the `wal_batch` saved in that commit are applied again, in order, with
+//! the time each was first applied, so each gives the same result it gave then (a commit that met
+//! a conflict meets it again).
+//!
+//! Each segment starts with the database's `instance` number: a log left beside a restored backup
+//! (or any other database) is not applied to it. A record: payload length (u32), CRC-32 of the
+//! payload (u32), payload: batch number (u64), then the batch's commits. The segments are
+//! preallocated and reused from their start, so an fsync rarely has to write file metadata;
+//! reading stops at the first record that is torn, fails its checksum, or whose batch number does
+//! not rise (the rest of an older round).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -34,13 +39,24 @@ const PREALLOCATE: u64 = 64 << 20;
 /// The log is checkpointed once it holds this much.
 pub(super) const CHECKPOINT_BYTES: u64 = 48 << 20;
 
+/// The commit log: two segment files used in turn. A checkpoint switches new records to the other
+/// segment before it starts, so writes go on being logged (and answered) while it runs; once it is
+/// durable, the segment it covered is free for the next round.
 pub(super) struct Wal {
-    file: File,
-    /// Where the next record goes.
-    offset: u64,
+    segments: [Segment; 2],
+    /// The segment records are appended to.
+    active: usize,
+    /// The other segment holds nothing a durable commit lacks, so it may be started over.
+    other_free: bool,
     /// Number of the last batch written (or recovered).
     pub(super) batch: u64,
     buf: Vec<u8>,
+}
+
+struct Segment {
+    file: File,
+    /// Where the next record goes.
+    offset: u64,
 }
 
 /// The batches read back from the log: (batch number, its writes), oldest first.
@@ -72,9 +88,91 @@ impl Logged {
 }
 
 impl Wal {
-    /// Opens (or creates and preallocates) the log of the database numbered `instance` and
-    /// returns it with the batches it holds, oldest first (none if it belongs to another).
+    /// Opens (or creates and preallocates) the log of the database numbered `instance`: `path`
+    /// and its second segment beside it (`path` with `.1` appended). Returns it with the batches
+    /// both segments hold, oldest first (none of a segment that belongs to another database).
     pub(super) fn open(path: &Path, instance: u64) -> std::io::Result<(Wal, Batches)> {
+        let mut second = path.as_os_str().to_owned();
+        second.push(".1");
+        let (a, mut batches) = Segment::open(path, instance)?;
+        let (b, more) = Segment::open(Path::new(&second), instance)?;
+        // Each segment's records rise; a segment's older rounds are below the durable batch.
+        batches.extend(more);
+        batches.sort_by_key(|(b, _)| *b);
+        batches.dedup_by_key(|(b, _)| *b);
+        let batch = batches.last().map(|(b, _)| *b).unwrap_or(0);
+        Ok((
+            Wal {
+                segments: [a, b],
+                active: 0,
+                other_free: true,
+                batch,
+                buf: Vec::new(),
+            },
+            batches,
+        ))
+    }
+
+    /// Bytes written to the active segment since it started over.
+    pub(super) fn len(&self) -> u64 {
+        self.segments[self.active].offset - HEADER
+    }
+
+    /// Starts a checkpoint's round: new records go to the other segment, which starts over.
+    /// False (nothing changes) while the other segment still holds records no durable commit
+    /// holds (a checkpoint before failed): then only a checkpoint that holds the writes back
+    /// can make room.
+    pub(super) fn switch(&mut self) -> bool {
+        if !self.other_free {
+            return false;
+        }
+        self.active = 1 - self.active;
+        self.segments[self.active].offset = HEADER;
+        self.other_free = false;
+        true
+    }
+
+    /// The checkpoint begun by `switch` is durable: the segment it covered may start over.
+    pub(super) fn retire(&mut self) {
+        self.other_free = true;
+    }
+
+    /// Appends the record of batch `batch` and fsyncs it. On failure the log is as before.
+    pub(super) fn append(&mut self, batch: u64, commits: &[&Logged]) -> std::io::Result<()> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0u8; 8]);
+        self.buf.extend_from_slice(&batch.to_le_bytes());
+        for c in commits {
+            encode(&mut self.buf, c);
+        }
+        let payload_len = (self.buf.len() - 8) as u32;
+        let crc = crc32fast::hash(&self.buf[8..]);
+        self.buf[..4].copy_from_slice(&payload_len.to_le_bytes());
+        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        // A record after the last one that ends the log on reading: the rest of the file is an
+        // older round, and its first record must not pass for the next batch.
+        self.buf.extend_from_slice(&[0u8; 8]);
+        let segment = &mut self.segments[self.active];
+        segment.file.seek(SeekFrom::Start(segment.offset))?;
+        segment.file.write_all(&self.buf)?;
+        segment.file.sync_data()?;
+        segment.offset += self.buf.len() as u64 - 8;
+        self.batch = batch;
+        Ok(())
+    }
+
+    /// Starts the log over: everything in it is in a durable database commit now.
+    pub(super) fn reset(&mut self) {
+        for s in &mut self.segments {
+            s.offset = HEADER;
+        }
+        self.other_free = true;
+    }
+}
+
+impl Segment {
+    /// Opens (or creates and preallocates) one segment file and reads its records back.
+    fn open(path: &Path, instance: u64) -> std::io::Result<(Segment, Batches)> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -109,49 +207,13 @@ impl Wal {
             }
             file.sync_all()?;
         }
-        let batch = batches.last().map(|(b, _)| *b).unwrap_or(0);
         Ok((
-            Wal {
+            Segment {
                 file,
                 offset: HEADER,
-                batch,
-                buf: Vec::new(),
             },
             batches,
         ))
-    }
-
-    /// Bytes written since the last checkpoint.
-    pub(super) fn len(&self) -> u64 {
-        self.offset - HEADER
-    }
-
-    /// Appends the record of batch `batch` and fsyncs it. On failure the log is as before.
-    pub(super) fn append(&mut self, batch: u64, commits: &[&Logged]) -> std::io::Result<()> {
-        self.buf.clear();
-        self.buf.extend_from_slice(&[0u8; 8]);
-        self.buf.extend_from_slice(&batch.to_le_bytes());
-        for c in commits {
-            encode(&mut self.buf, c);
-        }
-        let payload_len = (self.buf.len() - 8) as u32;
-        let crc = crc32fast::hash(&self.buf[8..]);
-        self.buf[..4].copy_from_slice(&payload_len.to_le_bytes());
-        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        // A record after the last one that ends the log on reading: the rest of the file is an
-        // older round, and its first record must not pass for the next batch.
-        self.buf.extend_from_slice(&[0u8; 8]);
-        self.file.seek(SeekFrom::Start(self.offset))?;
-        self.file.write_all(&self.buf)?;
-        self.file.sync_data()?;
-        self.offset += self.buf.len() as u64 - 8;
-        self.batch = batch;
-        Ok(())
-    }
-
-    /// Starts the log over: everything in it is in a durable database commit now.
-    pub(super) fn reset(&mut self) {
-        self.offset = HEADER;
     }
 }
 
@@ -378,6 +440,40 @@ mod tests {
             },
             now_ms: 1_700_000_000_000 + n as i64,
         }
+    }
+
+    #[test]
+    fn a_checkpoint_round_logs_to_the_other_segment_and_both_read_back_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(WAL_FILE_NAME);
+        let (mut wal, _) = Wal::open(&path, 7).expect("open");
+        let a = commit(0);
+        wal.append(1, &[&a]).expect("append");
+        wal.append(2, &[&a]).expect("append");
+        // A checkpoint starts: new records go to the second segment.
+        assert!(wal.switch());
+        wal.append(3, &[&a]).expect("append");
+        assert!(dir.path().join("store.wal.1").exists());
+        // Until that checkpoint is durable, the first segment may not start over.
+        assert!(!wal.switch());
+        drop(wal);
+        let (mut wal, batches) = Wal::open(&path, 7).expect("reopen");
+        assert_eq!(
+            batches.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(wal.batch, 3);
+
+        // Opened, the log is all in a durable commit (recovery's): each round starts the segment
+        // it switches to over, and the other keeps its records for the checkpoint running.
+        assert!(wal.switch());
+        wal.append(4, &[&a]).expect("append");
+        wal.retire();
+        assert!(wal.switch());
+        wal.append(5, &[&a]).expect("append");
+        drop(wal);
+        let (_, batches) = Wal::open(&path, 7).expect("reopen");
+        assert_eq!(batches.iter().map(|(b, _)| *b).collect::<Vec<_>>(), [4, 5]);
     }
 
     #[test]

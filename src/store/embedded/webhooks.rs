@@ -25,6 +25,7 @@ impl WebhookStore for EmbeddedStore {
                 .map(|v| from_json(v.value()))
                 .transpose()
         })
+        .await
     }
 
     async fn update_subscription(
@@ -82,6 +83,7 @@ impl WebhookStore for EmbeddedStore {
             }
             Ok(out)
         })
+        .await
     }
 
     async fn record_delivery(
@@ -149,6 +151,7 @@ impl WebhookStore for EmbeddedStore {
             }
             Ok(out)
         })
+        .await
     }
 
     async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
@@ -174,6 +177,7 @@ impl WebhookStore for EmbeddedStore {
             out.sort_by_key(|l| l.dead_at);
             Ok(out)
         })
+        .await
     }
 
     async fn take_dead_letters(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
@@ -237,6 +241,7 @@ impl WebhookStore for EmbeddedStore {
             }
             Ok(out)
         })
+        .await
     }
 
     async fn adopt_unpartitioned(

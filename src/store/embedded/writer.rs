@@ -1,6 +1,9 @@
 //! The writer thread: every write of the embedded store, applied in batches that share one
 //! transaction and one fsync (group commit).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::wal::{CHECKPOINT_BYTES, Logged, Wal};
 use super::*;
 
@@ -26,26 +29,259 @@ pub(super) struct Applied {
     pub(super) answer: Answer,
 }
 
+/// Whether reads see every acknowledged write: not while writes answered during a checkpoint
+/// wait to be applied to the database.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reads {
+    Current,
+    Behind,
+    /// Acknowledged writes could not be applied: the store answers nothing until a restart
+    /// applies them from the commit log.
+    Failed,
+}
+
+/// Holds reads back while the database lacks acknowledged writes.
+pub(super) struct Gate(tokio::sync::watch::Sender<Reads>);
+
+impl Gate {
+    pub(super) fn new() -> Gate {
+        Gate(tokio::sync::watch::Sender::new(Reads::Current))
+    }
+
+    /// Returns once reads see every write acknowledged before the call.
+    pub(super) async fn current(&self) -> Result<(), StoreError> {
+        let reads = *self.0.borrow();
+        let reads = match reads {
+            Reads::Behind => {
+                let mut rx = self.0.subscribe();
+                *rx.wait_for(|r| *r != Reads::Behind)
+                    .await
+                    .map_err(|_| unavailable("the store's writer has stopped"))?
+            }
+            r => r,
+        };
+        match reads {
+            Reads::Failed => Err(unavailable(
+                "the store could not apply acknowledged writes; a restart applies them from its commit log",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn set(&self, reads: Reads) {
+        self.0.send_if_modified(|r| {
+            let changed = *r != reads;
+            *r = reads;
+            changed
+        });
+    }
+}
+
+/// How often the writer looks at a running checkpoint while no write arrives.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(1);
+
+/// A checkpoint running on a thread of its own, and the writes logged and answered meanwhile.
+struct Checkpoint {
+    done: mpsc::Receiver<bool>,
+    /// Answered, logged in the active segment, not applied to the database yet.
+    deferred: Vec<Logged>,
+    /// The batch number of the last deferred write.
+    upto: u64,
+    /// The dialogs' marks after the deferred writes, for the next ones' checks.
+    marks: HashMap<Uuid, DialogMark>,
+}
+
+impl Checkpoint {
+    /// Starts a durable commit of everything applied so far. `hold` (tests only) keeps it from
+    /// starting while held.
+    fn start(db: &Arc<Database>, hold: Option<Arc<AtomicBool>>) -> Checkpoint {
+        let (tx, done) = mpsc::channel();
+        let db = db.clone();
+        let run = move || {
+            while hold.as_ref().is_some_and(|h| h.load(Ordering::Acquire)) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = tx.send(flush(&db));
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(run)
+        {
+            tracing::error!(error = %e, "the store cannot start its checkpoint thread");
+        }
+        Checkpoint {
+            done,
+            deferred: Vec::new(),
+            upto: 0,
+            marks: HashMap::new(),
+        }
+    }
+
+    /// The checkpoint's outcome once it has ended.
+    fn ended(&self) -> Option<bool> {
+        match self.done.try_recv() {
+            Ok(ok) => Some(ok),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(false),
+        }
+    }
+
+    fn wait(&self) -> bool {
+        self.done.recv().unwrap_or(false)
+    }
+
+    /// Checks a batch of logged writes against the database and the writes deferred before them,
+    /// logs those that apply (one fsynced record), answers every one, and keeps them to apply
+    /// once the checkpoint has ended.
+    fn defer(&mut self, db: &Database, wal: &mut Wal, gate: &Gate, batch: Vec<Job>) {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut accepted: Vec<Logged> = Vec::new();
+        let mut marks: HashMap<Uuid, DialogMark> = HashMap::new();
+        let read = db.begin_read().map_err(unavailable);
+        let dialogs = read
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|r| r.open_table(DIALOGS).map_err(unavailable));
+        for job in batch {
+            let Job::Logged { logged, answer } = job else {
+                continue;
+            };
+            let out = match (&*logged, &dialogs) {
+                (Logged::Cursor { .. }, _) => Ok(()),
+                (Logged::Commit { .. }, Err(e)) => Err(e.clone()),
+                (Logged::Commit { commit, .. }, Ok(dialogs)) => {
+                    let known = marks.get(&commit.id).or(self.marks.get(&commit.id));
+                    let current = match known {
+                        Some(m) => Ok(Some(*m)),
+                        None => dialogs
+                            .get(commit.id.as_u128())
+                            .map(|v| v.map(|v| mark_of(v.value())))
+                            .map_err(unavailable),
+                    };
+                    current.and_then(|current| {
+                        let whole;
+                        let state = match &commit.state {
+                            StateWrite::Purge => None,
+                            StateWrite::Whole(json) => {
+                                whole = PreparedState::whole(json)?;
+                                Some(&whole)
+                            }
+                            StateWrite::Split(s) => Some(s),
+                        };
+                        let mark = commit.check(state, current)?;
+                        marks.insert(commit.id, mark);
+                        Ok(())
+                    })
+                }
+            };
+            if out.is_ok() {
+                accepted.push(*logged);
+            }
+            answers.push((answer, out));
+        }
+        if !accepted.is_empty() {
+            let batch = wal.batch + 1;
+            let refs: Vec<&Logged> = accepted.iter().collect();
+            match wal.append(batch, &refs) {
+                Ok(()) => {
+                    // Before the answers: a read after one of them waits for it.
+                    gate.set(Reads::Behind);
+                    self.marks.extend(marks);
+                    self.deferred.extend(accepted);
+                    self.upto = batch;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the store could not log a batch");
+                    let e = unavailable(e);
+                    for (_, out) in &mut answers {
+                        if out.is_ok() {
+                            *out = Err(e.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (answer, out) in answers {
+            let _ = answer.send(out);
+        }
+    }
+
+    /// Applies the deferred writes to the database (not durably: the log holds them); false if
+    /// that failed, and then the database lacks writes that were acknowledged.
+    fn apply_deferred(self, db: &Database) -> bool {
+        if self.deferred.is_empty() {
+            return true;
+        }
+        let applied = (|| -> Result<(), StoreError> {
+            let mut txn = db.begin_write().map_err(unavailable)?;
+            txn.set_durability(Durability::None).map_err(unavailable)?;
+            {
+                let mut tables = LogTables::open(&txn)?;
+                for logged in &self.deferred {
+                    logged.apply(&mut tables)?;
+                }
+                tables.finish()?;
+                txn.open_table(META)
+                    .map_err(unavailable)?
+                    .insert("wal_batch", self.upto)
+                    .map_err(unavailable)?;
+            }
+            txn.commit().map_err(unavailable)
+        })();
+        if let Err(e) = &applied {
+            tracing::error!(error = %e, "the store could not apply the writes logged during a checkpoint");
+        }
+        applied.is_ok()
+    }
+}
+
 /// The writer thread: takes every waiting job, applies them in one transaction, commits once and
 /// answers them all.
 ///
 /// With `always`, a batch of dialog commits only is committed without an fsync of the database
 /// and logged to `wal` (fsynced) before the answers; any other batch is a durable commit. A
 /// checkpoint (a durable commit that lets the log start over) follows at most `interval` (the
-/// `store.sync_interval`) after the first logged batch. With `interval`, commits are not fsynced;
-/// an fsync follows at most `interval` later.
+/// `store.sync_interval`) after the first logged batch. It runs on a thread of its own while new
+/// records go to the log's other segment: batches of dialog commits arriving meanwhile are checked
+/// against the database and the ones before them, logged and answered at once, and applied once
+/// the checkpoint has ended; reads wait for that (`gate`), and any other write waits for the
+/// checkpoint. With `interval`, commits are not fsynced; an fsync follows at most `interval`
+/// later, holding the writes back while it runs.
 pub(super) fn writer(
     db: Arc<Database>,
     jobs: mpsc::Receiver<Job>,
     sync: SyncMode,
     interval: Duration,
     mut wal: Wal,
+    gate: Arc<Gate>,
+    hold: Option<Arc<AtomicBool>>,
 ) {
     // Non-durable commits since the last fsync of the database.
     let mut dirty = false;
     let mut last_sync = Instant::now();
+    let mut checkpoint: Option<Checkpoint> = None;
+    // Ends a checkpoint: the segment it covered is free once it is durable, and the writes
+    // deferred meanwhile are applied. False when acknowledged writes could not be applied.
+    let settle = |cp: Checkpoint, ok: bool, wal: &mut Wal, dirty: &mut bool| -> bool {
+        if ok {
+            wal.retire();
+        }
+        *dirty = !ok || !cp.deferred.is_empty();
+        if !cp.apply_deferred(&db) {
+            gate.set(Reads::Failed);
+            return false;
+        }
+        gate.set(Reads::Current);
+        true
+    };
     loop {
-        let first = if dirty {
+        let first = if checkpoint.is_some() {
+            match jobs.recv_timeout(CHECKPOINT_POLL) {
+                Ok(j) => Some(j),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else if dirty {
             let wait = interval.saturating_sub(last_sync.elapsed());
             match jobs.recv_timeout(wait) {
                 Ok(j) => Some(j),
@@ -58,10 +294,19 @@ pub(super) fn writer(
                 Err(_) => break,
             }
         };
-        if dirty
+        if let Some(ok) = checkpoint.as_ref().and_then(Checkpoint::ended) {
+            let cp = checkpoint.take().expect("a running checkpoint");
+            if !settle(cp, ok, &mut wal, &mut dirty) {
+                return;
+            }
+            last_sync = Instant::now();
+        } else if checkpoint.is_none()
+            && dirty
             && (first.is_none() || last_sync.elapsed() >= interval || wal.len() > CHECKPOINT_BYTES)
         {
-            if flush(&db) {
+            if sync == SyncMode::Always && wal.switch() {
+                checkpoint = Some(Checkpoint::start(&db, hold.clone()));
+            } else if flush(&db) {
                 wal.reset();
                 dirty = false;
             }
@@ -75,11 +320,24 @@ pub(super) fn writer(
                 Err(_) => break,
             }
         }
+        let logged =
+            sync == SyncMode::Always && batch.iter().all(|j| matches!(j, Job::Logged { .. }));
+        if let Some(cp) = checkpoint.as_mut() {
+            if logged {
+                cp.defer(&db, &mut wal, &gate, batch);
+                continue;
+            }
+            // Any other write needs the database's write transaction: it waits.
+            let ok = cp.wait();
+            let cp = checkpoint.take().expect("a running checkpoint");
+            if !settle(cp, ok, &mut wal, &mut dirty) {
+                return;
+            }
+            last_sync = Instant::now();
+        }
         if !dirty {
             last_sync = Instant::now();
         }
-        let logged =
-            sync == SyncMode::Always && batch.iter().all(|j| matches!(j, Job::Logged { .. }));
         let durable = sync == SyncMode::Always && !logged;
         match apply_batch(&db, batch, durable, logged.then_some(&mut wal)) {
             // A durable commit holds everything the log held.
@@ -89,6 +347,12 @@ pub(super) fn writer(
             }
             true => dirty = true,
             false => {}
+        }
+    }
+    if let Some(cp) = checkpoint.take() {
+        let ok = cp.wait();
+        if !settle(cp, ok, &mut wal, &mut dirty) {
+            return;
         }
     }
     if dirty && flush(&db) {
