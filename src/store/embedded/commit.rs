@@ -1,6 +1,8 @@
 //! A dialog commit and a published event, serialized by the caller and applied by the writer
 //! thread: the sequence check, the dialog's logs, and the poll log or the hold-back queue.
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// An event ready for the writer: its JSON made by the caller, off the writer thread.
@@ -24,6 +26,7 @@ impl PreparedEvent {
 
 /// A dialog's state as a commit writes it: its JSON without activities and transmissions, and the
 /// children it adds (each list is append-only, so those before `base` are stored already).
+#[derive(Clone)]
 pub(super) struct PreparedState {
     pub(super) header: Vec<u8>,
     /// The stored dialog's (activities, transmissions) counts the new children follow.
@@ -135,6 +138,16 @@ pub(super) fn mark_of(value: &[u8]) -> DialogMark {
 }
 
 impl PreparedCommit {
+    /// The commit's state write, split (`None` for a purge); a whole state (format 1's records)
+    /// is split here.
+    pub(super) fn split_state(&self) -> Result<Option<Cow<'_, PreparedState>>, StoreError> {
+        Ok(match &self.state {
+            StateWrite::Purge => None,
+            StateWrite::Whole(json) => Some(Cow::Owned(PreparedState::whole(json)?)),
+            StateWrite::Split(s) => Some(Cow::Borrowed(s)),
+        })
+    }
+
     /// Checks the commit against its dialog's mark (`None`: no such dialog) with `state` (its
     /// state write, split): `AlreadyExists` or `Conflict` when it does not apply. Returns the
     /// dialog's mark after it.
@@ -295,15 +308,8 @@ impl<'t> LogTables<'t> {
             .get(key)
             .map_err(unavailable)?
             .map(|v| mark_of(v.value()));
-        let whole;
-        let state = match &c.state {
-            StateWrite::Purge => None,
-            StateWrite::Whole(json) => {
-                whole = PreparedState::whole(json)?;
-                Some(&whole)
-            }
-            StateWrite::Split(s) => Some(s),
-        };
+        let split = c.split_state()?;
+        let state = split.as_deref();
         let (new_sequence, _) = c.check(state, current)?;
         // Checked: from here on every failure is a storage failure, which drops the whole batch.
         match state {

@@ -159,16 +159,7 @@ impl Checkpoint {
                             .map_err(unavailable),
                     };
                     current.and_then(|current| {
-                        let whole;
-                        let state = match &commit.state {
-                            StateWrite::Purge => None,
-                            StateWrite::Whole(json) => {
-                                whole = PreparedState::whole(json)?;
-                                Some(&whole)
-                            }
-                            StateWrite::Split(s) => Some(s),
-                        };
-                        let mark = commit.check(state, current)?;
+                        let mark = commit.check(commit.split_state()?.as_deref(), current)?;
                         marks.insert(commit.id, mark);
                         Ok(())
                     })
@@ -275,24 +266,24 @@ pub(super) fn writer(
         true
     };
     loop {
-        let first = if checkpoint.is_some() {
-            match jobs.recv_timeout(CHECKPOINT_POLL) {
-                Ok(j) => Some(j),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
+        // A running checkpoint is looked at often; a due one is started on time.
+        let wait = if checkpoint.is_some() {
+            Some(CHECKPOINT_POLL)
         } else if dirty {
-            let wait = interval.saturating_sub(last_sync.elapsed());
-            match jobs.recv_timeout(wait) {
+            Some(interval.saturating_sub(last_sync.elapsed()))
+        } else {
+            None
+        };
+        let first = match wait {
+            Some(wait) => match jobs.recv_timeout(wait) {
                 Ok(j) => Some(j),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match jobs.recv() {
+            },
+            None => match jobs.recv() {
                 Ok(j) => Some(j),
                 Err(_) => break,
-            }
+            },
         };
         if let Some(ok) = checkpoint.as_ref().and_then(Checkpoint::ended) {
             let cp = checkpoint.take().expect("a running checkpoint");
