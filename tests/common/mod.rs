@@ -426,8 +426,14 @@ impl TestNode {
         let mut out = Vec::new();
         let mut path =
             format!("/events/api/v1/events?resource={RESOURCE}&after=0&size=1000{query}");
+        // A 503 says "try again": on a loaded machine a store call can time out once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let r = self.get(&path, token).await;
+            let mut r = self.get(&path, token).await;
+            while r.status.as_u16() == 503 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                r = self.get(&path, token).await;
+            }
             assert_eq!(r.status.as_u16(), 200, "poll failed: {}", r.body);
             let page = r.body.as_array().expect("array").clone();
             if page.is_empty() {
