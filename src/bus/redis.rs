@@ -154,7 +154,12 @@ impl Bus for RedisBus {
             })
         };
         match tokio::time::timeout(OP_TIMEOUT, send).await {
-            Ok(result) => result.map(|_| ()),
+            Ok(result) => {
+                if result.is_ok() {
+                    self.conn.answered();
+                }
+                result.map(|_| ())
+            }
             Err(_) => {
                 self.conn.timed_out();
                 Err(BusError::Unavailable("publish timed out".into()))

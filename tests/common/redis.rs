@@ -167,7 +167,7 @@ impl RedisCluster {
         std::fs::create_dir_all(&node_dir).expect("node dir");
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
             .args(["--cluster-port", &self.buses[i].to_string()])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")

@@ -2,6 +2,9 @@
 //! or a cluster connection (one multiplexed connection per master, following MOVED and ASK and
 //! refreshing the slot map on its own after a failover).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use deadpool_redis::Runtime;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
@@ -46,8 +49,19 @@ impl ConnectionLike for Conn {
 
 enum Pool {
     Single(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    /// The cluster client itself: deadpool-redis builds its cluster clients without a response
+    /// timeout, and a cluster connection refreshes its slot map under a lock every command waits
+    /// for, so one master that stops answering mid-refresh would hold up the commands to all.
+    Cluster(redis::cluster::ClusterClient),
 }
+
+/// Retries of one command inside the cluster connection (MOVED, ASK, TRYAGAIN, a reconnect):
+/// with its backoff from 10 ms doubling, they fit in one operation timeout.
+const CLUSTER_RETRIES: u32 = 6;
+
+/// A cluster connection from which no command got an answer for this long, while commands
+/// time out, is replaced: it is wedged, not slow.
+const SILENT_FOR: Duration = Duration::from_secs(6);
 
 /// One connection that every caller shares (redis-rs pipelines the commands of concurrent
 /// callers on it), taken out of the pool and replaced after a connection error. A pool checkout
@@ -60,6 +74,9 @@ pub struct SharedConnection {
     /// Held while connecting: callers that find no connection wait for one connect, instead of
     /// each starting its own (a burst of connects under the load that broke the last one).
     connecting: tokio::sync::Mutex<()>,
+    epoch: Instant,
+    /// When a command last got an answer (or the connection was made), in ms since `epoch`.
+    answered_ms: AtomicU64,
 }
 
 impl SharedConnection {
@@ -72,10 +89,12 @@ impl SharedConnection {
         pool_cfg.timeouts.recycle = Some(OP_TIMEOUT);
         let seeds = settings.seeds();
         let pool = if settings.cluster {
-            let mut cfg = deadpool_redis::cluster::Config::from_urls(seeds);
-            cfg.pool = Some(pool_cfg);
             Pool::Cluster(
-                cfg.create_pool(Some(Runtime::Tokio1))
+                redis::cluster::ClusterClientBuilder::new(seeds)
+                    .connection_timeout(OP_TIMEOUT)
+                    .response_timeout(OP_TIMEOUT)
+                    .retries(CLUSTER_RETRIES)
+                    .build()
                     .map_err(|e| invalid(&e))?,
             )
         } else {
@@ -91,7 +110,18 @@ impl SharedConnection {
             pool,
             current: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            epoch: Instant::now(),
+            answered_ms: AtomicU64::new(0),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A command got its answer: the connection is alive.
+    pub fn answered(&self) {
+        self.answered_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
@@ -111,10 +141,14 @@ impl SharedConnection {
             Pool::Single(p) => Conn::Single(deadpool_redis::Connection::take(
                 p.get().await.map_err(|e| e.to_string())?,
             )),
-            Pool::Cluster(p) => Conn::Cluster(deadpool_redis::cluster::Connection::take(
-                p.get().await.map_err(|e| e.to_string())?,
-            )),
+            Pool::Cluster(client) => Conn::Cluster(
+                tokio::time::timeout(OP_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(|_| "connecting to the cluster timed out".to_owned())?
+                    .map_err(|e| e.to_string())?,
+            ),
         };
+        self.answered();
         Ok(self.current().get_or_insert(taken).clone())
     }
 
@@ -124,12 +158,28 @@ impl SharedConnection {
     }
 
     /// After an answer that did not come in time. One Redis: the connection may be stuck, so the
-    /// next call connects again. A cluster connection is kept: it replaces a broken node
-    /// connection by itself, and dropping it would reconnect to every master at once, under the
-    /// load that made the answer slow.
+    /// next call connects again. A cluster connection is kept while it answers anything: it
+    /// replaces a broken node connection by itself, and dropping it would reconnect to every
+    /// master at once, under the load that made the answer slow. One that has answered nothing
+    /// for `SILENT_FOR` is replaced.
     pub fn timed_out(&self) {
-        let single = matches!(self.current().as_ref(), Some(Conn::Single(_)));
-        if single {
+        let replace = match self.current().as_ref() {
+            Some(Conn::Single(_)) => true,
+            Some(Conn::Cluster(_)) => {
+                let silent = self
+                    .now_ms()
+                    .saturating_sub(self.answered_ms.load(Ordering::Relaxed));
+                silent >= SILENT_FOR.as_millis() as u64
+            }
+            None => false,
+        };
+        if replace {
+            if matches!(self.pool, Pool::Cluster(_)) {
+                tracing::warn!(
+                    silent_for = ?SILENT_FOR,
+                    "the redis cluster connection answers nothing: connecting again"
+                );
+            }
             self.forget();
         }
     }

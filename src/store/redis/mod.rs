@@ -526,12 +526,21 @@ impl RedisStore {
     {
         let run = async {
             let conn = self.shared.get().await.map_err(unavailable)?;
-            f(conn).await.map_err(|e| {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                    self.shared.forget();
+            match f(conn).await {
+                Ok(answer) => {
+                    self.shared.answered();
+                    Ok(answer)
                 }
-                unavailable(e)
-            })
+                Err(e) => {
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                        self.shared.forget();
+                    } else {
+                        // An error reply is an answer too.
+                        self.shared.answered();
+                    }
+                    Err(unavailable(e))
+                }
+            }
         };
         match tokio::time::timeout(OP_TIMEOUT, run).await {
             Ok(result) => result,
