@@ -119,6 +119,9 @@ impl App {
                                 &settings.resources,
                                 &settings.delegations,
                             )?);
+                            let timings = opened.timings();
+                            metrics.register(Box::new(timings.checkpoint.clone()));
+                            metrics.register(Box::new(timings.log_sync.clone()));
                             embedded = Some(opened.clone());
                             opened
                         }

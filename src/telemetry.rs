@@ -171,6 +171,13 @@ impl Metrics {
         }
     }
 
+    /// Adds a metric kept elsewhere (the embedded store's timings) to this node's registry.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(collector) {
+            tracing::warn!(error = %e, "a metric could not be registered");
+        }
+    }
+
     /// Prometheus text exposition of every metric of this node.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

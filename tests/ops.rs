@@ -346,3 +346,42 @@ async fn concurrent_writes_to_many_dialogs_leave_one_busy_dialog_gap_free_and_in
         assert_eq!(events[0]["dialogsequence"], 1, "dialog {id}");
     }
 }
+
+#[actix_web::test]
+async fn the_embedded_store_reports_its_checkpoints_and_commit_log_syncs() {
+    let node = start_on(
+        "[store]\nkind = \"embedded\"\nsync = \"always\"\nsync_interval = \"50ms\"",
+        None,
+    )
+    .await;
+    const LOG_SYNC: &str = "dialog_events_store_log_sync_seconds";
+    const CHECKPOINT: &str = "dialog_events_store_checkpoint_seconds";
+    let text = node.metrics().await;
+    assert!(
+        text.contains(&format!("# TYPE {LOG_SYNC} histogram")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("# TYPE {CHECKPOINT} histogram")),
+        "{text}"
+    );
+    let before = parse_exposition(&text);
+    let synced_before = value(&before, &format!("{LOG_SYNC}_count"), &[]).expect("count");
+
+    // Three commits one after another: each is its own fsynced record of the log.
+    for _ in 0..3 {
+        node.create_dialog(&dialog_body()).await;
+    }
+    let samples = parse_exposition(&node.metrics().await);
+    let synced = value(&samples, &format!("{LOG_SYNC}_count"), &[]).expect("count");
+    assert!(synced >= synced_before + 3.0, "{synced_before} -> {synced}");
+    assert!(value(&samples, &format!("{LOG_SYNC}_sum"), &[]).expect("sum") > 0.0);
+
+    // A checkpoint follows within the interval and is timed.
+    eventually(Duration::from_secs(5), "a timed checkpoint", || async {
+        let samples = parse_exposition(&node.metrics().await);
+        value(&samples, &format!("{CHECKPOINT}_count"), &[]).is_some_and(|n| n >= 1.0)
+            && value(&samples, &format!("{CHECKPOINT}_sum"), &[]).is_some_and(|s| s > 0.0)
+    })
+    .await;
+}

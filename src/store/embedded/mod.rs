@@ -293,6 +293,40 @@ pub struct EmbeddedStore {
     node: Mutex<Option<(NodeInfo, Instant)>>,
     /// Holds reads back while writes answered during a checkpoint wait to be applied.
     gate: Arc<Gate>,
+    timings: StoreTimings,
+}
+
+/// How long the store's syncs to disk take: its checkpoints (durable commits of the database
+/// file) and the commit log's fsyncs, which share the disk. A node registers them with its
+/// metrics.
+#[derive(Clone)]
+pub struct StoreTimings {
+    pub checkpoint: prometheus::Histogram,
+    pub log_sync: prometheus::Histogram,
+}
+
+impl StoreTimings {
+    fn new() -> Self {
+        let histogram = |name: &str, help: &str| {
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(name, help).buckets(
+                vec![
+                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    5.0,
+                ],
+            ))
+            .expect("static metric definition is valid")
+        };
+        StoreTimings {
+            checkpoint: histogram(
+                "store_checkpoint_seconds",
+                "Durable commits of the embedded database file (checkpoints)",
+            ),
+            log_sync: histogram(
+                "store_log_sync_seconds",
+                "Writes and fsyncs of the embedded commit log's records",
+            ),
+        }
+    }
 }
 
 impl EmbeddedStore {
@@ -418,6 +452,9 @@ impl EmbeddedStore {
         let (mut wal, batches) = wal::Wal::open(&wal_path, instance)
             .with_context(|| format!("failed to open the commit log {}", wal_path.display()))?;
         let replayed = recover(&db, batches, &mut wal)?;
+        let timings = StoreTimings::new();
+        wal.time_syncs(timings.log_sync.clone());
+        let checkpoint_time = timings.checkpoint.clone();
         if replayed > 0 {
             tracing::info!(
                 commits = replayed,
@@ -430,7 +467,20 @@ impl EmbeddedStore {
         let writer_gate = gate.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_db, rx, sync, sync_interval, wal, writer_gate, hold))
+            .spawn(move || {
+                writer(
+                    writer_db,
+                    rx,
+                    sync,
+                    sync_interval,
+                    wal,
+                    writer_gate,
+                    writer::Checkpoints {
+                        took: checkpoint_time,
+                        hold,
+                    },
+                )
+            })
             .context("failed to start the store's writer thread")?;
         Ok(EmbeddedStore {
             db,
@@ -438,7 +488,13 @@ impl EmbeddedStore {
             policy: Mutex::new(Arc::new(policy)),
             node: Mutex::new(None),
             gate,
+            timings,
         })
+    }
+
+    /// The store's disk timings, for the node's metrics.
+    pub fn timings(&self) -> &StoreTimings {
+        &self.timings
     }
 
     /// Returns once reads see every write acknowledged before the call.

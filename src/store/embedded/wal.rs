@@ -51,6 +51,8 @@ pub(super) struct Wal {
     /// Number of the last batch written (or recovered).
     pub(super) batch: u64,
     buf: Vec<u8>,
+    /// Observes how long each record's write and fsync take.
+    sync_time: Option<prometheus::Histogram>,
 }
 
 struct Segment {
@@ -108,9 +110,15 @@ impl Wal {
                 other_free: true,
                 batch,
                 buf: Vec::new(),
+                sync_time: None,
             },
             batches,
         ))
+    }
+
+    /// From now on, each record's write and fsync is timed into `histogram`.
+    pub(super) fn time_syncs(&mut self, histogram: prometheus::Histogram) {
+        self.sync_time = Some(histogram);
     }
 
     /// Bytes written to the active segment since it started over.
@@ -153,9 +161,13 @@ impl Wal {
         // older round, and its first record must not pass for the next batch.
         self.buf.extend_from_slice(&[0u8; 8]);
         let segment = &mut self.segments[self.active];
+        let started = std::time::Instant::now();
         segment.file.seek(SeekFrom::Start(segment.offset))?;
         segment.file.write_all(&self.buf)?;
         segment.file.sync_data()?;
+        if let Some(h) = &self.sync_time {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         segment.offset += self.buf.len() as u64 - 8;
         self.batch = batch;
         Ok(())

@@ -77,6 +77,14 @@ impl Gate {
     }
 }
 
+/// What the writer's checkpoints report to, and (tests only) what keeps them from starting.
+pub(super) struct Checkpoints {
+    /// Times each checkpoint.
+    pub(super) took: prometheus::Histogram,
+    /// While true, a due checkpoint waits to start.
+    pub(super) hold: Option<Arc<AtomicBool>>,
+}
+
 /// How often the writer looks at a running checkpoint while no write arrives.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(1);
 
@@ -94,14 +102,18 @@ struct Checkpoint {
 impl Checkpoint {
     /// Starts a durable commit of everything applied so far. `hold` (tests only) keeps it from
     /// starting while held.
-    fn start(db: &Arc<Database>, hold: Option<Arc<AtomicBool>>) -> Checkpoint {
+    fn start(
+        db: &Arc<Database>,
+        hold: Option<Arc<AtomicBool>>,
+        took: prometheus::Histogram,
+    ) -> Checkpoint {
         let (tx, done) = mpsc::channel();
         let db = db.clone();
         let run = move || {
             while hold.as_ref().is_some_and(|h| h.load(Ordering::Acquire)) {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let _ = tx.send(flush(&db));
+            let _ = tx.send(flush(&db, &took));
         };
         if let Err(e) = std::thread::Builder::new()
             .name("store-checkpoint".into())
@@ -245,8 +257,12 @@ pub(super) fn writer(
     interval: Duration,
     mut wal: Wal,
     gate: Arc<Gate>,
-    hold: Option<Arc<AtomicBool>>,
+    checkpoints: Checkpoints,
 ) {
+    let Checkpoints {
+        took: checkpoint_time,
+        hold,
+    } = checkpoints;
     // Non-durable commits since the last fsync of the database.
     let mut dirty = false;
     let mut last_sync = Instant::now();
@@ -296,8 +312,12 @@ pub(super) fn writer(
             && (first.is_none() || last_sync.elapsed() >= interval || wal.len() > CHECKPOINT_BYTES)
         {
             if sync == SyncMode::Always && wal.switch() {
-                checkpoint = Some(Checkpoint::start(&db, hold.clone()));
-            } else if flush(&db) {
+                checkpoint = Some(Checkpoint::start(
+                    &db,
+                    hold.clone(),
+                    checkpoint_time.clone(),
+                ));
+            } else if flush(&db, &checkpoint_time) {
                 wal.reset();
                 dirty = false;
             }
@@ -346,7 +366,7 @@ pub(super) fn writer(
             return;
         }
     }
-    if dirty && flush(&db) {
+    if dirty && flush(&db, &checkpoint_time) {
         wal.reset();
     }
 }
@@ -493,7 +513,9 @@ pub(super) fn recover(
 }
 
 /// Makes every earlier `Durability::None` commit durable; false if that failed.
-pub(super) fn flush(db: &Database) -> bool {
+/// A checkpoint: a durable commit of everything applied so far, timed into `took`.
+pub(super) fn flush(db: &Database, took: &prometheus::Histogram) -> bool {
+    let started = Instant::now();
     // An empty transaction with the default (immediate) durability fsyncs the file.
     let result = match db.begin_write() {
         Ok(mut txn) => {
@@ -505,5 +527,6 @@ pub(super) fn flush(db: &Database) -> bool {
     if let Err(e) = &result {
         tracing::error!(error = %e, "the store could not fsync");
     }
+    took.observe(started.elapsed().as_secs_f64());
     result.is_ok()
 }

@@ -52,7 +52,7 @@ enum Pool {
     /// The cluster client itself: deadpool-redis builds its cluster clients without a response
     /// timeout, and a cluster connection refreshes its slot map under a lock every command waits
     /// for, so one master that stops answering mid-refresh would hold up the commands to all.
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// Retries of one command inside the cluster connection (MOVED, ASK, TRYAGAIN, a reconnect):
@@ -89,14 +89,14 @@ impl SharedConnection {
         pool_cfg.timeouts.recycle = Some(OP_TIMEOUT);
         let seeds = settings.seeds();
         let pool = if settings.cluster {
-            Pool::Cluster(
+            Pool::Cluster(Box::new(
                 redis::cluster::ClusterClientBuilder::new(seeds)
                     .connection_timeout(OP_TIMEOUT)
                     .response_timeout(OP_TIMEOUT)
                     .retries(CLUSTER_RETRIES)
                     .build()
                     .map_err(|e| invalid(&e))?,
-            )
+            ))
         } else {
             let url = seeds.first().cloned().unwrap_or_default();
             let mut cfg = deadpool_redis::Config::from_url(url);
