@@ -147,7 +147,10 @@ impl Bus for RedisBus {
             .query_async::<i64>(&mut conn)
             .await
             .map_err(|e| {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                if e.is_timeout() {
+                    self.conn.timed_out();
+                } else if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+                {
                     self.conn.forget();
                 }
                 BusError::Unavailable(e.to_string())

@@ -532,7 +532,13 @@ impl RedisStore {
                     Ok(answer)
                 }
                 Err(e) => {
-                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    if e.is_timeout() {
+                        // The cluster client's own response timeout: as slow as ours.
+                        self.shared.timed_out();
+                    } else if e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_unrecoverable_error()
+                    {
                         self.shared.forget();
                     } else {
                         // An error reply is an answer too.
