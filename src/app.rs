@@ -22,7 +22,7 @@ use crate::http::AppState;
 use crate::realtime::OpenSockets;
 use crate::realtime::limits::PartyConnections;
 use crate::store::prelude::*;
-use crate::store::{EmbeddedStore, MemoryStore, RedisStore};
+use crate::store::{EmbeddedStore, MemoryStore, RedisStore, StoreTimings};
 use crate::telemetry::Metrics;
 
 /// How often held-back events are checked for release.
@@ -119,9 +119,6 @@ impl App {
                                 &settings.resources,
                                 &settings.delegations,
                             )?);
-                            let timings = opened.timings();
-                            metrics.register(Box::new(timings.checkpoint.clone()));
-                            metrics.register(Box::new(timings.log_sync.clone()));
                             embedded = Some(opened.clone());
                             opened
                         }
@@ -156,6 +153,14 @@ impl App {
                     (redis, Arc::new(bus), keys)
                 }
             };
+        // The embedded store's disk timings; in the other modes they are exported too, at zero,
+        // so one dashboard fits every node.
+        let timings = embedded
+            .as_ref()
+            .map(|e: &Arc<EmbeddedStore>| e.timings().clone())
+            .unwrap_or_else(StoreTimings::new);
+        metrics.register(Box::new(timings.checkpoint));
+        metrics.register(Box::new(timings.log_sync));
         // Every node of a cluster signs and verifies with the same keys.
         let keys = key_source.load().await?;
         let dev_jwks = settings

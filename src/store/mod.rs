@@ -18,7 +18,7 @@ use crate::domain::{
 };
 
 pub use self::redis::RedisStore;
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, StoreTimings};
 pub use memory::MemoryStore;
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -305,8 +305,14 @@ pub struct StoreTimings {
     pub log_sync: prometheus::Histogram,
 }
 
+impl Default for StoreTimings {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl StoreTimings {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let histogram = |name: &str, help: &str| {
             prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(name, help).buckets(
                 vec![
