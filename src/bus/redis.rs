@@ -137,7 +137,7 @@ impl Bus for RedisBus {
         let channel = self.channel(envelope.dialog_id);
         let send = async {
             let mut conn = self.conn.get().await.map_err(BusError::Unavailable)?;
-            redis::cmd(if self.cluster.is_some() {
+            let outcome = redis::cmd(if self.cluster.is_some() {
                 "SPUBLISH"
             } else {
                 "PUBLISH"
@@ -145,24 +145,12 @@ impl Bus for RedisBus {
             .arg(channel)
             .arg(payload)
             .query_async::<i64>(&mut conn)
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    self.conn.timed_out();
-                } else if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
-                {
-                    self.conn.forget();
-                }
-                BusError::Unavailable(e.to_string())
-            })
+            .await;
+            self.conn.observe(&outcome);
+            outcome.map_err(|e| BusError::Unavailable(e.to_string()))
         };
         match tokio::time::timeout(OP_TIMEOUT, send).await {
-            Ok(result) => {
-                if result.is_ok() {
-                    self.conn.answered();
-                }
-                result.map(|_| ())
-            }
+            Ok(result) => result.map(|_| ()),
             Err(_) => {
                 self.conn.timed_out();
                 Err(BusError::Unavailable("publish timed out".into()))

@@ -120,8 +120,23 @@ impl SharedConnection {
     }
 
     /// A command got its answer: the connection is alive.
-    pub fn answered(&self) {
+    fn answered(&self) {
         self.answered_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// What a command's outcome says about the connection: an answer (an error reply too) shows
+    /// it alive, a timeout (the cluster client's own) counts as a slow answer, and a broken
+    /// connection is dropped so the next call connects again.
+    pub fn observe<T>(&self, outcome: &redis::RedisResult<T>) {
+        match outcome {
+            Err(e) if e.is_timeout() => self.timed_out(),
+            Err(e)
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() =>
+            {
+                self.forget()
+            }
+            Ok(_) | Err(_) => self.answered(),
+        }
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
@@ -153,7 +168,7 @@ impl SharedConnection {
     }
 
     /// After an error that may have broken the connection: the next call connects again.
-    pub fn forget(&self) {
+    fn forget(&self) {
         self.current().take();
     }
 
@@ -169,17 +184,18 @@ impl SharedConnection {
                 let silent = self
                     .now_ms()
                     .saturating_sub(self.answered_ms.load(Ordering::Relaxed));
-                silent >= SILENT_FOR.as_millis() as u64
+                let wedged = silent >= SILENT_FOR.as_millis() as u64;
+                if wedged {
+                    tracing::warn!(
+                        silent_for = ?SILENT_FOR,
+                        "the redis cluster connection answers nothing: connecting again"
+                    );
+                }
+                wedged
             }
             None => false,
         };
         if replace {
-            if matches!(self.pool, Pool::Cluster(_)) {
-                tracing::warn!(
-                    silent_for = ?SILENT_FOR,
-                    "the redis cluster connection answers nothing: connecting again"
-                );
-            }
             self.forget();
         }
     }

@@ -526,27 +526,9 @@ impl RedisStore {
     {
         let run = async {
             let conn = self.shared.get().await.map_err(unavailable)?;
-            match f(conn).await {
-                Ok(answer) => {
-                    self.shared.answered();
-                    Ok(answer)
-                }
-                Err(e) => {
-                    if e.is_timeout() {
-                        // The cluster client's own response timeout: as slow as ours.
-                        self.shared.timed_out();
-                    } else if e.is_io_error()
-                        || e.is_connection_dropped()
-                        || e.is_unrecoverable_error()
-                    {
-                        self.shared.forget();
-                    } else {
-                        // An error reply is an answer too.
-                        self.shared.answered();
-                    }
-                    Err(unavailable(e))
-                }
-            }
+            let outcome = f(conn).await;
+            self.shared.observe(&outcome);
+            outcome.map_err(unavailable)
         };
         match tokio::time::timeout(OP_TIMEOUT, run).await {
             Ok(result) => result,
