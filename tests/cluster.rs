@@ -351,7 +351,18 @@ async fn a_change_is_published_by_its_commit_script_not_by_a_second_command() {
     ws.init(Some(&token)).await;
     ws.subscribe("1", &id, None).await;
     wait_subscriptions(&nodes[1], 1).await;
-    let writes = 5;
+    // Marks in the monitor's stream where the writes begin.
+    let mut raw = ::redis::Client::open(shared.redis.url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: String = ::redis::cmd("ECHO")
+        .arg("writes-begin")
+        .query_async(&mut raw)
+        .await
+        .expect("echo");
+    let writes = 20;
     for _ in 0..writes {
         assert_eq!(add_activity(&nodes[0], &id).await, 201);
     }
@@ -367,9 +378,34 @@ async fn a_change_is_published_by_its_commit_script_not_by_a_second_command() {
     assert!(received.windows(2).all(|w| w[0] < w[1]), "{received:?}");
     let _ = monitor.kill();
     let _ = monitor.wait();
-    // Each line cut to who ran it and the command.
-    let publishes: Vec<String> = lines_rx
+    let lines: Vec<String> = lines_rx
         .try_iter()
+        .skip_while(|l| !l.contains("writes-begin"))
+        .collect();
+    assert!(!lines.is_empty(), "the monitor saw the writes");
+    // A write is one round trip: its commit script checks the registry version it was
+    // authorized under, so the node does not read that version first. (Other reads of it, such
+    // as the access watcher's once a second on each node, may fall in the window.)
+    let version_reads: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("] \"GET\"") && l.contains("policy:ver") && !l.contains(" lua] "))
+        .collect();
+    assert!(
+        version_reads.len() < writes / 4,
+        "{} reads of the registry version for {writes} writes: {version_reads:?}",
+        version_reads.len()
+    );
+    let checked = lines
+        .iter()
+        .filter(|l| l.contains(" lua] \"GET\"") && l.contains("policy:ver"))
+        .count();
+    assert!(
+        checked >= writes,
+        "{checked} checks of the registry version by the commit script for {writes} writes"
+    );
+    // Each line cut to who ran it and the command.
+    let publishes: Vec<String> = lines
+        .into_iter()
         // The command itself (the commit script also takes the word as an argument).
         .filter(|l| l.contains("] \"PUBLISH\""))
         .map(|l| l.chars().take(60).collect())
@@ -383,6 +419,46 @@ async fn a_change_is_published_by_its_commit_script_not_by_a_second_command() {
         publishes.len(),
         from_scripts,
         "no PUBLISH sent as a command of its own: {publishes:?}"
+    );
+}
+
+/// Makes `owner` the owner of RESOURCE, through `node`.
+async fn set_owner(node: &TestNode, owner: &str) {
+    let r = node
+        .put(
+            &format!("/admin/v1/resources/{RESOURCE}"),
+            &node.tokens.admin,
+            &json!({"owner": owner, "subscribers": [org_urn(ORG_C)]}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+}
+
+#[actix_web::test]
+async fn a_write_on_one_node_is_authorized_by_a_registry_change_just_made_on_another() {
+    let (nodes, _backing) = nodes_on_redis(2, "").await;
+    let id = nodes[1].create_dialog(&dialog_body()).await;
+    // The second node has authorized the owner's writes (and may hold that policy).
+    assert_eq!(add_activity(&nodes[1], &id).await, 201);
+    // The resource passes to another owner on the first node: the second refuses the old owner
+    // at once, and writes nothing.
+    set_owner(&nodes[0], &org_urn(ORG_B)).await;
+    assert_eq!(add_activity(&nodes[1], &id).await, 403);
+    // And back: the second node accepts the owner at once again.
+    set_owner(&nodes[0], &org_urn(ORG_A)).await;
+    assert_eq!(add_activity(&nodes[1], &id).await, 201);
+    let r = nodes[0]
+        .get(
+            &format!("/api/v1/serviceowner/dialogs/{id}"),
+            &nodes[0].tokens.owner_a,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(
+        r.body["activities"].as_array().map(Vec::len),
+        Some(2),
+        "only the two accepted writes were made: {}",
+        r.body
     );
 }
 
@@ -434,6 +510,7 @@ fn commit_of(
         publish: false,
         hold_until: None,
         announce: None,
+        policy_version: None,
     }
 }
 

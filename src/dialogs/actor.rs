@@ -383,7 +383,7 @@ async fn execute(
     deps: &DialogDeps,
     id: Uuid,
     cached: Option<Option<Arc<Dialog>>>,
-    msg: DialogCommand,
+    mut msg: DialogCommand,
 ) -> Executed {
     let mut current = match cached {
         Some(c) => c,
@@ -396,9 +396,22 @@ async fn execute(
         let now = Utc::now();
         let plan = match plan(current.as_ref(), &msg, id, now) {
             Ok(p) => p,
-            Err(e) => return (Some(current), Err(e), None),
+            // A change authorized against a policy answered from memory is refused only by the
+            // current one.
+            Err(e) => match msg.access.renewed(deps.store.as_ref()).await {
+                Ok(true) => continue,
+                _ => return (Some(current), Err(e), None),
+            },
         };
         let (next, drafts, child_id, create, silent) = match plan {
+            // A change with nothing to write answers only once the current policy agrees (a
+            // details read was authorized against the current one already).
+            Plan::Read(_)
+                if !matches!(msg.command, Command::View { .. })
+                    && matches!(msg.access.renewed(deps.store.as_ref()).await, Ok(true)) =>
+            {
+                continue;
+            }
             Plan::Read(outcome) => return (Some(current), Ok(outcome), None),
             Plan::Write {
                 next,
@@ -451,6 +464,7 @@ async fn execute(
             publish: !silent,
             hold_until,
             announce,
+            policy_version: msg.access.policy().version(),
         };
         match deps.store.commit(commit).await {
             Ok(()) => {
@@ -485,6 +499,12 @@ async fn execute(
                 return (None, Err(CommandError::AlreadyExists), None);
             }
             Err(e @ StoreError::Unavailable(_)) => return (None, Err(unavailable(e)), None),
+            // Nothing was written: authorize again against the current policy.
+            Err(StoreError::PolicyMoved) => {
+                if let Err(e) = msg.access.renewed(deps.store.as_ref()).await {
+                    return (None, Err(unavailable(e)), None);
+                }
+            }
         }
     }
     (

@@ -16,6 +16,39 @@ pub enum Access {
     EndUser { party: Party, policy: Arc<Policy> },
 }
 
+impl Access {
+    /// The policy the command is authorized against.
+    pub fn policy(&self) -> &Arc<Policy> {
+        match self {
+            Access::ServiceOwner { policy, .. } | Access::EndUser { policy, .. } => policy,
+        }
+    }
+
+    /// Authorizes against `current` from now on.
+    fn renew(&mut self, current: Arc<Policy>) {
+        match self {
+            Access::ServiceOwner { policy, .. } | Access::EndUser { policy, .. } => {
+                *policy = current
+            }
+        }
+    }
+
+    /// Takes the store's current policy when it is newer than the one the command was
+    /// authorized against (which may have been answered from memory, see
+    /// `RegistryStore::policy_for_change`); true if it was.
+    pub async fn renewed(
+        &mut self,
+        store: &dyn crate::store::Store,
+    ) -> Result<bool, crate::store::StoreError> {
+        let current = store.policy().await?;
+        if current.version() == self.policy().version() {
+            return Ok(false);
+        }
+        self.renew(current);
+        Ok(true)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Command {
     Create(Box<DialogInput>),

@@ -14,10 +14,19 @@ pub struct ReadGrant {
 }
 
 /// An immutable snapshot of the registry; replaced whole when an admin changes it.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Policy {
     resources: HashMap<ResourceUrn, ResourceEntry>,
     delegations: Vec<DelegationEntry>,
+    /// The store's count of registry changes this snapshot was read at, where the store keeps one.
+    version: Option<u64>,
+}
+
+/// Two snapshots are equal when they say the same, whatever versions they were read at.
+impl PartialEq for Policy {
+    fn eq(&self, other: &Self) -> bool {
+        self.resources == other.resources && self.delegations == other.delegations
+    }
 }
 
 impl Policy {
@@ -26,7 +35,20 @@ impl Policy {
         Policy {
             resources,
             delegations,
+            version: None,
         }
+    }
+
+    /// The snapshot as read at the store's registry version `version`.
+    pub fn at_version(mut self, version: u64) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// The store's registry version this snapshot was read at (None: the store keeps none, its
+    /// policy is always current).
+    pub fn version(&self) -> Option<u64> {
+        self.version
     }
 
     pub fn resources(&self) -> impl Iterator<Item = &ResourceEntry> {

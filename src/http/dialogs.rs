@@ -60,6 +60,14 @@ async fn owner_access(state: &AppState, caller: &Caller) -> Result<Access, ApiEr
     Ok(Access::ServiceOwner { party, policy })
 }
 
+/// `owner_access` for a change: the dialog's actor authorizes it again should the store find, at
+/// the commit, that the policy has moved since (`RegistryStore::policy_for_change`).
+async fn owner_change_access(state: &AppState, caller: &Caller) -> Result<Access, ApiError> {
+    let party = caller.party_with(Scope::ServiceOwner)?.clone();
+    let policy = state.store.policy_for_change().await?;
+    Ok(Access::ServiceOwner { party, policy })
+}
+
 fn dialog_id(path: &web::Path<String>) -> Result<Uuid, ApiError> {
     parse_uuid("id", path.as_str())
 }
@@ -92,7 +100,7 @@ async fn create(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    let access = owner_access(&state, &caller).await?;
+    let access = owner_change_access(&state, &caller).await?;
     let input: DialogInput = json_body(&req, body, state.settings.http.max_body, JSON).await?;
     let resource = input
         .service_resource
@@ -264,7 +272,7 @@ async fn replace(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = dialog_id(&path)?;
-    let access = owner_access(&state, &caller).await?;
+    let access = owner_change_access(&state, &caller).await?;
     let (if_match, silent) = (if_match(&req)?, silent(&req)?);
     let input: DialogInput = json_body(&req, body, state.settings.http.max_body, JSON).await?;
     let outcome = state
@@ -306,7 +314,7 @@ async fn add_activity(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = dialog_id(&path)?;
-    let access = owner_access(&state, &caller).await?;
+    let access = owner_change_access(&state, &caller).await?;
     let (if_match, silent) = (if_match(&req)?, silent(&req)?);
     let input: ActivityInput = json_body(&req, body, state.settings.http.max_body, JSON).await?;
     let outcome = state
@@ -348,7 +356,7 @@ async fn add_transmission(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = dialog_id(&path)?;
-    let access = owner_access(&state, &caller).await?;
+    let access = owner_change_access(&state, &caller).await?;
     let (if_match, silent) = (if_match(&req)?, silent(&req)?);
     let input: TransmissionInput =
         json_body(&req, body, state.settings.http.max_body, JSON).await?;
@@ -414,7 +422,7 @@ async fn delete(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = dialog_id(&path)?;
-    let access = owner_access(&state, &caller).await?;
+    let access = owner_change_access(&state, &caller).await?;
     let (if_match, silent) = (if_match(&req)?, silent(&req)?);
     let outcome = state
         .registry
@@ -442,7 +450,7 @@ async fn restore(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = dialog_id(&path)?;
-    let access = owner_access(&state, &caller).await?;
+    let access = owner_change_access(&state, &caller).await?;
     let silent = silent(&req)?;
     let outcome = state
         .registry
@@ -469,7 +477,7 @@ async fn purge(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = dialog_id(&path)?;
-    let access = owner_access(&state, &caller).await?;
+    let access = owner_change_access(&state, &caller).await?;
     state.registry.send(id, access, Command::Purge).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -150,6 +150,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             StoreError::AlreadyExists => ApiError::Conflict(e.to_string()),
             StoreError::Conflict => ApiError::Conflict(e.to_string()),
+            StoreError::PolicyMoved => ApiError::Unavailable(e.to_string()),
         }
     }
 }

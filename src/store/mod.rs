@@ -32,6 +32,10 @@ pub enum StoreError {
     /// The backend cannot be reached; nothing was written.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The registry or the delegations changed since the change was authorized (`Commit::policy_version`);
+    /// nothing was written. Authorize again against the current policy.
+    #[error("the registry changed since the change was authorized")]
+    PolicyMoved,
 }
 
 /// One atomic dialog change: the sequence check, the new state and the numbered events.
@@ -55,6 +59,9 @@ pub struct Commit {
     /// A message for the other nodes (channel, message), published by the store in the same atomic
     /// step as the commit; only given to a store that `announces`.
     pub announce: Option<(String, Vec<u8>)>,
+    /// The registry version the change was authorized under (`Policy::version`): a store that
+    /// keeps one commits only while it is still current, and answers `PolicyMoved` otherwise.
+    pub policy_version: Option<u64>,
 }
 
 /// Which dialogs a list call may return, before per-dialog authorization.
@@ -240,6 +247,13 @@ pub trait EventLog: Send + Sync + 'static {
 pub trait RegistryStore: Send + Sync + 'static {
     /// The current resource registry and delegations.
     async fn policy(&self) -> Result<Arc<Policy>, StoreError>;
+
+    /// The registry and delegations to authorize a dialog change with. The store may answer from
+    /// memory without checking that they are current when its commit checks the policy's
+    /// version (`Commit::policy_version`) instead: one round trip fewer per write.
+    async fn policy_for_change(&self) -> Result<Arc<Policy>, StoreError> {
+        self.policy().await
+    }
 
     async fn put_resource(&self, entry: ResourceEntry) -> Result<(), StoreError>;
 

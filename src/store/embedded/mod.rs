@@ -655,6 +655,7 @@ mod tests {
             publish: false,
             hold_until: None,
             announce: None,
+            policy_version: None,
         }
     }
 

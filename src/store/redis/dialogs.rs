@@ -72,6 +72,12 @@ impl DialogStore for RedisStore {
             ] {
                 inv.key(k);
             }
+            // On one Redis the script checks the registry version the change was authorized
+            // under; a cluster keeps it in another slot (its writes read the version first).
+            let policy_version = commit.policy_version.filter(|_| !self.cluster);
+            if policy_version.is_some() {
+                inv.key(self.tagged("policy", "policy:ver"));
+            }
             let hold_ms = commit.hold_until.map_or(0, |t| t.timestamp_millis().max(0));
             inv.arg(commit.expected_sequence)
                 .arg(if commit.create { "1" } else { "0" })
@@ -101,6 +107,10 @@ impl DialogStore for RedisStore {
             // With replicas to wait for, the change is announced only once they acknowledged it:
             // a change lost with its master must never have reached a subscriber.
             let announce = commit.announce.as_ref().filter(|_| self.wait_replicas == 0);
+            match policy_version {
+                Some(v) => inv.arg(v),
+                None => inv.arg(""),
+            };
             match announce {
                 Some((channel, message)) => inv
                     .arg(self.publish_command())
@@ -119,6 +129,7 @@ impl DialogStore for RedisStore {
                     Ok(())
                 }
                 "EXISTS" => Err(StoreError::AlreadyExists),
+                "POLICY" => Err(StoreError::PolicyMoved),
                 // Stored whole by an older version: write the lists in full this once.
                 "WHOLE" if !children.replace => {
                     children = Children::whole(commit.state.as_deref())?;

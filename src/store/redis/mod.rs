@@ -88,11 +88,14 @@ const LIST_BATCH: usize = 200;
 /// the lists are rewritten whole, else appended to), 16 and 17 the stored activities and
 /// transmissions the new ones follow, 18 and 19 how many new activities ka and transmissions kt;
 /// then n pairs (event JSON, its event-position key), then ka activities, then kt transmissions,
-/// and last the publish command (`PUBLISH`, or `SPUBLISH` on a cluster), a channel and a message
-/// to publish once the commit is made ('' for none).
-/// Returns OK, EXISTS, CONFLICT, or WHOLE (the stored dialog predates the lists: send it again
-/// with replace).
+/// then the registry version the change was authorized under ('' for none), and last the publish
+/// command (`PUBLISH`, or `SPUBLISH` on a cluster), a channel and a message to publish once the
+/// commit is made ('' for none). With a 13th key (`policy:ver`, one Redis only) nothing is written
+/// unless that version is still current.
+/// Returns OK, EXISTS, CONFLICT, POLICY (the version moved), or WHOLE (the stored dialog predates
+/// the lists: send it again with replace).
 const COMMIT_LUA: &str = r#"
+if KEYS[13] and (redis.call('GET', KEYS[13]) or '0') ~= ARGV[#ARGV - 3] then return 'POLICY' end
 local cur = redis.call('HMGET', KEYS[1], 'seq', 'na', 'nt')
 if ARGV[2] == '1' then
   if cur[1] then return 'EXISTS' end

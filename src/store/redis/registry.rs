@@ -38,9 +38,20 @@ impl RegistryStore for RedisStore {
             .iter()
             .filter_map(|d| serde_json::from_str(d).ok())
             .collect();
-        let policy = Arc::new(Policy::new(resources, delegations));
+        let policy = Arc::new(Policy::new(resources, delegations).at_version(version.unwrap_or(0)));
         *self.policy_cache() = Some((version, std::time::Instant::now(), policy.clone()));
         Ok(policy)
+    }
+
+    /// On one Redis, the policy as last read: the commit script checks its version instead.
+    async fn policy_for_change(&self) -> Result<Arc<Policy>, StoreError> {
+        if !self.cluster
+            && let Some((_, at, policy)) = self.policy_cache().as_ref()
+            && at.elapsed() < POLICY_MAX_AGE
+        {
+            return Ok(policy.clone());
+        }
+        self.policy().await
     }
 
     async fn put_resource(&self, entry: ResourceEntry) -> Result<(), StoreError> {
