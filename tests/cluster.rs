@@ -376,12 +376,24 @@ async fn a_change_is_published_by_its_commit_script_not_by_a_second_command() {
         "every change crossed to the other node"
     );
     assert!(received.windows(2).all(|w| w[0] < w[1]), "{received:?}");
+    // The monitor's lines arrive after the writes' answers: read until the commit scripts of
+    // every write have been seen (bounded), then what follows them closely.
+    let script_publish = |l: &String| l.contains(" lua] \"PUBLISH\"");
+    let mut lines: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while lines.iter().filter(|l| script_publish(l)).count() < writes
+        && std::time::Instant::now() < deadline
+    {
+        if let Ok(l) = lines_rx.recv_timeout(Duration::from_millis(100))
+            && (!lines.is_empty() || l.contains("writes-begin"))
+        {
+            lines.push(l);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    lines.extend(lines_rx.try_iter());
     let _ = monitor.kill();
     let _ = monitor.wait();
-    let lines: Vec<String> = lines_rx
-        .try_iter()
-        .skip_while(|l| !l.contains("writes-begin"))
-        .collect();
     assert!(!lines.is_empty(), "the monitor saw the writes");
     // A write is one round trip: its commit script checks the registry version it was
     // authorized under, so the node does not read that version first. (Other reads of it, such

@@ -538,6 +538,16 @@ fn plan(
         if current.is_some() {
             return Err(CommandError::AlreadyExists);
         }
+        // Checked before the create was sent here, and again should the policy have moved
+        // before its commit.
+        if let (Access::ServiceOwner { party, policy }, Some(resource)) =
+            (&msg.access, &input.service_resource)
+            && !policy.owns(party, resource)
+        {
+            return Err(CommandError::Forbidden(
+                "the dialog's service resource is owned by another party",
+            ));
+        }
         let mut input = (**input).clone();
         input.id = Some(id);
         let (dialog, drafts) = Dialog::create(input, now)?;
