@@ -456,6 +456,53 @@ async fn events_of_a_dialog_not_yet_visible_are_held_back_until_visible_from() {
 }
 
 #[actix_web::test]
+async fn a_change_made_while_earlier_events_are_held_back_waits_behind_them() {
+    let node = start("").await;
+    let visible_from = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let mut body = dialog_body();
+    body["visibleFrom"] = json!(visible_from.to_rfc3339());
+    let id = node.create_dialog(&body).await;
+    // The update makes the dialog visible at once, but its event must not pass the creation's,
+    // which is still held back.
+    let r = node
+        .send(
+            "PUT",
+            &format!("/api/v1/serviceowner/dialogs/{id}"),
+            Some(&node.tokens.owner_a),
+            &[("Content-Type", "application/json")],
+            Some(dialog_body().to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+    assert!(
+        node.dialog_events(&id).await.is_empty(),
+        "the update's event is held back behind the creation's"
+    );
+    eventually(Duration::from_secs(10), "held events released", || async {
+        node.dialog_events(&id).await.len() == 2
+    })
+    .await;
+    assert!(chrono::Utc::now() >= visible_from);
+    assert_eq!(
+        types(&node.dialog_events(&id).await),
+        [
+            "dialogporten.dialog.created.v1",
+            "dialogporten.dialog.updated.v1"
+        ]
+    );
+    // Once released, nothing is held any more: the next change's event is published at once.
+    let r = node
+        .post(
+            &format!("/api/v1/serviceowner/dialogs/{id}/activities"),
+            &node.tokens.owner_a,
+            &json!({"type": "Information"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201);
+    assert_eq!(node.dialog_events(&id).await.len(), 4);
+}
+
+#[actix_web::test]
 async fn end_users_get_410_for_deleted_dialogs() {
     let node = start("").await;
     let id = node.create_dialog(&dialog_body()).await;

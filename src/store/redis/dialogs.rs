@@ -66,7 +66,6 @@ impl DialogStore for RedisStore {
                 self.part_key(n, &format!("log:{resource}")),
                 self.part_key(n, "held"),
                 self.part_key(n, "heldc"),
-                self.dialog_key(n, id, "hu"),
                 self.dialog_key(n, id, "da"),
                 self.dialog_key(n, id, "dt"),
             ] {

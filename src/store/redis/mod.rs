@@ -16,8 +16,8 @@
 //! - `{p}:ext:{T(resource, source, id)}` dedupe marker of published custom events
 //!   (`T` writes each part as `{byte length}:{part}`, so no id or source can make two tuples meet)
 //! - `{p}:held` sorted set of held-back events by release time (member: counter, then the log and
-//!   event-position keys and the event JSON, length-prefixed), `{p}:heldc` its counter,
-//!   `{p}:hu:{id}` a dialog's current hold-until time
+//!   event-position keys and the event JSON, length-prefixed), `{p}:heldc` its counter; a
+//!   dialog's current hold-until time is the `hu` field of its `{p}:d:{id}`
 //! - `{p}:res` hash of resources, `{p}:dlg` set of delegations, `{p}:policy:ver` counted up after
 //!   each change of either (a node reads them again only when it moved), `{p}:keys` the
 //!   generated keys
@@ -80,23 +80,26 @@ const WAIT_TIMEOUT_MS: u64 = 1000;
 const LIST_BATCH: usize = 200;
 
 /// A dialog commit. KEYS: 1 `d:{id}`, 2 `dlog:{id}`, 3 `dch:{id}`, 4 `idx`, 5 `idx:r:{resource}`,
-/// 6 `idx:p:{party}`, 7 `log:{resource}`, 8 `held`, 9 `heldc`, 10 `hu:{id}`, 11 `da:{id}`,
-/// 12 `dt:{id}`. ARGV: 1 expected sequence, 2 create ('1'/'0'), 3 the state without children
+/// 6 `idx:p:{party}`, 7 `log:{resource}`, 8 `held`, 9 `heldc`, 10 `da:{id}`, 11 `dt:{id}`.
+/// ARGV: 1 expected sequence, 2 create ('1'/'0'), 3 the state without children
 /// ('' purges), 4 new sequence, 5 publish ('1'/'0'), 6 hold until (ms, 0 for none), 7 the change
 /// JSON ('' for none), 8 entries kept per dialog log, 9 retention (ms), 10 dialog id,
-/// 11 resource, 12 party, 13 the webhook feed of the dialog's partition (`wf:{n}`), 14 number of events n, 15 replace the children ('1':
-/// the lists are rewritten whole, else appended to), 16 and 17 the stored activities and
-/// transmissions the new ones follow, 18 and 19 how many new activities ka and transmissions kt;
-/// then n pairs (event JSON, its event-position key), then ka activities, then kt transmissions,
-/// then the registry version the change was authorized under ('' for none), and last the publish
-/// command (`PUBLISH`, or `SPUBLISH` on a cluster), a channel and a message to publish once the
-/// commit is made ('' for none). With a 13th key (`policy:ver`, one Redis only) nothing is written
-/// unless that version is still current.
+/// 11 resource, 12 party, 13 the webhook feed of the dialog's partition (`wf:{n}`), 14 number of
+/// events n, 15 replace the children ('1': the lists are rewritten whole, else appended to),
+/// 16 and 17 the stored activities and transmissions the new ones follow, 18 and 19 how many new
+/// activities ka and transmissions kt; then n pairs (event JSON, its event-position key), then ka
+/// activities, then kt transmissions, then the registry version the change was authorized under
+/// ('' for none), and last the publish command (`PUBLISH`, or `SPUBLISH` on a cluster), a channel
+/// and a message to publish once the commit is made ('' for none). With a 12th key (`policy:ver`,
+/// one Redis only) nothing is written unless that version is still current.
 /// Returns OK, EXISTS, CONFLICT, POLICY (the version moved), or WHOLE (the stored dialog predates
 /// the lists: send it again with replace).
+///
+/// The dialog's hold-until time (while its events are held back) is the hash's `hu` field, so a
+/// write that holds nothing back reads it with the sequence and needs no clock.
 const COMMIT_LUA: &str = r#"
-if KEYS[13] and (redis.call('GET', KEYS[13]) or '0') ~= ARGV[#ARGV - 3] then return 'POLICY' end
-local cur = redis.call('HMGET', KEYS[1], 'seq', 'na', 'nt')
+if KEYS[12] and (redis.call('GET', KEYS[12]) or '0') ~= ARGV[#ARGV - 3] then return 'POLICY' end
+local cur = redis.call('HMGET', KEYS[1], 'seq', 'na', 'nt', 'hu')
 if ARGV[2] == '1' then
   if cur[1] then return 'EXISTS' end
 else
@@ -112,25 +115,27 @@ end
 local n = tonumber(ARGV[14])
 local keep = tonumber(ARGV[8])
 if ARGV[3] == '' then
-  redis.call('DEL', KEYS[11], KEYS[12])
+  redis.call('DEL', KEYS[10], KEYS[11])
   redis.call('HDEL', KEYS[1], 'na', 'nt')
   redis.call('HSET', KEYS[1], 'state', '', 'seq', ARGV[4])
 else
   local ba, bt = tonumber(ARGV[16]), tonumber(ARGV[17])
   if ARGV[15] == '1' then
-    redis.call('DEL', KEYS[11], KEYS[12])
+    redis.call('DEL', KEYS[10], KEYS[11])
     ba, bt = 0, 0
   end
   local ka, kt = tonumber(ARGV[18]), tonumber(ARGV[19])
   local c0 = 19 + 2 * n
-  for i = 1, ka do redis.call('RPUSH', KEYS[11], ARGV[c0 + i]) end
-  for i = 1, kt do redis.call('RPUSH', KEYS[12], ARGV[c0 + ka + i]) end
+  if ka > 0 then redis.call('RPUSH', KEYS[10], unpack(ARGV, c0 + 1, c0 + ka)) end
+  if kt > 0 then redis.call('RPUSH', KEYS[11], unpack(ARGV, c0 + ka + 1, c0 + ka + kt)) end
   redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', ARGV[4], 'na', ba + ka, 'nt', bt + kt)
 end
 -- The dialog's logs are trimmed only once they pass their cap (RPUSH answers the new length).
-local len = 0
-for i = 1, n do len = redis.call('RPUSH', KEYS[2], ARGV[19 + 2 * i - 1]) end
-if len > keep then redis.call('LTRIM', KEYS[2], -keep, -1) end
+if n > 0 then
+  local evs = {}
+  for i = 1, n do evs[i] = ARGV[19 + 2 * i - 1] end
+  if redis.call('RPUSH', KEYS[2], unpack(evs)) > keep then redis.call('LTRIM', KEYS[2], -keep, -1) end
+end
 if ARGV[7] ~= '' then
   if redis.call('RPUSH', KEYS[3], ARGV[7]) > keep then redis.call('LTRIM', KEYS[3], -keep, -1) end
 end
@@ -144,19 +149,24 @@ elseif ARGV[2] == '1' then
   redis.call('ZADD', KEYS[6], 0, ARGV[10])
 end
 if ARGV[5] == '1' and n > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local hold = tonumber(ARGV[6])
-  local pending = tonumber(redis.call('GET', KEYS[10]) or '0')
+  local pending = tonumber(cur[4] or '0')
+  -- The clock is read only when something is or was held back for this dialog.
+  local now = 0
+  if hold > 0 or pending > 0 then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
   if pending > now and pending > hold then hold = pending end
   if hold > now then
-    redis.call('SET', KEYS[10], hold, 'PX', hold - now + 60000)
+    redis.call('HSET', KEYS[1], 'hu', hold)
     for i = 1, n do
       local c = redis.call('INCR', KEYS[9])
       local ev = ARGV[19 + 2 * i]
       redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '#' .. #KEYS[7] .. '|' .. KEYS[7] .. #ev .. '|' .. ev .. #ARGV[13] .. '|' .. ARGV[13] .. ARGV[19 + 2 * i - 1])
     end
   else
+    if pending > 0 then redis.call('HDEL', KEYS[1], 'hu') end
     for i = 1, n do
       local sid = redis.call('XADD', KEYS[7], '*', 'e', ARGV[19 + 2 * i - 1])
       redis.call('SET', ARGV[19 + 2 * i], sid, 'PX', ARGV[9])
@@ -423,7 +433,11 @@ impl RedisStore {
     /// A key of partition `n` (its log, index, held-back events and feed); on one Redis there is
     /// one of each for all partitions, except the feeds, which are per partition everywhere.
     fn part_key(&self, n: u16, rest: &str) -> String {
-        self.tagged(&format!("w{n}"), rest)
+        if self.cluster {
+            format!("{}:{{w{n}}}:{rest}", self.prefix)
+        } else {
+            self.key(rest)
+        }
     }
 
     /// The partition a dialog's keys, its events and its channel belong to.
@@ -431,10 +445,14 @@ impl RedisStore {
         crate::domain::partition_of(&id.to_string(), self.partition_count)
     }
 
-    /// A key of dialog `id` (`kind` `d`, `dlog`, `dch`, `da`, `dt`, `hu`) in the slot of its
+    /// A key of dialog `id` (`kind` `d`, `dlog`, `dch`, `da`, `dt`) in the slot of its
     /// partition `n` (`dialog_partition`, worked out once per operation by the caller).
     fn dialog_key(&self, n: u16, id: Uuid, kind: &str) -> String {
-        self.part_key(n, &format!("{kind}:{id}"))
+        if self.cluster {
+            format!("{}:{{w{n}}}:{kind}:{id}", self.prefix)
+        } else {
+            format!("{}:{kind}:{id}", self.prefix)
+        }
     }
 
     /// The partitions whose keys a cross-dialog read visits: all on a cluster, else the one set.
