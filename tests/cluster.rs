@@ -617,6 +617,59 @@ async fn a_dialogs_logs_keep_their_newest_thousand_entries() {
     );
 }
 
+#[actix_web::test]
+async fn event_positions_are_kept_in_a_hash_per_minute_and_each_event_is_a_poll_cursor() {
+    use ::redis::AsyncCommands;
+    let (nodes, shared) = start_cluster(1, "").await;
+    let node = &nodes[0];
+    let id = node.create_dialog(&dialog_body()).await;
+    for _ in 0..5 {
+        post_activity(node, &id).await;
+    }
+    // created, then an activity and an update per post.
+    let events = node.dialog_events(&id).await;
+    assert_eq!(events.len(), 11);
+    let mut raw = ::redis::Client::open(shared.redis.url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let keys = |pattern: String| ::redis::cmd("KEYS").arg(pattern).to_owned();
+    let own: Vec<String> = keys(format!("{}:ev:*", shared.prefix))
+        .query_async(&mut raw)
+        .await
+        .expect("KEYS");
+    assert!(own.is_empty(), "no key per event: {own:?}");
+    let buckets: Vec<String> = keys(format!("{}:evp:*", shared.prefix))
+        .query_async(&mut raw)
+        .await
+        .expect("KEYS");
+    assert!(!buckets.is_empty() && buckets.len() <= 2, "{buckets:?}");
+    let mut positions = 0;
+    for b in &buckets {
+        positions += raw.hlen::<_, usize>(b).await.expect("HLEN");
+        // Kept for the retention (90 days by default) after its minute.
+        let ttl: i64 = raw.pttl(b).await.expect("PTTL");
+        assert!(ttl > 90 * 86_400_000, "{b} expires in {ttl} ms");
+    }
+    assert_eq!(positions, 11, "one position per event");
+    // Each event is a cursor: after it come exactly the events after it.
+    for (i, e) in events.iter().enumerate() {
+        let cursor = e["id"].as_str().expect("id");
+        let r = node
+            .get(
+                &format!("/events/api/v1/events?resource={RESOURCE}&after={cursor}&size=100"),
+                &node.tokens.owner_a,
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+        let after: Vec<&serde_json::Value> = r.body.as_array().expect("array").iter().collect();
+        let expected: Vec<&serde_json::Value> = events[i + 1..].iter().map(|e| &e["id"]).collect();
+        let got: Vec<&serde_json::Value> = after.iter().map(|e| &e["id"]).collect();
+        assert_eq!(got, expected, "after event {i}");
+    }
+}
+
 /// A dialog's state as the actor hands it to the store: changed from `before`.
 fn commit_of(
     next: Option<&dialog_events::domain::Dialog>,

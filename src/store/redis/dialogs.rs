@@ -46,9 +46,13 @@ impl DialogStore for RedisStore {
             .events
             .iter()
             .map(|e| {
-                serde_json::to_string(e.as_ref())
-                    .map(|json| (json, self.event_key(n, &resource, &e.id)))
-                    .map_err(unavailable)
+                let json = serde_json::to_string(e.as_ref()).map_err(unavailable)?;
+                let (bucket, expiry) = self
+                    .position_bucket(n, &resource, &e.id)
+                    .map_or((String::new(), 0), |(key, b)| {
+                        (key, self.bucket_expiry_ms(b))
+                    });
+                Ok((json, self.event_key(n, &resource, &e.id), bucket, expiry))
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Every event of a dialog belongs to the dialog's lanes, so to one partition.
@@ -97,8 +101,8 @@ impl DialogStore for RedisStore {
                 .arg(children.base.1)
                 .arg(children.activities.len())
                 .arg(children.transmissions.len());
-            for (json, key) in &events {
-                inv.arg(json).arg(key);
+            for (json, key, bucket, expiry) in &events {
+                inv.arg(json).arg(key).arg(bucket).arg(expiry);
             }
             for json in children.activities.iter().chain(&children.transmissions) {
                 inv.arg(json);

@@ -10,21 +10,29 @@ impl EventLog for RedisStore {
         resource: &str,
         event_id: &str,
     ) -> Result<Option<LogPosition>, StoreError> {
-        if !self.cluster {
-            let key = self.event_key(0, resource, event_id);
-            let sid: Option<String> = self.with(|mut c| async move { c.get(&key).await }).await?;
-            return Ok(sid.as_deref().and_then(position_of));
-        }
-        // The event's partition is not known from its id: ask each partition.
+        // A position is in its minute's hash (an event the node committed as it came) or in a
+        // key of its own (held back, or published from outside); on a cluster the event's
+        // partition is not known from its id: each partition is asked.
         let mut pipe = redis::pipe();
+        let mut asked = Vec::new();
         for n in self.read_partitions() {
-            pipe.get(self.event_key(n, resource, event_id));
+            let key = self.event_key(n, resource, event_id);
+            if let Some((bucket, _)) = self.position_bucket(n, resource, event_id) {
+                pipe.hget(bucket, &key);
+                asked.push(n);
+            }
+            pipe.get(key);
+            asked.push(n);
         }
         let found: Vec<Option<String>> = self.query_spread(pipe).await?;
-        Ok(found
-            .iter()
-            .enumerate()
-            .find_map(|(n, sid)| spread_position(sid.as_deref()?, n as u16)))
+        Ok(found.iter().zip(asked).find_map(|(sid, n)| {
+            let sid = sid.as_deref()?;
+            if self.cluster {
+                spread_position(sid, n)
+            } else {
+                position_of(sid)
+            }
+        }))
     }
 
     async fn read_log(

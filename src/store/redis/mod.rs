@@ -11,8 +11,10 @@
 //!   order; both are append-only, so a change pushes only what it adds)
 //! - `{p}:dlog:{id}` list of event JSON, `{p}:dch:{id}` list of change JSON (newest 1000 each)
 //! - `{p}:idx`, `{p}:idx:r:{resource}`, `{p}:idx:p:{party}` sorted sets of dialog ids (lexical)
-//! - `{p}:log:{resource}` stream of published events (field `e`); `{p}:ev:{T(resource, event id)}`
-//!   an event's stream id in its resource's log
+//! - `{p}:log:{resource}` stream of published events (field `e`); `{p}:evp:{T(resource, minute)}`
+//!   hash of the stream ids of the events whose ids (UUIDv7) were made in that minute (field: the
+//!   event's `ev:` key; expires a retention after the minute); `{p}:ev:{T(resource, event id)}`
+//!   the stream id of an event held back, published from outside or with another kind of id
 //! - `{p}:ext:{T(resource, source, id)}` dedupe marker of published custom events
 //!   (`T` writes each part as `{byte length}:{part}`, so no id or source can make two tuples meet)
 //! - `{p}:held` sorted set of held-back events by release time (member: counter, then the log and
@@ -33,7 +35,7 @@
 //!
 //! On a Redis Cluster (`redis.cluster`) the keys one script or transaction touches share a hash
 //! tag: a dialog's keys and the partition-wide keys its commit writes (`idx*`, `log:*`, `ev:*`,
-//! `ext:*`, `held`, `heldc`, `wf:{n}`, `pending:{n}`) carry `{w<n>}`, the dialog's (or the
+//! `evp:*`, `ext:*`, `held`, `heldc`, `wf:{n}`, `pending:{n}`) carry `{w<n>}`, the dialog's (or the
 //! published event's) webhook partition, e.g. `{p}:{w7}:d:{id}`; `res`, `dlg` and `policy:ver`
 //! carry `{policy}`, `wmembers` and the leases `{leases}`, `conns:*` `{conns}`, and the node
 //! entries `{nodes}` with a sorted set `{p}:{nodes}:nodes` listing them (SCAN sees one master
@@ -87,8 +89,9 @@ const LIST_BATCH: usize = 200;
 /// 11 resource, 12 party, 13 the webhook feed of the dialog's partition (`wf:{n}`), 14 number of
 /// events n, 15 replace the children ('1': the lists are rewritten whole, else appended to),
 /// 16 and 17 the stored activities and transmissions the new ones follow, 18 and 19 how many new
-/// activities ka and transmissions kt; then n pairs (event JSON, its event-position key), then ka
-/// activities, then kt transmissions, then the registry version the change was authorized under
+/// activities ka and transmissions kt; then n quadruples (event JSON, its event-position key, the
+/// position hash of its minute or '' when its id is not a UUIDv7, when that hash may expire (ms)),
+/// then ka activities, then kt transmissions, then the registry version the change was authorized under
 /// ('' for none), and last the publish command (`PUBLISH`, or `SPUBLISH` on a cluster), a channel
 /// and a message to publish once the commit is made ('' for none). With a 12th key (`policy:ver`,
 /// one Redis only) nothing is written unless that version is still current.
@@ -96,7 +99,10 @@ const LIST_BATCH: usize = 200;
 /// the lists: send it again with replace).
 ///
 /// The dialog's hold-until time (while its events are held back) is the hash's `hu` field, so a
-/// write that holds nothing back reads it with the sequence and needs no clock.
+/// write that holds nothing back reads it with the sequence and needs no clock. An event's
+/// position goes to its minute's hash (field: its position key), which gets its expiry when the
+/// event is its first: one key per resource and minute, not an expiring key per event; an event
+/// held back (or whose id says no minute) keeps a key of its own with the retention as expiry.
 const COMMIT_LUA: &str = r#"
 if KEYS[12] and (redis.call('GET', KEYS[12]) or '0') ~= ARGV[#ARGV - 3] then return 'POLICY' end
 local cur = redis.call('HMGET', KEYS[1], 'seq', 'na', 'nt', 'hu')
@@ -125,7 +131,7 @@ else
     ba, bt = 0, 0
   end
   local ka, kt = tonumber(ARGV[18]), tonumber(ARGV[19])
-  local c0 = 19 + 2 * n
+  local c0 = 19 + 4 * n
   if ka > 0 then redis.call('RPUSH', KEYS[10], unpack(ARGV, c0 + 1, c0 + ka)) end
   if kt > 0 then redis.call('RPUSH', KEYS[11], unpack(ARGV, c0 + ka + 1, c0 + ka + kt)) end
   redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', ARGV[4], 'na', ba + ka, 'nt', bt + kt)
@@ -133,7 +139,7 @@ end
 -- The dialog's logs are trimmed only once they pass their cap (RPUSH answers the new length).
 if n > 0 then
   local evs = {}
-  for i = 1, n do evs[i] = ARGV[19 + 2 * i - 1] end
+  for i = 1, n do evs[i] = ARGV[19 + 4 * i - 3] end
   if redis.call('RPUSH', KEYS[2], unpack(evs)) > keep then redis.call('LTRIM', KEYS[2], -keep, -1) end
 end
 if ARGV[7] ~= '' then
@@ -162,15 +168,20 @@ if ARGV[5] == '1' and n > 0 then
     redis.call('HSET', KEYS[1], 'hu', hold)
     for i = 1, n do
       local c = redis.call('INCR', KEYS[9])
-      local ev = ARGV[19 + 2 * i]
-      redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '#' .. #KEYS[7] .. '|' .. KEYS[7] .. #ev .. '|' .. ev .. #ARGV[13] .. '|' .. ARGV[13] .. ARGV[19 + 2 * i - 1])
+      local ev = ARGV[19 + 4 * i - 2]
+      redis.call('ZADD', KEYS[8], hold, string.format('%020d', c) .. '#' .. #KEYS[7] .. '|' .. KEYS[7] .. #ev .. '|' .. ev .. #ARGV[13] .. '|' .. ARGV[13] .. ARGV[19 + 4 * i - 3])
     end
   else
     if pending > 0 then redis.call('HDEL', KEYS[1], 'hu') end
     for i = 1, n do
-      local sid = redis.call('XADD', KEYS[7], '*', 'e', ARGV[19 + 2 * i - 1])
-      redis.call('SET', ARGV[19 + 2 * i], sid, 'PX', ARGV[9])
-      redis.call('XADD', ARGV[13], '*', 'e', ARGV[19 + 2 * i - 1])
+      local e = 19 + 4 * i
+      local sid = redis.call('XADD', KEYS[7], '*', 'e', ARGV[e - 3])
+      if ARGV[e - 1] == '' then
+        redis.call('SET', ARGV[e - 2], sid, 'PX', ARGV[9])
+      elseif redis.call('HSET', ARGV[e - 1], ARGV[e - 2], sid) == 1 and redis.call('HLEN', ARGV[e - 1]) == 1 then
+        redis.call('PEXPIREAT', ARGV[e - 1], ARGV[e])
+      end
+      redis.call('XADD', ARGV[13], '*', 'e', ARGV[e - 3])
     end
   end
 end
@@ -330,6 +341,19 @@ pub fn dialog_channel(prefix: &str, partitions: Option<u16>, dialog: Uuid) -> St
 
 /// A key part made of several strings that no choice of strings can make ambiguous: each part is
 /// written as `{byte length}:{part}`.
+/// Length of the time buckets of event positions (`evp:` hashes).
+const POSITION_BUCKET_MS: u64 = 60_000;
+
+/// The minute (since the epoch) a UUIDv7 event id was made in; None for any other id.
+fn position_bucket_of(event_id: &str) -> Option<u64> {
+    let id = Uuid::parse_str(event_id).ok()?;
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some((secs * 1000 + u64::from(nanos) / 1_000_000) / POSITION_BUCKET_MS)
+}
+
 fn tuple(parts: &[&str]) -> String {
     let mut out = String::new();
     for p in parts {
@@ -464,9 +488,28 @@ impl RedisStore {
         }
     }
 
-    /// Where an event's position in its resource's log (of partition `n`) is kept.
+    /// Where an event's position in its resource's log (of partition `n`) is kept when it has a
+    /// key of its own: an event published from outside, or one that was held back.
     fn event_key(&self, n: u16, resource: &str, event_id: &str) -> String {
         self.part_key(n, &format!("ev:{}", tuple(&[resource, event_id])))
+    }
+
+    /// The hash that keeps the positions of a resource's events (of partition `n`) whose ids
+    /// (UUIDv7) were made in the minute `bucket`: one key, and one expiry, per resource and
+    /// minute instead of per event. None for an id that is not a UUIDv7.
+    fn position_bucket(&self, n: u16, resource: &str, event_id: &str) -> Option<(String, u64)> {
+        let bucket = position_bucket_of(event_id)?;
+        let key = self.part_key(
+            n,
+            &format!("evp:{}", tuple(&[resource, &bucket.to_string()])),
+        );
+        Some((key, bucket))
+    }
+
+    /// When the position hash of minute `bucket` may go: a retention after the minute ends, and
+    /// an hour more for the clocks of the node that made the id and of Redis to differ.
+    fn bucket_expiry_ms(&self, bucket: u64) -> u64 {
+        (bucket + 1) * POSITION_BUCKET_MS + self.retention_ms() + 3_600_000
     }
 
     /// `PUBLISH` on one Redis; `SPUBLISH` on a cluster, which reaches only the channel's shard.
@@ -636,6 +679,21 @@ mod tests {
         let late = spread_position("3786825600000-2047", 4095).expect("id");
         assert_eq!(spread_parts(late), ("3786825600000-2047".to_owned(), 4095));
         assert!(spread_floor(1_780_000_000_000) <= a && d < spread_floor(1_780_000_000_002));
+    }
+
+    #[test]
+    fn a_uuidv7_event_id_gives_the_minute_it_was_made_in_and_other_ids_none() {
+        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            1_796_391_015,
+            0,
+        ));
+        assert_eq!(
+            position_bucket_of(&id.to_string()),
+            Some(1_796_391_015 / 60)
+        );
+        assert_eq!(position_bucket_of(&Uuid::new_v4().to_string()), None);
+        assert_eq!(position_bucket_of("ext-42"), None);
     }
 
     #[test]
