@@ -240,117 +240,6 @@ async fn the_connection_limit_per_party_admits_a_burst_up_to_the_limit_across_no
     assert_eq!(open(b, &token).await.err(), Some(Some(4429)));
 }
 
-/// To one Redis, each thread uses a connection of its own, made on that thread (so the task that
-/// drives it runs beside its callers, with no hand-off to another thread per command), and a
-/// thread whose runtime has ended, taking that task with it, connects again.
-#[test]
-fn each_thread_has_a_redis_connection_of_its_own_and_connects_again_under_a_new_runtime() {
-    let redis = common::redis::RedisServer::start();
-    let store = std::sync::Arc::new(
-        dialog_events::store::RedisStore::new(
-            &single_redis(&redis.url, "threads"),
-            Duration::from_secs(60),
-        )
-        .expect("store"),
-    );
-    // The server-side id of the connection a caller on this thread's runtime `rt` gets.
-    let client_id = |rt: &tokio::runtime::Runtime, store: &dialog_events::store::RedisStore| {
-        rt.block_on(async {
-            let mut c = store.shared().get().await.expect("connection");
-            ::redis::cmd("CLIENT")
-                .arg("ID")
-                .query_async::<i64>(&mut c)
-                .await
-                .expect("CLIENT ID")
-        })
-    };
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    };
-    let first = runtime();
-    let here = client_id(&first, &store);
-    assert_eq!(client_id(&first, &store), here, "one connection per thread");
-    let elsewhere = {
-        let store = store.clone();
-        std::thread::spawn(move || client_id(&runtime(), &store))
-            .join()
-            .expect("thread")
-    };
-    assert_ne!(
-        elsewhere, here,
-        "another thread gets a connection of its own"
-    );
-    drop(first);
-    let second = runtime();
-    let again = client_id(&second, &store);
-    assert_ne!(again, here, "the old runtime's connection is not reused");
-    assert_eq!(client_id(&second, &store), again);
-}
-
-/// When one thread finds its connection broken (Redis restarted), the other threads connect
-/// again before their next command instead of each failing one first.
-#[test]
-fn a_connection_found_broken_on_one_thread_is_replaced_on_every_thread() {
-    let redis = common::redis::RedisServer::start();
-    let store = std::sync::Arc::new(
-        dialog_events::store::RedisStore::new(
-            &single_redis(&redis.url, "broken"),
-            Duration::from_secs(60),
-        )
-        .expect("store"),
-    );
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    };
-    let command = |rt: &tokio::runtime::Runtime, store: &dialog_events::store::RedisStore| {
-        rt.block_on(store.shared_keys("{}".to_owned())).is_ok()
-    };
-    // Thread B connects, then waits while Redis restarts and thread A finds out.
-    let (connected_tx, connected) = std::sync::mpsc::channel();
-    let (go, go_rx) = std::sync::mpsc::channel::<()>();
-    let other = {
-        let store = store.clone();
-        std::thread::spawn(move || {
-            let rt = runtime();
-            connected_tx.send(command(&rt, &store)).expect("send");
-            go_rx.recv().expect("go");
-            command(&rt, &store)
-        })
-    };
-    let rt = runtime();
-    assert!(command(&rt, &store), "thread A's first command");
-    assert!(
-        connected.recv().expect("connected"),
-        "thread B's first command"
-    );
-    redis.restart();
-    // Thread A's connection went down with the server: its next command fails, the one after
-    // connects again.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    assert!(
-        !command(&rt, &store),
-        "a command on the broken connection fails"
-    );
-    while !command(&rt, &store) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "thread A connects again"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    go.send(()).expect("go");
-    assert!(
-        other.join().expect("thread B"),
-        "thread B's first command after the restart succeeds"
-    );
-}
-
 #[actix_web::test]
 async fn a_nodes_connection_counts_stop_counting_when_it_stops_refreshing_them() {
     let redis = common::redis::RedisServer::start();
@@ -384,7 +273,7 @@ async fn a_nodes_connection_counts_stop_counting_when_it_stops_refreshing_them()
 const PARTY: &str = "urn:altinn:person:identifier-no:08895699684";
 
 #[actix_web::test]
-async fn writes_keep_their_redis_connection_and_read_the_registry_only_when_it_changed() {
+async fn writes_share_one_redis_connection_and_read_the_registry_only_when_it_changed() {
     let (nodes, shared) = start_cluster(1, "").await;
     let node = &nodes[0];
     let id = node.create_dialog(&dialog_body()).await;
@@ -420,7 +309,7 @@ async fn writes_keep_their_redis_connection_and_read_the_registry_only_when_it_c
         "every write ran the commit script: {evals}"
     );
     // A pooled connection is checked with UNWATCH and PING on every checkout (three checkouts
-    // per write); a connection kept for the thread is not checked at all.
+    // per write); a shared one is not checked at all.
     let checks = calls(&after, "unwatch") - calls(&before, "unwatch");
     assert!(checks < 5, "{checks} connection checks for {writes} writes");
     // The registry and delegations are read again only when their version moves.

@@ -1,8 +1,7 @@
-//! The connections a node's commands share: to a single Redis, one multiplexed connection per
-//! thread; to a cluster, one cluster connection for all (one multiplexed connection per master,
-//! following MOVED and ASK and refreshing the slot map on its own after a failover).
+//! The one connection every command of a node shares: a multiplexed connection to a single Redis,
+//! or a cluster connection (one multiplexed connection per master, following MOVED and ASK and
+//! refreshing the slot map on its own after a failover).
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -64,25 +63,13 @@ const CLUSTER_RETRIES: u32 = 6;
 /// time out, is replaced: it is wedged, not slow.
 const SILENT_FOR: Duration = Duration::from_secs(6);
 
-/// The connection callers share (redis-rs pipelines the commands of concurrent callers on it),
-/// taken out of the pool and replaced after a connection error. A pool checkout costs a round
-/// trip of its own (deadpool-redis checks each connection before handing it out): three per
-/// dialog write, more than the write itself. Nothing here uses WATCH/MULTI across calls or
-/// blocking commands, which a shared connection could not serve.
-///
-/// To a single Redis each thread gets a connection of its own, made on that thread, so the task
-/// that drives it runs beside the callers: a dialog actor's commit and its answer then stay on the
-/// actor's thread instead of waking another thread on the way out and again on the way back
-/// (two of a write's four thread hand-offs).
+/// One connection that every caller shares (redis-rs pipelines the commands of concurrent
+/// callers on it), taken out of the pool and replaced after a connection error. A pool checkout
+/// costs a round trip of its own (deadpool-redis checks each connection before handing it out):
+/// three per dialog write, more than the write itself. Nothing here uses WATCH/MULTI across
+/// calls or blocking commands, which a shared connection could not serve.
 pub struct SharedConnection {
     pool: Pool,
-    /// Tells this connection's per-thread entries from another store's.
-    id: u64,
-    /// Counted up when a thread finds its connection to one Redis broken: the other threads'
-    /// connections, made before, went down with it, so they connect again too instead of each
-    /// failing a command first.
-    generation: AtomicU64,
-    /// The cluster connection (one Redis: unused, see `LOCAL`).
     current: std::sync::Mutex<Option<Conn>>,
     /// Held while connecting: callers that find no connection wait for one connect, instead of
     /// each starting its own (a burst of connects under the load that broke the last one).
@@ -119,11 +106,8 @@ impl SharedConnection {
                     .map_err(|e| invalid(&e))?,
             )
         };
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(SharedConnection {
             pool,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            generation: AtomicU64::new(0),
             current: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             epoch: Instant::now(),
@@ -159,91 +143,33 @@ impl SharedConnection {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The connection this caller uses, if one is made: this thread's (one Redis) or the
-    /// cluster's.
-    fn made(&self) -> Option<Conn> {
-        match self.pool {
-            Pool::Single(_) => LOCAL.with_borrow_mut(|local| {
-                let at = local.iter().position(|l| l.owner == self.id)?;
-                let generation = self.generation.load(Ordering::Relaxed);
-                if local[at].generation != generation || local[at].runtime_gone() {
-                    local.swap_remove(at);
-                    return None;
-                }
-                Some(local[at].conn.clone())
-            }),
-            Pool::Cluster(_) => self.current().clone(),
-        }
-    }
-
-    /// The connection to use, connecting first when there is none.
+    /// The shared connection, connecting first when there is none.
     pub async fn get(&self) -> Result<Conn, String> {
-        if let Some(c) = self.made() {
+        if let Some(c) = self.current().clone() {
             return Ok(c);
         }
         let _connecting = self.connecting.lock().await;
-        if let Some(c) = self.made() {
+        if let Some(c) = self.current().clone() {
             return Ok(c);
         }
         let taken = match &self.pool {
-            Pool::Single(p) => {
-                let generation = self.generation.load(Ordering::Relaxed);
-                let conn = Conn::Single(deadpool_redis::Connection::take(
-                    p.get().await.map_err(|e| e.to_string())?,
-                ));
-                // The connection's driving task was spawned on this thread's runtime: a sentinel
-                // task beside it tells when that runtime has ended (and the connection with it).
-                let (keep, runtime) = tokio::sync::oneshot::channel::<()>();
-                tokio::spawn(async move {
-                    let _keep = keep;
-                    std::future::pending::<()>().await
-                });
-                LOCAL.with_borrow_mut(|local| {
-                    local.retain(|l| l.owner != self.id);
-                    local.push(Local {
-                        owner: self.id,
-                        generation,
-                        conn: conn.clone(),
-                        runtime,
-                    });
-                });
-                conn
-            }
-            Pool::Cluster(client) => {
-                let conn = Conn::Cluster(
-                    tokio::time::timeout(OP_TIMEOUT, client.get_async_connection())
-                        .await
-                        .map_err(|_| "connecting to the cluster timed out".to_owned())?
-                        .map_err(|e| e.to_string())?,
-                );
-                self.current().get_or_insert(conn).clone()
-            }
+            Pool::Single(p) => Conn::Single(deadpool_redis::Connection::take(
+                p.get().await.map_err(|e| e.to_string())?,
+            )),
+            Pool::Cluster(client) => Conn::Cluster(
+                tokio::time::timeout(OP_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(|_| "connecting to the cluster timed out".to_owned())?
+                    .map_err(|e| e.to_string())?,
+            ),
         };
         self.answered();
-        Ok(taken)
+        Ok(self.current().get_or_insert(taken).clone())
     }
 
     /// After an error that may have broken the connection: the next call connects again.
     fn forget(&self) {
-        match self.pool {
-            Pool::Single(_) => LOCAL.with_borrow_mut(|local| {
-                let Some(at) = local.iter().position(|l| l.owner == self.id) else {
-                    return;
-                };
-                let broken = local.swap_remove(at);
-                // The first failure of this generation's connections retires them all; later
-                // ones (the other commands that were in flight on them) change nothing.
-                let _ = self.generation.compare_exchange(
-                    broken.generation,
-                    broken.generation + 1,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }),
-            Pool::Cluster(_) => {
-                self.current().take();
-            }
-        }
+        self.current().take();
     }
 
     /// After an answer that did not come in time. One Redis: the connection may be stuck, so the
@@ -252,9 +178,9 @@ impl SharedConnection {
     /// master at once, under the load that made the answer slow. One that has answered nothing
     /// for `SILENT_FOR` is replaced.
     pub fn timed_out(&self) {
-        let replace = match &self.pool {
-            Pool::Single(_) => true,
-            Pool::Cluster(_) if self.current().is_some() => {
+        let replace = match self.current().as_ref() {
+            Some(Conn::Single(_)) => true,
+            Some(Conn::Cluster(_)) => {
                 let silent = self
                     .now_ms()
                     .saturating_sub(self.answered_ms.load(Ordering::Relaxed));
@@ -267,33 +193,10 @@ impl SharedConnection {
                 }
                 wedged
             }
-            Pool::Cluster(_) => false,
+            None => false,
         };
         if replace {
             self.forget();
         }
     }
-}
-
-/// A thread's connection to one Redis, for the `SharedConnection` whose `id` is `owner`.
-struct Local {
-    owner: u64,
-    /// `SharedConnection::generation` when it was made.
-    generation: u64,
-    conn: Conn,
-    /// Closed once the runtime the connection was made on (and its driving task) has ended.
-    runtime: tokio::sync::oneshot::Receiver<()>,
-}
-
-impl Local {
-    fn runtime_gone(&mut self) -> bool {
-        matches!(
-            self.runtime.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
-        )
-    }
-}
-
-thread_local! {
-    static LOCAL: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
 }
