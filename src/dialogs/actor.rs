@@ -18,9 +18,13 @@ use crate::store::{Commit, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// How often one command retries after losing a commit race to another writer (other nodes).
-/// With n nodes writing one dialog at once a commit loses each race with chance (n-1)/n, so the
-/// budget is generous; a short random pause after each loss spreads the contenders apart.
-const MAX_COMMIT_ATTEMPTS: usize = 64;
+/// The race is not fair: a node that just won writes its next change from the state it holds,
+/// while the loser reads the dialog again first, so under a steady stream from several nodes one
+/// node can lose many races in a row. The budget is generous, and the random pause after a loss
+/// (up to `MAX_CONFLICT_PAUSE_US`) is short, so the loser is back before the winner's next write.
+const MAX_COMMIT_ATTEMPTS: usize = 256;
+/// Longest pause after a lost commit race (µs).
+const MAX_CONFLICT_PAUSE_US: u64 = 500;
 
 /// What every dialog actor of a node shares.
 pub struct DialogDeps {
@@ -488,7 +492,7 @@ async fn execute(
                 return (Some(next), Ok(outcome), change);
             }
             Err(StoreError::Conflict) => {
-                let pause = rand::random::<u64>() % 3_000;
+                let pause = rand::random::<u64>() % MAX_CONFLICT_PAUSE_US;
                 tokio::time::sleep(Duration::from_micros(pause)).await;
                 match deps.store.load_dialog(id).await {
                     Ok(d) => current = d.map(Arc::new),
