@@ -294,8 +294,8 @@ return 1
 /// to the registry keys by hand, which do not count the version up).
 const POLICY_MAX_AGE: Duration = Duration::from_secs(5);
 
-/// The policy as last read, with the `policy:ver` it was read at and when.
-type PolicyCache = Option<(Option<u64>, std::time::Instant, Arc<Policy>)>;
+/// The policy as last read (it carries the `policy:ver` it was read at), and when.
+type PolicyCache = Option<(std::time::Instant, Arc<Policy>)>;
 
 pub struct RedisStore {
     shared: Arc<SharedConnection>,

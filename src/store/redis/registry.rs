@@ -13,8 +13,9 @@ impl RegistryStore for RedisStore {
             let ver = ver.clone();
             self.with(|mut c| async move { c.get(&ver).await }).await?
         };
-        if let Some((cached, at, policy)) = self.policy_cache().as_ref()
-            && *cached == now
+        // An absent version reads as 0, as the policy records it.
+        if let Some((at, policy)) = self.policy_cache().as_ref()
+            && policy.version() == Some(now.unwrap_or(0))
             && at.elapsed() < POLICY_MAX_AGE
         {
             return Ok(policy.clone());
@@ -39,14 +40,14 @@ impl RegistryStore for RedisStore {
             .filter_map(|d| serde_json::from_str(d).ok())
             .collect();
         let policy = Arc::new(Policy::new(resources, delegations).at_version(version.unwrap_or(0)));
-        *self.policy_cache() = Some((version, std::time::Instant::now(), policy.clone()));
+        *self.policy_cache() = Some((std::time::Instant::now(), policy.clone()));
         Ok(policy)
     }
 
     /// On one Redis, the policy as last read: the commit script checks its version instead.
     async fn policy_for_change(&self) -> Result<Arc<Policy>, StoreError> {
         if !self.cluster
-            && let Some((_, at, policy)) = self.policy_cache().as_ref()
+            && let Some((at, policy)) = self.policy_cache().as_ref()
             && at.elapsed() < POLICY_MAX_AGE
         {
             return Ok(policy.clone());
