@@ -129,8 +129,15 @@ impl NodeProcess {
                 break rest.split(['"', ' ']).next().expect("address").to_owned();
             }
         };
-        // Keep draining the pipe so the node never blocks on logging.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining the pipe so the node never blocks on logging; the lines go to
+        // `<data>.log`, which a failing test prints (`NodeLogs`).
+        let mut log = std::fs::File::create(data.with_extension("log")).expect("node log");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for line in lines.map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+            }
+        });
         NodeProcess { child, base }
     }
 
@@ -161,6 +168,81 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The logs of the nodes a test starts in `dir` (`<data>.log` each). When the test fails, their
+/// warnings and partition moves are printed, so a failure in CI shows what the nodes saw.
+struct NodeLogs<'a>(&'a std::path::Path);
+
+impl NodeLogs<'_> {
+    /// The lines of every node's log that satisfy `keep`, prefixed with the log's name.
+    fn lines(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut logs: Vec<_> = std::fs::read_dir(self.0)
+            .expect("test dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for path in logs {
+            let name = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            out.extend(
+                text.lines()
+                    .filter(|l| keep(l))
+                    .map(|l| format!("{name}: {l}")),
+            );
+        }
+        out
+    }
+
+    /// Lease rounds that failed to keep a node's partitions: a node paused delivery, or found a
+    /// partition it held taken by another.
+    fn lease_lapses(&self) -> Vec<String> {
+        self.lines(|l| l.contains("could not be renewed") || l.contains("webhook partition lost"))
+    }
+
+    /// A burst that saw no failure delivers nothing twice. Only when a node failed to renew its
+    /// leases in time (after the first `lapsed_before` such lines), as on an overloaded machine,
+    /// may the attempts in flight when it paused, and deliveries whose record had not reached
+    /// the store yet, be sent again: a bound as for a kill (10 subscriptions × 8 in flight × 2).
+    fn no_duplicates_unless_a_lease_lapsed(
+        &self,
+        what: &str,
+        duplicates: usize,
+        lapsed_before: usize,
+    ) {
+        let lapses = self.lease_lapses().split_off(lapsed_before);
+        if lapses.is_empty() {
+            assert_eq!(duplicates, 0, "{what}: duplicates without any failure");
+        } else {
+            eprintln!("{what}: {duplicates} duplicates after lease lapses: {lapses:#?}");
+            assert!(duplicates <= 10 * 8 * 2, "{what}: {duplicates} duplicates");
+        }
+    }
+}
+
+impl Drop for NodeLogs<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let notable = self.lines(|l| {
+            l.contains("\"WARN\"") || l.contains("\"ERROR\"") || l.contains("webhook partition")
+        });
+        eprintln!(
+            "--- the nodes' warnings and partition moves ({} lines)",
+            notable.len()
+        );
+        for line in notable {
+            eprintln!("{line}");
+        }
     }
 }
 
@@ -239,6 +321,13 @@ struct TwoNodes {
     owner: String,
     client: awc::Client,
     rx: Receiver,
+}
+
+impl Drop for TwoNodes {
+    fn drop(&mut self) {
+        // Prints the nodes' logs when the test failed.
+        drop(NodeLogs(self._dir.path()));
+    }
 }
 
 impl TwoNodes {
@@ -560,6 +649,7 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
  {
     let shared = SharedRedis::new();
     let dir = tempfile::tempdir().expect("dir");
+    let logs = NodeLogs(dir.path());
     let config = config_with(dir.path(), r#"["100ms", "200ms", "400ms"]"#);
     let mut a = NodeProcess::start(&shared, "node-a", &config, &dir.path().join("a"));
     let mut b = NodeProcess::start(&shared, "node-b", &config, &dir.path().join("b"));
@@ -663,11 +753,11 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
         publish_all(&client, &c.base, &owner, &tc),
     )
     .await;
-    assert_eq!(
-        delivered_to_all(&receivers, "the first burst", &first).await,
-        0,
-        "duplicates without any failure"
-    );
+    // No duplicate unless a node failed to renew its leases in time (an overloaded machine):
+    // then only the attempts in flight when it paused, and deliveries it made whose record had
+    // not reached the store, may be sent again (as for the kill below).
+    let duplicates = delivered_to_all(&receivers, "the first burst", &first).await;
+    logs.no_duplicates_unless_a_lease_lapsed("the first burst", duplicates, 0);
 
     // 2. Another burst through node A; node C is killed a third of the way, node B drained at
     // two thirds. Duplicates only for attempts in flight at the kill (at most the endpoints'
@@ -704,11 +794,9 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
         joined.elapsed()
     );
     let third = burst("three", 100, 5);
+    let lapsed_before = logs.lease_lapses().len();
     publish_all(&client, &a.base, &owner, &third).await;
-    assert_eq!(
-        delivered_to_all(&receivers, "the third burst", &third).await,
-        0,
-        "duplicates after a clean join"
-    );
+    let duplicates = delivered_to_all(&receivers, "the third burst", &third).await;
+    logs.no_duplicates_unless_a_lease_lapsed("the third burst", duplicates, lapsed_before);
     drop(a.child.kill());
 }

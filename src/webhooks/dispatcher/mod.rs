@@ -210,6 +210,9 @@ impl Dispatcher {
 
     /// Starts the head of `key` if nothing of the lane is in flight or waiting for a retry.
     fn pump(&mut self, key: LaneKey, ctx: &mut Context<Self>) {
+        if key.partition.is_some() {
+            self.pause_if_lapsing();
+        }
         if !self.runs(key.partition) {
             // Its partition is handed over or lost: the store keeps its deliveries for the owner.
             if self.lanes.get(&key).is_some_and(|l| !l.in_flight) {

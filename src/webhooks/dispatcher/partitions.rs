@@ -69,21 +69,13 @@ impl Handler<Handover> for Dispatcher {
 impl Dispatcher {
     /// Runs a lease round (or another one after the running one).
     pub(super) fn claim(&mut self, ctx: &mut Context<Self>) {
+        // Checked before anything else: a round that hangs must not keep the leases counted.
+        self.pause_if_lapsing();
         if self.claiming {
             self.reclaim = true;
             return;
         }
-        // Leases this node could not renew for most of their life are about to pass to others.
         let ttl = self.settings.lease_ttl;
-        if self.renewed.is_some_and(|at| at.elapsed() > ttl * 4 / 5) {
-            tracing::warn!("webhook partition leases could not be renewed: delivery paused");
-            let all: Vec<u16> = self.parts.keys().copied().collect();
-            for p in all {
-                self.lose(p);
-            }
-            self.renewed = None;
-            self.announce();
-        }
         self.claiming = true;
         let release: Vec<u16> = self
             .parts
@@ -117,6 +109,30 @@ impl Dispatcher {
                 act.claim(ctx);
             }
         }));
+    }
+
+    /// Leases this node could not renew for most of their life are about to pass to others: it
+    /// drops every partition at once, so no attempt starts after the lease may have lapsed (a
+    /// round that still finds them held takes them again, from what the store keeps). Checked at
+    /// each lease round and before each attempt, not only at rounds, which a busy thread or a
+    /// hanging round delays.
+    pub(super) fn pause_if_lapsing(&mut self) {
+        let Some(at) = self.renewed else {
+            return;
+        };
+        if at.elapsed() <= self.settings.lease_ttl * 4 / 5 {
+            return;
+        }
+        tracing::warn!(
+            renewed_ago = ?at.elapsed(),
+            "webhook partition leases could not be renewed: delivery paused"
+        );
+        let all: Vec<u16> = self.parts.keys().copied().collect();
+        for p in all {
+            self.lose(p);
+        }
+        self.renewed = None;
+        self.announce();
     }
 
     /// Applies a lease round's result.
