@@ -83,11 +83,23 @@ pub fn spawn(dir: &Path) -> Child {
         .expect("the binary starts")
 }
 
-/// A loopback port that was free a moment ago (for a node that must come back on the same one).
+/// A loopback port that was free a moment ago, for a server a test starts itself (or a node that
+/// must come back on the same port). It is picked below Linux's ephemeral range (32768 and up):
+/// the kernel gives ports in that range to outgoing connections, so one picked there can be taken
+/// by some client's connection before the server binds it. Each call in a test binary gets
+/// another port, starting from an offset of the process id, so parallel tests do not collide.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
 }

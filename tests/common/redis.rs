@@ -1,7 +1,7 @@
 //! A real `redis-server` per test, on a free loopback port, that a test can kill and restart.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use super::process::free_port;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -24,14 +24,6 @@ fn scratch_dir() -> tempfile::TempDir {
         tempfile::tempdir()
     }
     .expect("tempdir")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 impl RedisServer {

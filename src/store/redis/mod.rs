@@ -489,7 +489,9 @@ impl RedisStore {
     }
 
     /// Where an event's position in its resource's log (of partition `n`) is kept when it has a
-    /// key of its own: an event published from outside, or one that was held back.
+    /// key of its own: an event published from outside, one that was held back, or one whose id
+    /// is not a UUIDv7 (a `seen` event's id is a UUIDv5, which carries no minute to bucket by).
+    /// Every other event's position lives in its resource's hash for the minute of its id.
     fn event_key(&self, n: u16, resource: &str, event_id: &str) -> String {
         self.part_key(n, &format!("ev:{}", tuple(&[resource, event_id])))
     }
