@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The port picker `redis_server` uses.
+#[path = "common/process.rs"]
+#[allow(dead_code)]
+mod process;
 #[path = "common/redis.rs"]
 mod redis_server;
 
