@@ -77,10 +77,14 @@ impl Dispatcher {
                     .into_iter()
                     .map(|(p, after, head)| (p, after, head, Vec::new()))
                     .collect();
-                act.save_and_go_on(saves, false, ctx);
+                act.save_and_go_on(saves, false, None, ctx);
                 return;
             }
             act.subs = polled.subs.iter().map(|s| (s.id, s.clone())).collect();
+            // The deliveries queued now are stored by this save.
+            act.saves += 1;
+            let batch = act.saves;
+            act.unsaved.insert(batch, Vec::new());
             let mut more = false;
             let mut saves = Vec::new();
             for page in polled.pages {
@@ -97,7 +101,7 @@ impl Dispatcher {
                 let mut fresh = Vec::new();
                 if let Some(policy) = &polled.policy {
                     for entry in page.entries {
-                        act.queue_entry(p, entry, &polled.subs, policy, &mut fresh, ctx);
+                        act.queue_entry(p, entry, batch, &polled.subs, policy, &mut fresh, ctx);
                     }
                 }
                 if let Some(part) = act.parts.get_mut(&p) {
@@ -105,15 +109,17 @@ impl Dispatcher {
                 }
                 saves.push((p, after, page.through, fresh));
             }
-            act.save_and_go_on(saves, more, ctx);
+            act.save_and_go_on(saves, more, Some(batch), ctx);
         }));
     }
 
     /// Queues one feed event of partition `p` for every subscription that may receive it.
+    #[allow(clippy::too_many_arguments)]
     fn queue_entry(
         &mut self,
         p: u16,
         entry: crate::store::LogEntry,
+        batch: u64,
         subs: &[Subscription],
         policy: &crate::auth::Policy,
         fresh: &mut Vec<PendingDelivery>,
@@ -139,7 +145,10 @@ impl Dispatcher {
                 })
                 .clone();
             let key = LaneKey::of(sub.id, &event, Some(p));
-            let delivery = Delivery::of(sub.id, event.clone(), entry.position, Some(body));
+            let delivery = Delivery {
+                saving: Some(batch),
+                ..Delivery::of(sub.id, event.clone(), entry.position, Some(body))
+            };
             fresh.extend(Self::pending_of(&delivery));
             self.enqueue(key, delivery, ctx);
         }
@@ -148,11 +157,13 @@ impl Dispatcher {
     /// Saves, for each `(partition, before, position, queued)`, the queued deliveries as pending,
     /// then the read position; polls again when a read was cut at `READ_BATCH` (`more`) or a
     /// commit woke the dispatcher meanwhile. A partition's saves count as its writes, so it is
-    /// not handed over before they are made.
+    /// not handed over before they are made. Removals of deliveries of save `batch` that
+    /// finished meanwhile are made once it ends.
     pub(super) fn save_and_go_on(
         &mut self,
         saves: Vec<(u16, LogPosition, LogPosition, Vec<PendingDelivery>)>,
         more: bool,
+        batch: Option<u64>,
         ctx: &mut Context<Self>,
     ) {
         let mut writes = Vec::with_capacity(saves.len());
@@ -171,6 +182,12 @@ impl Dispatcher {
         let persist = futures::future::join_all(writes);
         ctx.spawn(persist.into_actor(self).map(move |saved, act, ctx| {
             act.polling = false;
+            // First the removals that waited, so a partition being handed over counts them
+            // among its writes before the save's own are done.
+            let waited = batch.and_then(|b| act.unsaved.remove(&b)).unwrap_or_default();
+            for (lane_partition, p, key) in waited {
+                act.forget_pending(lane_partition, p, key, ctx);
+            }
             for result in saved {
                 match result {
                     Ok((p, epoch)) => {

@@ -48,6 +48,10 @@ pub(super) struct Delivery {
     pub(super) attempts: u32,
     pub(super) last_status: Option<u16>,
     pub(super) last_error: Option<String>,
+    /// The save that stores its pending record (that of the poll that queued it): while that save
+    /// runs, the record's removal waits for it, so a removal never reaches the store first and
+    /// leaves the record behind for the partition's next owner to send again.
+    pub(super) saving: Option<u64>,
 }
 
 impl Delivery {
@@ -69,6 +73,7 @@ impl Delivery {
             attempts: 0,
             last_status: None,
             last_error: None,
+            saving: None,
         }
     }
 }

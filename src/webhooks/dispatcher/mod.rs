@@ -89,6 +89,11 @@ pub struct Dispatcher {
     leaving: bool,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
     polling: bool,
+    /// Counts the polls' saves of pending deliveries (`Delivery::saving`).
+    saves: u64,
+    /// The saves still running, each with the removals of its deliveries that wait for it
+    /// (lane partition, the event's partition, the pending record's key).
+    unsaved: HashMap<u64, Vec<(Option<u16>, u16, String)>>,
     /// A wake-up came while a poll was running: poll again when it ends.
     woken: bool,
     /// Set by a `DispatchWaker` that sent a `Wake` not handled yet (see there).
@@ -132,6 +137,8 @@ impl Dispatcher {
             leaving: false,
             drained: Vec::new(),
             polling: false,
+            saves: 0,
+            unsaved: HashMap::new(),
             woken: false,
             wake_pending: Arc::default(),
             subs: HashMap::new(),
@@ -499,6 +506,7 @@ impl Handler<Validate> for Dispatcher {
             attempts: 0,
             last_status: None,
             last_error: None,
+            saving: None,
         };
         self.enqueue(key, delivery, ctx);
     }

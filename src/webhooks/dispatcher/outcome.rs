@@ -208,6 +208,23 @@ impl Dispatcher {
         };
         let key = PendingDelivery::key(d.subscription, position, &event.id);
         let partition = event_partition(event, self.settings.partitions);
+        if let Some(waiting) = d.saving.and_then(|b| self.unsaved.get_mut(&b)) {
+            // Its record is still being stored: removed once that save ends.
+            waiting.push((lane_partition, partition, key));
+            return;
+        }
+        self.forget_pending(lane_partition, partition, key, ctx);
+    }
+
+    /// Removes the pending record `key` of `partition` from the store (a write of the lane's
+    /// partition: it is not handed over before the removal is made).
+    pub(super) fn forget_pending(
+        &mut self,
+        lane_partition: Option<u16>,
+        partition: u16,
+        key: String,
+        ctx: &mut Context<Self>,
+    ) {
         let store = self.store.clone();
         let write = async move { store.remove_pending(partition, &key).await };
         self.write_for(lane_partition, "forgetting a finished delivery", write, ctx);
