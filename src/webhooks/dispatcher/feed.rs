@@ -81,7 +81,7 @@ impl Dispatcher {
                 return;
             }
             act.subs = polled.subs.iter().map(|s| (s.id, s.clone())).collect();
-            // The deliveries queued now are stored by this save.
+            // The deliveries queued now are stored by this save (`queue_entry` marks them).
             act.saves += 1;
             let batch = act.saves;
             act.unsaved.insert(batch, Vec::new());
@@ -101,7 +101,7 @@ impl Dispatcher {
                 let mut fresh = Vec::new();
                 if let Some(policy) = &polled.policy {
                     for entry in page.entries {
-                        act.queue_entry(p, entry, batch, &polled.subs, policy, &mut fresh, ctx);
+                        act.queue_entry(p, entry, &polled.subs, policy, &mut fresh, ctx);
                     }
                 }
                 if let Some(part) = act.parts.get_mut(&p) {
@@ -113,13 +113,12 @@ impl Dispatcher {
         }));
     }
 
-    /// Queues one feed event of partition `p` for every subscription that may receive it.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues one feed event of partition `p` for every subscription that may receive it; its
+    /// deliveries belong to the save the running poll makes next (`saves`).
     fn queue_entry(
         &mut self,
         p: u16,
         entry: crate::store::LogEntry,
-        batch: u64,
         subs: &[Subscription],
         policy: &crate::auth::Policy,
         fresh: &mut Vec<PendingDelivery>,
@@ -146,7 +145,7 @@ impl Dispatcher {
                 .clone();
             let key = LaneKey::of(sub.id, &event, Some(p));
             let delivery = Delivery {
-                saving: Some(batch),
+                saving: Some(self.saves),
                 ..Delivery::of(sub.id, event.clone(), entry.position, Some(body))
             };
             fresh.extend(Self::pending_of(&delivery));
