@@ -106,6 +106,7 @@ impl App {
         let mut data_lock = None;
         let mut embedded = None;
         let mut shared_redis = None;
+        let mut memory_bus = None;
         let (store, bus, key_source): (Arc<dyn Store>, Arc<dyn Bus>, KeySource) =
             match &settings.redis.url {
                 None => {
@@ -128,7 +129,9 @@ impl App {
                         ))),
                     };
                     let keys = KeySource::new(&settings, None);
-                    (store, Arc::new(MemoryBus::new(sink)), keys)
+                    let bus = Arc::new(MemoryBus::new());
+                    memory_bus = Some(bus.clone());
+                    (store, bus, keys)
                 }
                 Some(url) => {
                     let redis = Arc::new(
@@ -211,6 +214,11 @@ impl App {
             )
         };
         let (dispatcher, wake) = dispatcher;
+        if let Some(bus) = &memory_bus {
+            // One node: a commit looks for webhook events at once, from the committing thread.
+            let wake = wake.clone();
+            bus.on_publish(move || wake.wake());
+        }
         let mut tasks = Vec::new();
         let router = registry.clone();
         tasks.push(actix_web::rt::spawn(async move {

@@ -1,27 +1,40 @@
-//! The single-node bus: a published envelope is handed straight back to this node's sink, so the
-//! embedded mode runs the same receive path (sequence dedupe) as a cluster.
+//! The single-node bus: nothing to spread. A node's own envelopes are never routed back to its
+//! dialog actors (they produced them), so publishing only tells the node's webhook dispatcher that
+//! a committed change may hold events for it, from the publishing thread, without a hop through
+//! another thread.
+
+use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Bus, BusError, BusEvent, Envelope, EnvelopeSink};
+use super::{Bus, BusError, Envelope};
 
+/// Called after each publish.
+type Published = Box<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
 pub struct MemoryBus {
-    /// To the dialog registry; closed only when the node shuts down, after which publishing is moot.
-    sink: EnvelopeSink,
+    published: OnceLock<Published>,
 }
 
 impl MemoryBus {
-    pub fn new(sink: EnvelopeSink) -> Self {
-        MemoryBus { sink }
+    pub fn new() -> Self {
+        MemoryBus::default()
+    }
+
+    /// Calls `f` after each publish from now on (set once; later calls are ignored).
+    pub fn on_publish(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.published.set(Box::new(f));
     }
 }
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
-        // A closed sink means the node is stopping; the change is committed, so this is not an error.
-        let _ = self.sink.send(BusEvent::Envelope(envelope));
+    async fn publish(&self, _envelope: Envelope) -> Result<(), BusError> {
+        if let Some(published) = self.published.get() {
+            published();
+        }
         Ok(())
     }
 
@@ -32,4 +45,39 @@ impl Bus for MemoryBus {
     fn subscribe(&self, _dialog: Uuid) {}
 
     fn unsubscribe(&self, _dialog: Uuid) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            origin: "node-a".into(),
+            dialog_id: Uuid::now_v7(),
+            sequence: 1,
+            events: Vec::new(),
+            revision: None,
+        }
+    }
+
+    #[actix_web::test]
+    async fn each_publish_calls_the_hook_once_it_is_set() {
+        let bus = MemoryBus::new();
+        bus.publish(envelope()).await.expect("published");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        bus.on_publish(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        // A second hook is ignored: the first stays.
+        bus.on_publish(|| panic!("a second hook"));
+        for _ in 0..3 {
+            bus.publish(envelope()).await.expect("published");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
 }

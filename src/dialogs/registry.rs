@@ -248,11 +248,10 @@ mod tests {
 
     #[actix_web::test]
     async fn a_caller_gone_while_the_actor_attaches_leaves_no_subscriber_behind() {
-        let (sink, _envelopes) = tokio::sync::mpsc::unbounded_channel();
         let metrics = Metrics::new("test");
         let deps = Arc::new(DialogDeps {
             store: Arc::new(MemoryStore::new(Policy::new(vec![], vec![]))),
-            bus: Arc::new(MemoryBus::new(sink)),
+            bus: Arc::new(MemoryBus::new()),
             metrics: metrics.clone(),
             base_url: "http://127.0.0.1".into(),
             node_id: "test".into(),
