@@ -37,6 +37,7 @@ pub struct Metrics {
     pub webhook_attempt_latency: prometheus::Histogram,
     pub webhook_retry_backlog: IntGauge,
     pub webhook_dead_letters: prometheus::IntCounter,
+    pub webhook_polls: prometheus::IntCounter,
     pub webhook_open_circuits: IntGauge,
 }
 
@@ -128,6 +129,11 @@ impl Metrics {
             "Deliveries that exhausted their attempts",
         )
         .expect("static metric definition is valid");
+        let webhook_polls = prometheus::IntCounter::new(
+            "webhook_polls_total",
+            "Reads of the event feed by the webhook dispatcher (commits ask for one, at most one per 5 ms, besides webhooks.poll_interval)",
+        )
+        .expect("static metric definition is valid");
         let webhook_open_circuits = IntGauge::new(
             "webhook_open_circuits",
             "Endpoints whose circuit breaker is open",
@@ -138,6 +144,7 @@ impl Metrics {
             Box::new(webhook_attempt_latency.clone()),
             Box::new(webhook_retry_backlog.clone()),
             Box::new(webhook_dead_letters.clone()),
+            Box::new(webhook_polls.clone()),
             Box::new(webhook_open_circuits.clone()),
             Box::new(http_requests.clone()),
             Box::new(events.clone()),
@@ -167,6 +174,7 @@ impl Metrics {
             webhook_attempt_latency,
             webhook_retry_backlog,
             webhook_dead_letters,
+            webhook_polls,
             webhook_open_circuits,
         }
     }

@@ -1905,3 +1905,57 @@ async fn events_committed_right_after_start_reach_a_subscription_made_before_the
         .await;
     assert_eq!(received_ids(&of_dialog(&rx, &d)), expected, "in order");
 }
+
+#[actix_web::test]
+async fn commits_in_quick_succession_share_the_dispatchers_polls_and_all_are_delivered() {
+    // One node on the memory store, whatever the suite's backend: its commits wake the dispatcher
+    // at once, and it reads its feed quickly enough that, unspaced, nearly every commit would get
+    // a poll of its own. A long poll interval: nearly every poll here is one a commit asked for.
+    let node = start_on(
+        "[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = \"2s\"\n[store]\nkind = \"memory\"",
+        None,
+    )
+    .await;
+    let rx = subscribed_receiver(&node).await;
+    let mut dialogs = Vec::new();
+    for _ in 0..4 {
+        dialogs.push(node.create_dialog(&dialog_body()).await);
+    }
+    let polls = |text: &str| metric(text, "dialog_events_webhook_polls_total", "");
+    let before = polls(&node.metrics().await);
+    // Four writers commit back to back for a while: far more than one commit per 5 ms.
+    let started = Instant::now();
+    let writers = dialogs.iter().map(|d| {
+        let node = &node;
+        async move {
+            let mut n = 0;
+            while started.elapsed() < Duration::from_millis(400) {
+                add_activity(node, d, "Information").await;
+                n += 1;
+            }
+            n
+        }
+    });
+    let commits: usize = futures::future::join_all(writers).await.into_iter().sum();
+    let elapsed = started.elapsed();
+    let polled = polls(&node.metrics().await) - before;
+    // One poll per 5 ms at most, the one the last commit asked for, and the periodic ones.
+    let bound = (elapsed.as_millis() / 5) as f64 + 2.0 + (elapsed.as_secs_f64() / 2.0).ceil();
+    assert!(
+        polled >= 1.0 && polled <= bound,
+        "{commits} commits in {elapsed:?} made {polled} polls (at most {bound})"
+    );
+    // Unspaced, about every second commit here had a poll of its own.
+    assert!(
+        commits as f64 >= 1.5 * bound,
+        "only {commits} commits: too few to tell"
+    );
+    // Every event of every dialog still reaches the subscriber.
+    let mut expected = Vec::new();
+    for d in &dialogs {
+        expected.extend(ids(&node.dialog_events(d).await));
+    }
+    assert!(expected.len() >= commits + dialogs.len(), "{expected:?}");
+    rx.wait_for("every event", SOON, |r| has_all(r, &expected))
+        .await;
+}

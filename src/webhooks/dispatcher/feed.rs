@@ -23,6 +23,8 @@ impl Dispatcher {
             return;
         }
         self.polling = true;
+        self.polled_at = Some(Instant::now());
+        self.metrics.webhook_polls.inc();
         let store = self.store.clone();
         let count = self.settings.partitions;
         let fut = async move {

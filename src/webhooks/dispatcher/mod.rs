@@ -47,6 +47,10 @@ pub use partitions::{Handover, OwnedPartitions};
 const READ_BATCH: usize = 500;
 /// Lease rounds per `webhooks.lease_ttl`: a lease is renewed this many times before it would lapse.
 const LEASE_ROUNDS: u32 = 5;
+/// The least time between the starts of two polls that commits ask for. At a thousand commits a
+/// second a poll per commit cost more than the commit's own fan-out; spaced, one poll reads a few
+/// milliseconds of commits, and a webhook waits at most this much longer for its first attempt.
+const WAKE_SPACING: Duration = Duration::from_millis(5);
 
 /// An attempt that ended, for settling.
 struct Attempted {
@@ -96,6 +100,8 @@ pub struct Dispatcher {
     unsaved: HashMap<u64, Vec<(Option<u16>, u16, String)>>,
     /// A wake-up came while a poll was running: poll again when it ends.
     woken: bool,
+    /// When the last poll started; a wake-up sooner than `WAKE_SPACING` after it waits.
+    polled_at: Option<Instant>,
     /// Set by a `DispatchWaker` that sent a `Wake` not handled yet (see there).
     wake_pending: Arc<AtomicBool>,
     /// Subscriptions as of the last poll (endpoint accounting); attempts re-read the store.
@@ -140,6 +146,7 @@ impl Dispatcher {
             saves: 0,
             unsaved: HashMap::new(),
             woken: false,
+            polled_at: None,
             wake_pending: Arc::default(),
             subs: HashMap::new(),
             lanes: HashMap::new(),
@@ -454,6 +461,20 @@ impl Handler<Wake> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        let since = self.polled_at.map(|at| at.elapsed());
+        if let Some(wait) = since.and_then(|since| WAKE_SPACING.checked_sub(since)) {
+            // Too soon after the last poll: the pending flag stays set meanwhile, so the commits
+            // of the wait send no `Wake` of their own, and one poll reads them all.
+            ctx.run_later(wait, |act, ctx| act.woken_up(ctx));
+            return;
+        }
+        self.woken_up(ctx);
+    }
+}
+
+impl Dispatcher {
+    /// Handles the `Wake` of a commit.
+    fn woken_up(&mut self, ctx: &mut Context<Self>) {
         // Cleared before the poll reads: a commit that finds it still set is read by that poll.
         self.wake_pending.store(false, Ordering::SeqCst);
         if self.parts.is_empty() {
