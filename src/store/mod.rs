@@ -346,6 +346,14 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     async fn set_cursor(&self, name: &str, position: LogPosition) -> Result<(), StoreError>;
 
+    /// Saves several cursors; on success all are saved. A store that can write them together
+    /// does so in one write: the webhook dispatcher moves every partition's position after a
+    /// poll, and on a store with one global log every partition's position moves on each commit.
+    async fn set_cursors(&self, cursors: &[(String, LogPosition)]) -> Result<(), StoreError> {
+        let saves = cursors.iter().map(|(name, p)| self.set_cursor(name, *p));
+        futures::future::try_join_all(saves).await.map(|_| ())
+    }
+
     /// Saves `position` as cursor `name` unless one is saved already; returns the saved cursor.
     async fn init_cursor(
         &self,

@@ -37,6 +37,18 @@ impl ClusterStore for EmbeddedStore {
         .await
     }
 
+    async fn set_cursors(&self, cursors: &[(String, LogPosition)]) -> Result<(), StoreError> {
+        // One job, one record in the commit log and one answer, however many partitions moved.
+        let logged = cursors
+            .iter()
+            .map(|(name, position)| super::wal::Logged::Cursor {
+                name: name.clone(),
+                position: *position,
+            })
+            .collect();
+        self.write_logged_all(logged).await
+    }
+
     async fn init_cursor(
         &self,
         name: &str,

@@ -540,11 +540,17 @@ impl EmbeddedStore {
 
     /// A write the commit log can carry, for the writer thread; answers after it is durable.
     async fn write_logged(&self, logged: wal::Logged) -> Result<(), StoreError> {
+        self.write_logged_all(vec![logged]).await
+    }
+
+    /// Writes the commit log can carry, as one job: applied and logged in the same batch, all or
+    /// none, with one answer after they are durable.
+    async fn write_logged_all(&self, logged: Vec<wal::Logged>) -> Result<(), StoreError> {
+        if logged.is_empty() {
+            return Ok(());
+        }
         let (answer, rx) = tokio::sync::oneshot::channel();
-        self.send(Job::Logged {
-            logged: Box::new(logged),
-            answer,
-        })?;
+        self.send(Job::Logged { logged, answer })?;
         rx.await
             .map_err(|_| unavailable("the store's writer has stopped"))?
     }
@@ -717,6 +723,32 @@ mod tests {
             (s.base, s.activities.len(), s.transmissions.len()),
             ((0, 0), 1, 1)
         );
+    }
+
+    #[tokio::test]
+    async fn cursors_saved_together_are_one_record_of_the_log_and_read_back_after_a_restart() {
+        use crate::store::ClusterStore;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        let cursors: Vec<(String, u64)> = (0..64u64)
+            .map(|p| (format!("feed:{p:05}"), 1_000 + p))
+            .collect();
+        let records = store.timings().log_sync.get_sample_count();
+        store.set_cursors(&cursors).await.expect("saved");
+        assert_eq!(
+            store.timings().log_sync.get_sample_count() - records,
+            1,
+            "one record (and one fsync) for all 64"
+        );
+        store.set_cursors(&[]).await.expect("nothing to save");
+        drop(store);
+        // Once the writer thread has let the file go.
+        drop(raw(dir.path()));
+        let store = open(dir.path());
+        assert!(!cursors.is_empty());
+        for (name, position) in &cursors {
+            assert_eq!(store.cursor(name).await.expect("read"), Some(*position));
+        }
     }
 
     #[tokio::test]

@@ -9,10 +9,10 @@ use super::*;
 
 /// A write for the writer thread.
 pub(super) enum Job {
-    /// A dialog commit or a cursor: with `always`, a batch of only these is made durable by the
-    /// commit log (one small fsynced append) instead of a durable database commit.
+    /// Dialog commits or cursors, all or none: with `always`, a batch of only these is made
+    /// durable by the commit log (one small fsynced append) instead of a durable database commit.
     Logged {
-        logged: Box<Logged>,
+        logged: Vec<Logged>,
         answer: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
     },
     /// Any other write: applies itself to the batch's transaction and says how to answer once the
@@ -158,11 +158,16 @@ impl Checkpoint {
             let Job::Logged { logged, answer } = job else {
                 continue;
             };
-            let out = match (&*logged, &dialogs) {
+            // The job's writes are accepted together or not at all.
+            let mut own: HashMap<Uuid, DialogMark> = HashMap::new();
+            let out = logged.iter().try_for_each(|l| match (l, &dialogs) {
                 (Logged::Cursor { .. }, _) => Ok(()),
                 (Logged::Commit { .. }, Err(e)) => Err(e.clone()),
                 (Logged::Commit { commit, .. }, Ok(dialogs)) => {
-                    let known = marks.get(&commit.id).or(self.marks.get(&commit.id));
+                    let known = own
+                        .get(&commit.id)
+                        .or(marks.get(&commit.id))
+                        .or(self.marks.get(&commit.id));
                     let current = match known {
                         Some(m) => Ok(Some(*m)),
                         None => dialogs
@@ -172,13 +177,14 @@ impl Checkpoint {
                     };
                     current.and_then(|current| {
                         let mark = commit.check(commit.split_state()?.as_deref(), current)?;
-                        marks.insert(commit.id, mark);
+                        own.insert(commit.id, mark);
                         Ok(())
                     })
                 }
-            };
+            });
             if out.is_ok() {
-                accepted.push(*logged);
+                marks.extend(own);
+                accepted.extend(logged);
             }
             answers.push((answer, out));
         }
@@ -410,14 +416,17 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
                     }
                 }
                 let out = match tables.as_mut() {
-                    Some(t) => logged.apply(t),
+                    Some(t) => logged.iter().try_for_each(|l| l.apply(t)),
                     None => Err(unavailable("the store's tables are not open")),
                 };
-                fatal |= matches!(out, Err(StoreError::Unavailable(_)));
+                // A job that failed part-way may have left some of its writes: unless the
+                // whole batch is dropped, its failure is one no write of it was made for.
+                fatal |= matches!(out, Err(StoreError::Unavailable(_)))
+                    || (out.is_err() && logged.len() > 1);
                 answers.push(Box::new(move |committed: Result<(), StoreError>| {
                     let _ = answer.send(committed.and(out));
                 }));
-                commits.push(logged);
+                commits.extend(logged);
             }
             Job::Other(job) => {
                 if let Some(t) = tables.take() {
@@ -459,14 +468,14 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
 fn log_and_commit(
     txn: WriteTransaction,
     wal: &mut Wal,
-    commits: &[Box<Logged>],
+    commits: &[Logged],
 ) -> Result<(), StoreError> {
     let batch = wal.batch + 1;
     {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         meta.insert("wal_batch", batch).map_err(unavailable)?;
     }
-    let refs: Vec<&Logged> = commits.iter().map(|c| c.as_ref()).collect();
+    let refs: Vec<&Logged> = commits.iter().collect();
     wal.append(batch, &refs).map_err(unavailable)?;
     // Should this fail after the append, a restart would apply the batch again: the database
     // cannot take writes then anyway, and the log holds what was applied.

@@ -167,20 +167,43 @@ impl Dispatcher {
         batch: Option<u64>,
         ctx: &mut Context<Self>,
     ) {
-        let mut writes = Vec::with_capacity(saves.len());
+        let mut moved = Vec::with_capacity(saves.len());
+        let mut pending = Vec::new();
         for (p, _, position, fresh) in saves {
             let store = self.store.clone();
             let epoch = self.parts.get_mut(&p).map(|part| {
                 part.writes += 1;
                 part.epoch
             });
-            writes.push(async move {
-                store.put_pending(p, &fresh).await?;
-                store.set_cursor(&cursor_name(p), position).await?;
-                Ok::<_, crate::store::StoreError>((p, epoch))
-            });
+            moved.push((p, epoch, position));
+            if !fresh.is_empty() {
+                pending.push(async move { (p, store.put_pending(p, &fresh).await) });
+            }
         }
-        let persist = futures::future::join_all(writes);
+        let store = self.store.clone();
+        // The pending deliveries first, then the positions of the partitions whose deliveries
+        // were stored, in one write: a poll moves many partitions at once (on a store with one
+        // global log, every partition's position moves with each commit).
+        let persist = async move {
+            let stored = futures::future::join_all(pending).await;
+            let failed: HashMap<u16, crate::store::StoreError> = stored
+                .into_iter()
+                .filter_map(|(p, r)| r.err().map(|e| (p, e)))
+                .collect();
+            let cursors: Vec<(String, LogPosition)> = moved
+                .iter()
+                .filter(|(p, _, _)| !failed.contains_key(p))
+                .map(|(p, _, position)| (cursor_name(*p), *position))
+                .collect();
+            let saved = store.set_cursors(&cursors).await;
+            moved
+                .into_iter()
+                .map(|(p, epoch, _)| match (failed.get(&p), &saved) {
+                    (Some(e), _) | (None, Err(e)) => Err(e.clone()),
+                    (None, Ok(())) => Ok((p, epoch)),
+                })
+                .collect::<Vec<_>>()
+        };
         ctx.spawn(persist.into_actor(self).map(move |saved, act, ctx| {
             act.polling = false;
             // First the removals that waited, so a partition being handed over counts them
