@@ -214,8 +214,10 @@ impl App {
             )
         };
         let (dispatcher, wake) = dispatcher;
-        if let Some(bus) = &memory_bus {
-            // One node: a commit looks for webhook events at once, from the committing thread.
+        // One node: a commit or a published event looks for webhook events at once.
+        let feed_wake = memory_bus.is_some().then(|| wake.clone());
+        if let (Some(bus), Some(wake)) = (&memory_bus, &feed_wake) {
+            // From the committing thread.
             let wake = wake.clone();
             bus.on_publish(move || wake.wake());
         }
@@ -307,6 +309,7 @@ impl App {
             dialog_tokens,
             metrics,
             dispatcher,
+            feed_wake,
             dev_issuer,
             embedded,
         });

@@ -1960,3 +1960,41 @@ async fn commits_in_quick_succession_share_the_dispatchers_polls_and_all_are_del
     rx.wait_for("every event", SOON, |r| has_all(r, &expected))
         .await;
 }
+
+#[actix_web::test]
+async fn an_event_published_on_one_node_is_delivered_at_once_not_at_the_next_poll() {
+    // One node on the suite's single-node store (embedded or memory) with a poll interval far
+    // longer than the wait below: only the publish itself can start the delivery in time.
+    let node = start_on(
+        "[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = \"60s\"",
+        None,
+    )
+    .await;
+    let rx = subscribed_receiver(&node).await;
+    let event = json!({
+        "specversion": "1.0",
+        "id": "published-at-once",
+        "source": "https://example.org/app/instances/1",
+        "type": "app.instance.process.completed",
+        "resource": RESOURCE,
+        "subject": person_urn(PERSON_1),
+    });
+    let published = Instant::now();
+    let r = node
+        .send(
+            "POST",
+            "/events/api/v1/events",
+            Some(&node.tokens.owner_a),
+            &[("Content-Type", "application/cloudevents+json")],
+            Some(event.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "publish: {}", r.body);
+    let wanted = vec!["published-at-once".to_owned()];
+    rx.wait_for("the published event", Duration::from_secs(10), |r| {
+        has_all(r, &wanted)
+    })
+    .await;
+    assert!(published.elapsed() < Duration::from_secs(10));
+    assert_eq!(with_id(&rx, "published-at-once").len(), 1);
+}

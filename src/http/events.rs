@@ -193,6 +193,10 @@ async fn publish(
             .events
             .with_label_values(&[event.kind.as_str()])
             .inc();
+        // Webhook subscribers get it now, not at the dispatcher's next periodic poll.
+        if let Some(wake) = &state.feed_wake {
+            wake.wake();
+        }
     } else {
         tracing::debug!(%id, %source, "duplicate published event ignored");
     }
