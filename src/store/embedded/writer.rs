@@ -11,6 +11,8 @@ use super::*;
 pub(super) enum Job {
     /// Dialog commits or cursors, all or none: with `always`, a batch of only these is made
     /// durable by the commit log (one small fsynced append) instead of a durable database commit.
+    /// A list that fails part-way drops its whole batch (see `apply_batch`), so lists are sent
+    /// only of writes that cannot be refused: cursors.
     Logged {
         logged: Vec<Logged>,
         answer: tokio::sync::oneshot::Sender<Result<(), StoreError>>,

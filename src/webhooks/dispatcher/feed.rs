@@ -186,21 +186,36 @@ impl Dispatcher {
         // global log, every partition's position moves with each commit).
         let persist = async move {
             let stored = futures::future::join_all(pending).await;
-            let failed: HashMap<u16, crate::store::StoreError> = stored
+            let mut failed: HashMap<u16, crate::store::StoreError> = stored
                 .into_iter()
                 .filter_map(|(p, r)| r.err().map(|e| (p, e)))
                 .collect();
-            let cursors: Vec<(String, LogPosition)> = moved
+            let cursors: Vec<(u16, String, LogPosition)> = moved
                 .iter()
                 .filter(|(p, _, _)| !failed.contains_key(p))
-                .map(|(p, _, position)| (cursor_name(*p), *position))
+                .map(|(p, _, position)| (*p, cursor_name(*p), *position))
                 .collect();
-            let saved = store.set_cursors(&cursors).await;
+            let together: Vec<(String, LogPosition)> = cursors
+                .iter()
+                .map(|(_, name, position)| (name.clone(), *position))
+                .collect();
+            if store.set_cursors(&together).await.is_err() {
+                // One by one then, so that a failure holds back only the partitions it hit.
+                let single = cursors.iter().map(|(p, name, position)| {
+                    let store = store.clone();
+                    async move { (*p, store.set_cursor(name, *position).await) }
+                });
+                for (p, result) in futures::future::join_all(single).await {
+                    if let Err(e) = result {
+                        failed.insert(p, e);
+                    }
+                }
+            }
             moved
                 .into_iter()
-                .map(|(p, epoch, _)| match (failed.get(&p), &saved) {
-                    (Some(e), _) | (None, Err(e)) => Err(e.clone()),
-                    (None, Ok(())) => Ok((p, epoch)),
+                .map(|(p, epoch, _)| match failed.remove(&p) {
+                    Some(e) => Err(e),
+                    None => Ok((p, epoch)),
                 })
                 .collect::<Vec<_>>()
         };
