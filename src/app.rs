@@ -214,13 +214,13 @@ impl App {
             )
         };
         let (dispatcher, wake) = dispatcher;
-        // One node: a commit or a published event looks for webhook events at once.
-        let feed_wake = memory_bus.is_some().then(|| wake.clone());
-        if let (Some(bus), Some(wake)) = (&memory_bus, &feed_wake) {
-            // From the committing thread.
-            let wake = wake.clone();
-            bus.on_publish(move || wake.wake());
-        }
+        // One node: a commit (from the committing thread) or a published event looks for webhook
+        // events at once.
+        let feed_wake = memory_bus.map(|bus| {
+            let on_commit = wake.clone();
+            bus.on_publish(move || on_commit.wake());
+            wake.clone()
+        });
         let mut tasks = Vec::new();
         let router = registry.clone();
         tasks.push(actix_web::rt::spawn(async move {

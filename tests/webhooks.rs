@@ -62,6 +62,18 @@ async fn subscribed_receiver(node: &TestNode) -> Receiver {
     rx
 }
 
+/// One node on the suite's single-node store (whatever the suite's backend), its dispatcher
+/// polling every `interval` unless woken, with `extra` configuration, and a receiver subscribed
+/// as by `subscribed_receiver`.
+async fn one_node_polling_every(interval: &str, extra: &str) -> (TestNode, Receiver) {
+    let config = format!(
+        "[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = {interval:?}\n{extra}"
+    );
+    let node = start_on(&config, None).await;
+    let rx = subscribed_receiver(&node).await;
+    (node, rx)
+}
+
 /// The id of a subscription create response.
 fn id_of(sub: &Value) -> String {
     sub["id"].as_str().expect("subscription id").to_owned()
@@ -1911,12 +1923,7 @@ async fn commits_in_quick_succession_share_the_dispatchers_polls_and_all_are_del
     // One node on the memory store, whatever the suite's backend: its commits wake the dispatcher
     // at once, and it reads its feed quickly enough that, unspaced, nearly every commit would get
     // a poll of its own. A long poll interval: nearly every poll here is one a commit asked for.
-    let node = start_on(
-        "[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = \"2s\"\n[store]\nkind = \"memory\"",
-        None,
-    )
-    .await;
-    let rx = subscribed_receiver(&node).await;
+    let (node, rx) = one_node_polling_every("2s", "[store]\nkind = \"memory\"").await;
     let mut dialogs = Vec::new();
     for _ in 0..4 {
         dialogs.push(node.create_dialog(&dialog_body()).await);
@@ -1965,12 +1972,7 @@ async fn commits_in_quick_succession_share_the_dispatchers_polls_and_all_are_del
 async fn an_event_published_on_one_node_is_delivered_at_once_not_at_the_next_poll() {
     // One node on the suite's single-node store (embedded or memory) with a poll interval far
     // longer than the wait below: only the publish itself can start the delivery in time.
-    let node = start_on(
-        "[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = \"60s\"",
-        None,
-    )
-    .await;
-    let rx = subscribed_receiver(&node).await;
+    let (node, rx) = one_node_polling_every("60s", "").await;
     let event = json!({
         "specversion": "1.0",
         "id": "published-at-once",

@@ -190,18 +190,14 @@ impl Dispatcher {
                 .into_iter()
                 .filter_map(|(p, r)| r.err().map(|e| (p, e)))
                 .collect();
-            let cursors: Vec<(u16, String, LogPosition)> = moved
+            let (parts, cursors): (Vec<u16>, Vec<(String, LogPosition)>) = moved
                 .iter()
                 .filter(|(p, _, _)| !failed.contains_key(p))
-                .map(|(p, _, position)| (*p, cursor_name(*p), *position))
-                .collect();
-            let together: Vec<(String, LogPosition)> = cursors
-                .iter()
-                .map(|(_, name, position)| (name.clone(), *position))
-                .collect();
-            if store.set_cursors(&together).await.is_err() {
+                .map(|(p, _, position)| (*p, (cursor_name(*p), *position)))
+                .unzip();
+            if store.set_cursors(&cursors).await.is_err() {
                 // One by one then, so that a failure holds back only the partitions it hit.
-                let single = cursors.iter().map(|(p, name, position)| {
+                let single = parts.iter().zip(&cursors).map(|(p, (name, position))| {
                     let store = store.clone();
                     async move { (*p, store.set_cursor(name, *position).await) }
                 });
