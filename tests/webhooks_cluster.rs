@@ -59,18 +59,41 @@ impl SharedRedis {
 
     /// Which node holds the lease of each webhook partition (of 64).
     async fn lease_owners(&self) -> Vec<Option<String>> {
-        let (keys, cmd) = {
-            let keys: Vec<String> = (0..64)
-                .map(|n| match self.cluster {
-                    Some(_) => format!("{}:{{leases}}:lease:wp:{n}", self.prefix),
-                    None => format!("{}:lease:wp:{n}", self.prefix),
-                })
-                .collect();
-            let mut cmd = ::redis::cmd("MGET");
-            cmd.arg(&keys);
-            (keys, cmd)
+        let keys: Vec<String> = (0..64)
+            .map(|n| match self.cluster {
+                Some(_) => format!("{}:{{leases}}:lease:wp:{n}", self.prefix),
+                None => format!("{}:lease:wp:{n}", self.prefix),
+            })
+            .collect();
+        let owners = self.get(&keys).await;
+        assert_eq!(owners.len(), 64);
+        owners
+    }
+
+    /// The saved feed position of webhook partition `p`.
+    async fn cursor(&self, p: u16) -> Option<String> {
+        let key = format!("{}:cursor:wf:{p}", self.prefix);
+        self.get(&[key]).await.pop().flatten()
+    }
+
+    /// Changes the permissions of the user the nodes connect as (`ACL SETUSER default …`) on
+    /// every server: a store that refuses one kind of write, as a real outage can.
+    fn acl(&self, rule: &str) {
+        let ports = match (&self.single, &self.cluster) {
+            (Some(s), _) => vec![s.redis.port],
+            (None, Some(c)) => c.ports.clone(),
+            (None, None) => unreachable!("one or the other"),
         };
-        assert_eq!(keys.len(), 64);
+        for port in ports {
+            let answer = common::redis::cli(port, &["ACL", "SETUSER", "default", rule]);
+            assert_eq!(answer.as_deref(), Some("OK"), "ACL SETUSER default {rule}");
+        }
+    }
+
+    /// The values of `keys` (`MGET`, slot by slot on a cluster).
+    async fn get(&self, keys: &[String]) -> Vec<Option<String>> {
+        let mut cmd = ::redis::cmd("MGET");
+        cmd.arg(keys);
         if self.cluster.is_some() {
             let client =
                 ::redis::cluster::ClusterClient::new(self.url.split(',').collect::<Vec<_>>())
@@ -539,6 +562,80 @@ async fn a_delivery_waiting_for_its_retry_survives_the_death_of_the_dispatching_
         })
         .count();
     assert!(resent <= 8, "{resent} delivered events were sent again");
+}
+
+#[actix_web::test]
+async fn deliveries_whose_save_failed_are_stored_again_before_their_position_is_saved_past_them() {
+    // No retry within the test: a retry's record would store the delivery another way.
+    let mut t = TwoNodes::start(r#"["600s"]"#).await;
+    let (owner, client, rx) = (t.owner.clone(), t.client.clone(), t.rx.clone());
+    let dir = t._dir.path().to_owned();
+    let p = dialog_events::domain::partition_of("stuck", 64);
+    // A dialog whose events share the partition of the "stuck" one.
+    let later = (0..)
+        .map(|n| format!("later-{n}"))
+        .find(|d| dialog_events::domain::partition_of(d, 64) == p)
+        .expect("a dialog of the same partition");
+    let before = t._shared.cursor(p).await;
+    assert!(before.is_some(), "partition {p} has a saved position");
+    let (writer, _) = t.split("stuck").await;
+    let publish = |id: &'static str, instance: String| {
+        let (client, writer, owner) = (client.clone(), writer.clone(), owner.clone());
+        async move {
+            let event = json!({"specversion": "1.0", "id": id, "source": "https://app.example/x",
+                "type": "app.t", "resource": RESOURCE, "subject": person_urn(PERSON_1),
+                "resourceinstance": instance});
+            let url = format!("{writer}/events/api/v1/events");
+            let (status, body) =
+                post(&client, url, &owner, "application/cloudevents+json", event).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    rx.answer_for_dialog("stuck", Some(500));
+    // The store refuses pending records (HMSET, that write alone) while e-0 is read and tried.
+    t._shared.acl("-hmset");
+    publish("e-0", "stuck".into()).await;
+    rx.wait_for("the first attempt of e-0", Duration::from_secs(10), |r| {
+        r.iter().any(|x| x.header("webhook-id") == "e-0")
+    })
+    .await;
+    let refused = Instant::now() + Duration::from_secs(10);
+    while NodeLogs(&dir)
+        .lines(|l| l.contains("saving the dispatcher's pending deliveries failed"))
+        .is_empty()
+    {
+        assert!(Instant::now() < refused, "no save of e-0's record failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        t._shared.cursor(p).await,
+        before,
+        "the position moved while e-0's record could not be stored"
+    );
+    // The store takes writes again; a later event of the same partition moves its position on.
+    t._shared.acl("+hmset");
+    publish("e-1", later).await;
+    rx.wait_for("e-1", Duration::from_secs(10), |r| {
+        r.iter().any(|x| x.header("webhook-id") == "e-1")
+    })
+    .await;
+    let moved = Instant::now() + Duration::from_secs(10);
+    while t._shared.cursor(p).await == before {
+        assert!(
+            Instant::now() < moved,
+            "the position of partition {p} never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // e-0 waits for its retry (600 s) on the node that read it; that node dies. The next owner
+    // must find e-0 among the pending deliveries: the position was saved past it.
+    let (_, victim) = t.split("stuck").await;
+    victim.kill9();
+    rx.answer_for_dialog("stuck", None);
+    rx.wait_for("e-0 from the next owner", Duration::from_secs(20), |r| {
+        r.iter().filter(|x| x.header("webhook-id") == "e-0").count() >= 2
+    })
+    .await;
 }
 
 /// Publishes `ids` (event id, dialog) through `base`, 25 at a time. A request that could not

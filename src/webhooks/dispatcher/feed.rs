@@ -20,6 +20,11 @@ impl Dispatcher {
             .map(|(p, part)| (*p, part.cursor))
             .collect();
         if from.is_empty() {
+            // Every partition is being handed over: one whose save failed is stored again.
+            if self.parts.values().any(|part| part.unstored) {
+                self.polling = true;
+                self.save_and_go_on(Vec::new(), false, None, ctx);
+            }
             return;
         }
         self.polling = true;
@@ -160,13 +165,36 @@ impl Dispatcher {
     /// commit woke the dispatcher meanwhile. A partition's saves count as its writes, so it is
     /// not handed over before they are made. Removals of deliveries of save `batch` that
     /// finished meanwhile are made once it ends.
+    ///
+    /// A partition whose last save failed (`Part::unstored`) has its position in memory beyond
+    /// deliveries the store may not hold: this save stores every delivery queued on its lanes
+    /// again, and saves its position only after them. Without that, the next save would move its
+    /// saved position past them, and a crash would lose them.
     pub(super) fn save_and_go_on(
         &mut self,
-        saves: Vec<(u16, LogPosition, LogPosition, Vec<PendingDelivery>)>,
+        mut saves: Vec<(u16, LogPosition, LogPosition, Vec<PendingDelivery>)>,
         more: bool,
-        batch: Option<u64>,
+        mut batch: Option<u64>,
         ctx: &mut Context<Self>,
     ) {
+        let restoring: Vec<(u16, LogPosition)> = self
+            .parts
+            .iter()
+            .filter(|(_, part)| part.unstored)
+            .map(|(p, part)| (*p, part.cursor))
+            .collect();
+        for (p, cursor) in restoring {
+            let batch = *batch.get_or_insert_with(|| {
+                self.saves += 1;
+                self.unsaved.insert(self.saves, Vec::new());
+                self.saves
+            });
+            let queued = self.queued_records(p, batch);
+            match saves.iter_mut().find(|save| save.0 == p) {
+                Some(save) => save.3.extend(queued),
+                None => saves.push((p, cursor, cursor, queued)),
+            }
+        }
         let mut moved = Vec::with_capacity(saves.len());
         let mut pending = Vec::new();
         for (p, _, position, fresh) in saves {
@@ -209,10 +237,7 @@ impl Dispatcher {
             }
             moved
                 .into_iter()
-                .map(|(p, epoch, _)| match failed.remove(&p) {
-                    Some(e) => Err(e),
-                    None => Ok((p, epoch)),
-                })
+                .map(|(p, epoch, _)| (p, epoch, failed.remove(&p)))
                 .collect::<Vec<_>>()
         };
         ctx.spawn(persist.into_actor(self).map(move |saved, act, ctx| {
@@ -223,23 +248,44 @@ impl Dispatcher {
             for (lane_partition, p, key) in waited {
                 act.forget_pending(lane_partition, p, key, ctx);
             }
-            for result in saved {
-                match result {
-                    Ok((p, epoch)) => {
-                        if let Some(part) = epoch.and_then(|e| act.part_of(p, e)) {
-                            part.writes -= 1;
-                        }
-                        act.settled_some(p, ctx);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "saving the dispatcher's pending deliveries failed");
-                    }
+            for (p, epoch, failed) in saved {
+                if let Some(e) = &failed {
+                    tracing::warn!(partition = p, error = %e, "saving the dispatcher's pending deliveries failed");
                 }
+                let Some(part) = epoch.and_then(|e| act.part_of(p, e)) else {
+                    continue;
+                };
+                part.writes -= 1;
+                let restored = part.unstored && failed.is_none();
+                part.unstored = failed.is_some();
+                if restored && part.releasing {
+                    // Stored at last: the lanes that wait go, as when the handover began.
+                    act.drop_waiting_lanes(p);
+                }
+                act.settled_some(p, ctx);
             }
             if more || std::mem::take(&mut act.woken) {
                 act.poll(ctx);
             }
         }));
+    }
+    /// The pending records of every delivery queued on partition `p`'s lanes (in flight or
+    /// waiting), to be stored by save `batch`: their removals wait for it.
+    fn queued_records(&mut self, p: u16, batch: u64) -> Vec<PendingDelivery> {
+        let mut records = Vec::new();
+        for (_, lane) in self
+            .lanes
+            .iter_mut()
+            .filter(|(k, _)| k.partition == Some(p))
+        {
+            for d in &mut lane.queue {
+                if let Some(record) = Self::pending_of(d) {
+                    d.saving = Some(batch);
+                    records.push(record);
+                }
+            }
+        }
+        records
     }
 }
 

@@ -27,6 +27,10 @@ pub(super) struct Part {
     pub(super) in_flight: usize,
     /// Writes of its deliveries' records to the store not finished yet.
     pub(super) writes: usize,
+    /// A save of its queued deliveries or of its position failed: the next save stores every
+    /// delivery queued on its lanes again before its position is saved, and it is not handed
+    /// over before that succeeds (its queued deliveries may be nowhere but here).
+    pub(super) unstored: bool,
     /// Deliveries the previous owner left unfinished (subscription, position), loaded when this
     /// node took the partition: feed events already among them are not queued twice.
     pub(super) inherited: std::collections::HashSet<(Uuid, LogPosition)>,
@@ -35,7 +39,7 @@ pub(super) struct Part {
 impl Part {
     /// Handed over and settled: its lease may go.
     fn idle(&self) -> bool {
-        self.releasing && self.in_flight == 0 && self.writes == 0
+        self.releasing && self.in_flight == 0 && self.writes == 0 && !self.unstored
     }
 }
 
@@ -216,6 +220,15 @@ impl Dispatcher {
         }
         part.releasing = true;
         tracing::info!(partition = p, "handing webhook partition over");
+        let unstored = part.unstored;
+        if !unstored {
+            self.drop_waiting_lanes(p);
+        }
+    }
+
+    /// Stops the lanes of partition `p` (being handed over) that have nothing in flight: the
+    /// store keeps their deliveries for the next owner.
+    pub(super) fn drop_waiting_lanes(&mut self, p: u16) {
         self.lanes
             .retain(|k, lane| k.partition != Some(p) || lane.in_flight);
     }
