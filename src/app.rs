@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 
 use crate::auth::{DialogTokens, KeySource, KeyStore, TokenVerifier};
-use crate::bus::{Bus, MemoryBus, RedisBus};
+use crate::bus::{Bus, BusEvent, MemoryBus, RedisBus};
 use crate::config::Settings;
 use crate::config::StoreKind;
 use crate::dialogs::{DialogDeps, DialogRegistry};
@@ -214,24 +214,41 @@ impl App {
             )
         };
         let (dispatcher, wake) = dispatcher;
-        // One node: a commit (from the committing thread) or a published event looks for webhook
-        // events at once.
-        let feed_wake = memory_bus.map(|bus| {
-            let on_commit = wake.clone();
-            bus.on_publish(move || on_commit.wake());
-            wake.clone()
-        });
+        // One node: an appended event (from the appending thread) has the dispatcher look for
+        // webhook events at once. With Redis, the bus's feed notices do (below).
+        if let Some(bus) = memory_bus {
+            let wake = wake.clone();
+            bus.on_feed_changed(move || wake.wake());
+        }
         let mut tasks = Vec::new();
         let router = registry.clone();
+        let owned = owned_partitions.clone();
         tasks.push(actix_web::rt::spawn(async move {
-            while let Some(event) = envelopes.recv().await {
-                router.on_bus(event);
+            while let Some(first) = envelopes.recv().await {
                 // Whatever else has arrived meanwhile, before one wake-up for all of it.
-                while let Ok(event) = envelopes.try_recv() {
-                    router.on_bus(event);
+                let mut due = false;
+                let mut event = Some(first);
+                while let Some(e) = event {
+                    due |= match e {
+                        BusEvent::FeedChanged(parts) => owned
+                            .lock()
+                            .is_ok_and(|mine| parts.iter().any(|p| mine.contains(p))),
+                        // Notices may have been lost while the bus was down.
+                        BusEvent::Reconnected => {
+                            router.on_bus(BusEvent::Reconnected);
+                            true
+                        }
+                        envelope => {
+                            router.on_bus(envelope);
+                            false
+                        }
+                    };
+                    event = envelopes.try_recv().ok();
                 }
-                // A committed change may hold events for webhooks: look now, not at the next poll.
-                wake.wake();
+                // Events for webhooks this node delivers: look now, not at the next poll.
+                if due {
+                    wake.wake();
+                }
             }
         }));
         tasks.push(actix_web::rt::spawn(maintain_log(
@@ -309,7 +326,6 @@ impl App {
             dialog_tokens,
             metrics,
             dispatcher,
-            feed_wake,
             dev_issuer,
             embedded,
         });

@@ -102,9 +102,12 @@ async fn two_nodes_on_a_cluster_keep_one_order_and_spread_keys_and_channels_over
         masters
             .iter()
             .map(|p| {
-                cli(*p, &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*")])
-                    .map(|s| s.lines().filter(|l| !l.is_empty()).count())
-                    .unwrap_or(0)
+                cli(
+                    *p,
+                    &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*:dialog:*")],
+                )
+                .map(|s| s.lines().filter(|l| !l.is_empty()).count())
+                .unwrap_or(0)
             })
             .sum::<usize>()
             == 30
@@ -113,13 +116,25 @@ async fn two_nodes_on_a_cluster_keep_one_order_and_spread_keys_and_channels_over
     let per_master: Vec<usize> = masters
         .iter()
         .map(|p| {
-            cli(*p, &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*")])
-                .map(|s| s.lines().filter(|l| !l.is_empty()).count())
-                .unwrap_or(0)
+            cli(
+                *p,
+                &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*:dialog:*")],
+            )
+            .map(|s| s.lines().filter(|l| !l.is_empty()).count())
+            .unwrap_or(0)
         })
         .collect();
     assert_eq!(per_master.iter().sum::<usize>(), 30, "{per_master:?}");
     assert!(per_master.iter().all(|n| *n > 0), "{per_master:?}");
+    // Besides, the feed notices' channel, on one shard, which both nodes subscribe.
+    let feed = format!("{prefix}:{{feed}}:appended");
+    let feed_subscribers: Vec<String> = masters
+        .iter()
+        .filter_map(|p| cli(*p, &["PUBSUB", "SHARDNUMSUB", &feed]))
+        .filter_map(|s| s.lines().nth(1).map(str::to_owned))
+        .filter(|n| n != "0")
+        .collect();
+    assert_eq!(feed_subscribers, ["2"], "subscribers of {feed} per master");
     let plain =
         cli(masters[0], &["PUBSUB", "CHANNELS", &format!("{prefix}:*")]).unwrap_or_default();
     assert!(
@@ -462,14 +477,17 @@ async fn on_a_cluster_a_seen_race_emits_one_seen_and_a_client_resumes_on_another
 
 /// The dialog channels of `prefix` that the master on `port` carries subscribers for.
 fn shard_channels(port: u16, prefix: &str) -> Vec<String> {
-    cli(port, &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*")])
-        .map(|s| {
-            s.lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    cli(
+        port,
+        &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*:dialog:*")],
+    )
+    .map(|s| {
+        s.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 #[actix_web::test]

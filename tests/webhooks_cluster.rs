@@ -295,10 +295,14 @@ async fn wait_for_spread(shared: &SharedRedis, nodes: &[&str], within: Duration)
     }
 }
 
-fn config_with(dir: &std::path::Path, retry_schedule: &str) -> std::path::PathBuf {
+fn config_with(
+    dir: &std::path::Path,
+    retry_schedule: &str,
+    poll_interval: &str,
+) -> std::path::PathBuf {
     let path = dir.join("node.toml");
     let toml = format!(
-        "{}\n[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = \"20ms\"\n\
+        "{}\n[webhooks]\nallow_http = true\nallow_private_networks = true\npoll_interval = {poll_interval:?}\n\
          retry_schedule = {retry_schedule}\nvalidation_schedule = [\"100ms\"]\ncircuit_failures = 1000\n\
          lease_ttl = \"{lease_ttl}\"\n",
         base_config().replace("[log]\nlevel = \"warn\"", "[log]\nlevel = \"info\""),
@@ -355,9 +359,14 @@ impl Drop for TwoNodes {
 
 impl TwoNodes {
     async fn start(retry_schedule: &str) -> TwoNodes {
+        Self::polling_every(retry_schedule, "20ms").await
+    }
+
+    /// As `start`, the dispatchers polling every `poll_interval` unless woken.
+    async fn polling_every(retry_schedule: &str, poll_interval: &str) -> TwoNodes {
         let shared = SharedRedis::new();
         let dir = tempfile::tempdir().expect("dir");
-        let config = config_with(dir.path(), retry_schedule);
+        let config = config_with(dir.path(), retry_schedule, poll_interval);
         let a = NodeProcess::start(&shared, "node-a", &config, &dir.path().join("a"));
         let b = NodeProcess::start(&shared, "node-b", &config, &dir.path().join("b"));
         let keys = shared.keys().await;
@@ -565,6 +574,58 @@ async fn a_delivery_waiting_for_its_retry_survives_the_death_of_the_dispatching_
 }
 
 #[actix_web::test]
+async fn events_appended_through_either_node_are_delivered_at_once_not_at_the_next_poll() {
+    // Both dispatchers poll every 60 s: only the appending node's feed notice can start these
+    // deliveries within the wait below, whichever node delivers the event's partition.
+    let t = TwoNodes::polling_every(r#"["100ms"]"#, "60s").await;
+    let (owner, client, rx) = (t.owner.clone(), t.client.clone(), t.rx.clone());
+    let started = Instant::now();
+    let mut wanted = Vec::new();
+    for (n, base) in [&t.a.base, &t.b.base]
+        .into_iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+    {
+        let id = format!("e-{n}");
+        let event = json!({"specversion": "1.0", "id": id, "source": "https://app.example/x",
+            "type": "app.t", "resource": RESOURCE, "subject": person_urn(PERSON_1),
+            "resourceinstance": format!("instance-{n}")});
+        let url = format!("{base}/events/api/v1/events");
+        let (status, body) =
+            post(&client, url, &owner, "application/cloudevents+json", event).await;
+        assert_eq!(status, 200, "{body}");
+        wanted.push(id);
+    }
+    // Dialog commits, through each node.
+    let mut dialogs = Vec::new();
+    for base in [&t.a.base, &t.b.base] {
+        let url = format!("{base}/api/v1/serviceowner/dialogs");
+        let (status, body) = post(&client, url, &owner, "application/json", dialog_body()).await;
+        assert_eq!(status, 201, "{body}");
+        dialogs.push(body.as_str().expect("dialog id").to_owned());
+    }
+    assert_eq!((wanted.len(), dialogs.len()), (8, 2));
+    rx.wait_for(
+        "every published event and both dialogs' creation",
+        Duration::from_secs(10),
+        |r| {
+            wanted
+                .iter()
+                .all(|id| r.iter().any(|x| x.header("webhook-id") == id))
+                && dialogs.iter().all(|d| {
+                    r.iter().any(|x| {
+                        x.json()["type"] == "dialogporten.dialog.created.v1"
+                            && x.json()["resourceinstance"] == d.as_str()
+                    })
+                })
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[actix_web::test]
 async fn deliveries_whose_save_failed_are_stored_again_before_their_position_is_saved_past_them() {
     // No retry within the test: a retry's record would store the delivery another way.
     let mut t = TwoNodes::start(r#"["600s"]"#).await;
@@ -747,7 +808,7 @@ async fn three_nodes_share_the_partitions_and_keep_every_lane_whole_and_in_order
     let shared = SharedRedis::new();
     let dir = tempfile::tempdir().expect("dir");
     let logs = NodeLogs(dir.path());
-    let config = config_with(dir.path(), r#"["100ms", "200ms", "400ms"]"#);
+    let config = config_with(dir.path(), r#"["100ms", "200ms", "400ms"]"#, "20ms");
     let mut a = NodeProcess::start(&shared, "node-a", &config, &dir.path().join("a"));
     let mut b = NodeProcess::start(&shared, "node-b", &config, &dir.path().join("b"));
     let mut c = NodeProcess::start(&shared, "node-c", &config, &dir.path().join("c"));

@@ -37,6 +37,9 @@ pub enum BusEvent {
     Envelope(Envelope),
     /// The bus reconnected after an outage: envelopes may have been lost, repair from the log.
     Reconnected,
+    /// Some node appended events to these webhook partitions' feeds: the node that delivers
+    /// them reads them now rather than at its dispatcher's next poll.
+    FeedChanged(Vec<u16>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,11 @@ pub trait Bus: Send + Sync + 'static {
     fn announcement(&self, _envelope: &Envelope) -> Option<(String, Vec<u8>)> {
         None
     }
+
+    /// `event` was appended to the store's global log (a commit's or a published event), so
+    /// webhooks may be due: the dispatcher that delivers its partition, on whichever node, is
+    /// told to read it now.
+    fn feed_changed(&self, event: &CloudEvent);
 
     /// This node now has local interest in `dialog` (first local subscriber).
     fn subscribe(&self, dialog: Uuid);

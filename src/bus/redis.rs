@@ -7,6 +7,10 @@
 //! the shard that owns its dialog's slot, and the subscriber (a cluster connection speaking RESP3)
 //! subscribes each channel (SSUBSCRIBE) on the shard that owns it. When a shard's connection
 //! drops, the connection resubscribes that shard's channels and the node repairs from the log.
+//!
+//! Every node also subscribes one feed channel. A node that appended events to the global log
+//! publishes there which webhook partitions they fell in, at most once per `NOTICE_SPACING`;
+//! the node that delivers one of them reads its feed at once instead of at its next poll.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{Bus, BusError, BusEvent, Envelope, EnvelopeSink};
+use crate::domain::CloudEvent;
 
 /// Longest a PUBLISH or PING may take before the bus reports itself unavailable.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,6 +34,9 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often an idle subscriber connection is checked with PING (a dead one is replaced).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// A node publishes at most one feed notice per this long; the partitions touched meanwhile go
+/// out together in the next.
+const NOTICE_SPACING: Duration = Duration::from_millis(5);
 
 enum Interest {
     Add(Uuid),
@@ -44,6 +52,11 @@ pub struct RedisBus {
     interest: mpsc::UnboundedSender<Interest>,
     /// Whether the subscriber connection is up (readiness).
     connected: Arc<AtomicBool>,
+    /// The store's webhook partition count (`webhooks.partitions`).
+    partitions: u16,
+    /// To the feed notice task: partitions of appended events. Closed when the bus is dropped,
+    /// which ends the task.
+    touched: mpsc::UnboundedSender<u16>,
 }
 
 impl RedisBus {
@@ -59,6 +72,13 @@ impl RedisBus {
         let connected = Arc::new(AtomicBool::new(false));
         let prefix = settings.prefix.clone();
         let cluster = settings.cluster.then_some(partitions);
+        let (touched, notices) = mpsc::unbounded_channel();
+        actix_web::rt::spawn(announce_feed(
+            conn.clone(),
+            feed_channel(&prefix, settings.cluster),
+            settings.cluster,
+            notices,
+        ));
         if settings.cluster {
             actix_web::rt::spawn(cluster_subscriber(
                 settings.seeds(),
@@ -91,6 +111,8 @@ impl RedisBus {
             cluster,
             interest,
             connected,
+            partitions,
+            touched,
         })
     }
 
@@ -108,6 +130,17 @@ struct Channels {
 impl Channels {
     fn of(&self, dialog: Uuid) -> String {
         dialog_channel(&self.prefix, self.cluster, dialog)
+    }
+
+    fn feed(&self) -> String {
+        feed_channel(&self.prefix, self.cluster.is_some())
+    }
+
+    /// Every channel to subscribe on a new connection: the feed's and the dialogs' of `interest`.
+    fn all(&self, interest: &HashSet<Uuid>) -> Vec<String> {
+        let mut all: Vec<String> = interest.iter().map(|d| self.of(*d)).collect();
+        all.push(self.feed());
+        all
     }
 
     /// Applies `first` and every interest change already waiting to `interest`; returns the
@@ -172,6 +205,12 @@ impl Bus for RedisBus {
         Ok(())
     }
 
+    fn feed_changed(&self, event: &CloudEvent) {
+        let _ = self
+            .touched
+            .send(crate::domain::event_partition(event, self.partitions));
+    }
+
     fn subscribe(&self, dialog: Uuid) {
         let _ = self.interest.send(Interest::Add(dialog));
     }
@@ -190,6 +229,7 @@ async fn subscriber(
     connected: Arc<AtomicBool>,
 ) {
     let mut interest: HashSet<Uuid> = HashSet::new();
+    let feed = channels.feed();
     let mut backoff = BACKOFF_START;
     let mut first = true;
     loop {
@@ -205,8 +245,7 @@ async fn subscriber(
             continue;
         };
         let (mut commands, mut messages) = pubsub.split();
-        let all: Vec<String> = interest.iter().map(|d| channels.of(*d)).collect();
-        if !all.is_empty() && commands.subscribe(all).await.is_err() {
+        if commands.subscribe(channels.all(&interest)).await.is_err() {
             continue;
         }
         connected.store(true, Ordering::Relaxed);
@@ -235,13 +274,11 @@ async fn subscriber(
                 }
                 msg = messages.next() => {
                     let Some(msg) = msg else { break };
-                    match serde_json::from_slice::<Envelope>(msg.get_payload_bytes()) {
-                        Ok(env) => {
-                            if sink.send(BusEvent::Envelope(env)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "ignoring a malformed bus message"),
+                    let Some(event) = received(&feed, msg.get_channel_name(), msg.get_payload_bytes()) else {
+                        continue;
+                    };
+                    if sink.send(event).is_err() {
+                        return;
                     }
                 }
                 _ = health.tick() => {
@@ -270,6 +307,7 @@ async fn cluster_subscriber(
     connected: Arc<AtomicBool>,
 ) {
     let mut interest: HashSet<Uuid> = HashSet::new();
+    let feed = channels.feed();
     let mut backoff = BACKOFF_START;
     let mut first = true;
     loop {
@@ -296,8 +334,7 @@ async fn cluster_subscriber(
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         };
-        let all: Vec<String> = interest.iter().map(|d| channels.of(*d)).collect();
-        if sharded(&conn, true, all).await.is_err() {
+        if sharded(&conn, true, channels.all(&interest)).await.is_err() {
             continue;
         }
         connected.store(true, Ordering::Relaxed);
@@ -346,23 +383,26 @@ async fn cluster_subscriber(
                                 if *n == 0 {
                                     leaving.remove(&channel);
                                 }
-                            } else if dialog_of(&channel).is_some_and(|d| interest.contains(&d)) {
+                            } else if channel == feed
+                                || dialog_of(&channel).is_some_and(|d| interest.contains(&d))
+                            {
                                 // Not asked for: a resharding moved the channel's slot (Redis
                                 // drops a shard channel's subscribers when its slot leaves).
                                 moved.push(channel);
                             }
                         }
                         redis::PushKind::SMessage => {
-                            let Some(redis::Value::BulkString(payload)) = push.data.get(1) else {
+                            let (Some(redis::Value::BulkString(channel)), Some(redis::Value::BulkString(payload))) =
+                                (push.data.first(), push.data.get(1))
+                            else {
                                 continue;
                             };
-                            match serde_json::from_slice::<Envelope>(payload) {
-                                Ok(env) => {
-                                    if sink.send(BusEvent::Envelope(env)).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => tracing::warn!(error = %e, "ignoring a malformed bus message"),
+                            let channel = String::from_utf8_lossy(channel);
+                            let Some(event) = received(&feed, &channel, payload) else {
+                                continue;
+                            };
+                            if sink.send(event).is_err() {
+                                return;
                             }
                         }
                         redis::PushKind::Disconnection => {
@@ -432,6 +472,75 @@ async fn resubscribe_moved(
             *moved = again;
             false
         }
+    }
+}
+
+/// What a message on `channel` tells the node: a feed notice (on `feed`) or a dialog's envelope;
+/// `None` for a malformed message.
+fn received(feed: &str, channel: &str, payload: &[u8]) -> Option<BusEvent> {
+    if channel == feed {
+        let parts = std::str::from_utf8(payload)
+            .ok()?
+            .split(',')
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        return Some(BusEvent::FeedChanged(parts));
+    }
+    match serde_json::from_slice::<Envelope>(payload) {
+        Ok(env) => Some(BusEvent::Envelope(env)),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a malformed bus message");
+            None
+        }
+    }
+}
+
+/// The channel of feed notices. On a cluster it is a shard channel of its own slot.
+fn feed_channel(prefix: &str, cluster: bool) -> String {
+    if cluster {
+        format!("{prefix}:{{feed}}:appended")
+    } else {
+        format!("{prefix}:feed:appended")
+    }
+}
+
+/// Publishes the feed notices of this node: the partitions of the events appended since the
+/// last notice, at most one notice per `NOTICE_SPACING`. A notice that cannot be published is
+/// dropped: the dispatchers' periodic polls read those events a little later.
+async fn announce_feed(
+    conn: Arc<SharedConnection>,
+    channel: String,
+    cluster: bool,
+    mut touched: mpsc::UnboundedReceiver<u16>,
+) {
+    let mut parts = std::collections::BTreeSet::new();
+    while let Some(p) = touched.recv().await {
+        parts.insert(p);
+        while let Ok(p) = touched.try_recv() {
+            parts.insert(p);
+        }
+        let notice = parts
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        parts.clear();
+        let send = async {
+            let mut c = conn.get().await.map_err(|e| e.to_string())?;
+            let outcome = redis::cmd(if cluster { "SPUBLISH" } else { "PUBLISH" })
+                .arg(&channel)
+                .arg(notice)
+                .query_async::<i64>(&mut c)
+                .await;
+            conn.observe(&outcome);
+            outcome.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(OP_TIMEOUT, send).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "a feed notice was not published"),
+            Err(_) => conn.timed_out(),
+        }
+        tokio::time::sleep(NOTICE_SPACING).await;
     }
 }
 

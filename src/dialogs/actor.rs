@@ -478,6 +478,12 @@ async fn execute(
                         .with_label_values(&[e.kind.as_str()])
                         .inc();
                 }
+                if !silent {
+                    // Webhooks may be due: their dispatcher reads the feed now.
+                    for e in &envelope.events {
+                        deps.bus.feed_changed(e);
+                    }
+                }
                 let change = Change::of(&envelope.events, next.as_ref().map(|d| d.revision), now)
                     .map(Arc::new);
                 // Unless the commit published it already.

@@ -163,6 +163,8 @@ impl DialogRegistry {
         match event {
             BusEvent::Envelope(envelope) => self.route(envelope),
             BusEvent::Reconnected => self.each(|addr| addr.do_send(Repair)),
+            // For the webhook dispatcher, not the dialogs.
+            BusEvent::FeedChanged(_) => {}
         }
     }
 

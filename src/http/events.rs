@@ -194,9 +194,7 @@ async fn publish(
             .with_label_values(&[event.kind.as_str()])
             .inc();
         // Webhook subscribers get it now, not at the dispatcher's next periodic poll.
-        if let Some(wake) = &state.feed_wake {
-            wake.wake();
-        }
+        state.bus.feed_changed(&event);
     } else {
         tracing::debug!(%id, %source, "duplicate published event ignored");
     }

@@ -22,10 +22,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The node's webhook dispatcher (validation handshakes, replays, redrives).
     pub dispatcher: actix::Addr<crate::webhooks::Dispatcher>,
-    /// Wakes the dispatcher when the publish API appended an event, on a node whose dispatcher
-    /// reads every partition's feed (the embedded and memory stores). `None` with Redis: there
-    /// the partition's owner may be another node, which finds it at its next poll.
-    pub feed_wake: Option<crate::webhooks::dispatcher::DispatchWaker>,
     /// The development issuer's key, when it is enabled (`POST /dev/token`).
     pub dev_issuer: Option<crate::auth::SigningKey>,
     /// The embedded store itself, when the node runs on it (hot backups).
