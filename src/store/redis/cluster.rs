@@ -46,6 +46,18 @@ impl ClusterStore for RedisStore {
             .await
     }
 
+    /// One pipeline (on a cluster, each cursor on its own master, all at once).
+    async fn set_cursors(&self, cursors: &[(String, LogPosition)]) -> Result<(), StoreError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (name, position) in cursors {
+            pipe.set(self.key(&format!("cursor:{name}")), *position);
+        }
+        self.query_spread::<()>(pipe).await
+    }
+
     async fn init_cursor(
         &self,
         name: &str,
