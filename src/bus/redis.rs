@@ -409,7 +409,9 @@ async fn cluster_subscriber(
                             tracing::warn!("a redis cluster bus connection dropped; it resubscribes");
                             lost = true;
                         }
-                        redis::PushKind::SSubscribe if lost => {
+                        // A dialog channel subscribed again: repair. (The feed channel's own
+                        // slot may come back before the dialogs' do; its notices need no repair.)
+                        redis::PushKind::SSubscribe if lost && !about(&push, &feed) => {
                             lost = false;
                             if sink.send(BusEvent::Reconnected).is_err() {
                                 return;
@@ -473,6 +475,11 @@ async fn resubscribe_moved(
             false
         }
     }
+}
+
+/// Whether `push` (a subscription's confirmation or message) is about `channel`.
+fn about(push: &redis::PushInfo, channel: &str) -> bool {
+    matches!(push.data.first(), Some(redis::Value::BulkString(c)) if c.as_slice() == channel.as_bytes())
 }
 
 /// What a message on `channel` tells the node: a feed notice (on `feed`) or a dialog's envelope;
