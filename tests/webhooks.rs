@@ -2000,3 +2000,68 @@ async fn an_event_published_on_one_node_is_delivered_at_once_not_at_the_next_pol
     assert!(published.elapsed() < Duration::from_secs(10));
     assert_eq!(with_id(&rx, "published-at-once").len(), 1);
 }
+
+#[actix_web::test]
+async fn events_committed_while_no_subscription_could_receive_them_never_reach_a_later_one() {
+    let node = start(&hooks("")).await;
+    let earlier = node.create_dialog(&dialog_body()).await;
+    add_activity(&node, &earlier, "Information").await;
+    // The dispatcher reads past them: polls that find no subscription.
+    let polls = |text: &str| metric(text, "dialog_events_webhook_polls_total", "");
+    let seen = polls(&node.metrics().await);
+    eventually(SOON, "two more polls", || async {
+        polls(&node.metrics().await) >= seen + 2.0
+    })
+    .await;
+    let rx = subscribed_receiver(&node).await;
+    let later = node.create_dialog(&dialog_body()).await;
+    let expected = ids(&node.dialog_events(&later).await);
+    assert_eq!(expected.len(), 1);
+    rx.wait_for("the later dialog's event", SOON, |r| has_all(r, &expected))
+        .await;
+    // Some polls later still nothing of the earlier dialog.
+    let seen = polls(&node.metrics().await);
+    eventually(SOON, "two more polls", || async {
+        polls(&node.metrics().await) >= seen + 2.0
+    })
+    .await;
+    assert_eq!(
+        received_ids(&of_dialog(&rx, &earlier)),
+        Vec::<String>::new(),
+        "events from before the subscription"
+    );
+}
+
+#[actix_web::test]
+async fn with_no_subscription_a_commit_is_one_record_of_the_commit_log_not_two() {
+    // The embedded store, whatever the suite's backend: its commit log counts its records.
+    let node = start_on(
+        &format!("{}\n[store]\nkind = \"embedded\"", hooks("")),
+        None,
+    )
+    .await;
+    let synced = |text: &str| metric(text, "dialog_events_store_log_sync_seconds_count", "");
+    let polls = |text: &str| metric(text, "dialog_events_webhook_polls_total", "");
+    let dialog = node.create_dialog(&dialog_body()).await;
+    let before = node.metrics().await;
+    let started = Instant::now();
+    let commits = 10;
+    for _ in 0..commits {
+        add_activity(&node, &dialog, "Information").await;
+        // Time for the poll this commit asks for, and for any write it makes, before the next.
+        tokio::time::sleep(POLL * 2).await;
+    }
+    let after = node.metrics().await;
+    let records = synced(&after) - synced(&before);
+    let polled = polls(&after) - polls(&before);
+    // Each commit is a record; the positions those polls moved are saved once a second.
+    let saves = started.elapsed().as_secs_f64().ceil() + 1.0;
+    assert!(
+        polled >= f64::from(commits),
+        "{polled} polls for {commits} commits"
+    );
+    assert!(
+        records >= f64::from(commits) && records <= f64::from(commits) + saves,
+        "{records} records of the commit log for {commits} commits and {polled} polls"
+    );
+}

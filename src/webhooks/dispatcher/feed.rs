@@ -50,6 +50,7 @@ impl Dispatcher {
                         .map(|((p, after), head)| (*p, *after, head))
                         .collect();
                     return Ok(Polled {
+                        idle: true,
                         skipped,
                         ..Polled::default()
                     });
@@ -65,7 +66,7 @@ impl Dispatcher {
                 pages,
                 subs,
                 policy,
-                skipped: Vec::new(),
+                ..Polled::default()
             })
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
@@ -77,14 +78,8 @@ impl Dispatcher {
                     return;
                 }
             };
-            if !polled.skipped.is_empty() {
-                // Nothing to deliver up to the heads: only the positions are saved.
-                let saves = polled
-                    .skipped
-                    .into_iter()
-                    .map(|(p, after, head)| (p, after, head, Vec::new()))
-                    .collect();
-                act.save_and_go_on(saves, false, None, ctx);
+            if polled.idle {
+                act.skip_to_heads(polled.skipped, ctx);
                 return;
             }
             act.subs = polled.subs.iter().map(|s| (s.id, s.clone())).collect();
@@ -116,8 +111,49 @@ impl Dispatcher {
                 }
                 saves.push((p, after, page.through, fresh));
             }
+            // Positions moved while nothing could receive anything are saved now, before any
+            // later one: a restart reads on from them, not from before a subscription existed.
+            for lag in act.behind() {
+                if !saves.iter().any(|save| save.0 == lag.0) {
+                    saves.push(lag);
+                }
+            }
             act.save_and_go_on(saves, more, Some(batch), ctx);
         }));
+    }
+
+    /// No subscription could receive anything: each partition's position moves to its feed's
+    /// head (`skipped`: partition, position, head), in memory, and the positions are saved at
+    /// most once per `IDLE_SAVE`, so a node no one subscribes to writes no position for each
+    /// commit. The first poll that finds a subscription saves them before anything else, and a
+    /// partition handed over saves its position first.
+    fn skip_to_heads(
+        &mut self,
+        skipped: Vec<(u16, LogPosition, LogPosition)>,
+        ctx: &mut Context<Self>,
+    ) {
+        for (p, after, head) in skipped {
+            let part = self.parts.get_mut(&p);
+            if let Some(part) = part.filter(|x| x.ready && !x.releasing && x.cursor == after) {
+                part.cursor = head;
+            }
+        }
+        let due = self.idle_saved.is_none_or(|at| at.elapsed() >= IDLE_SAVE);
+        let saves = if due { self.behind() } else { Vec::new() };
+        if !saves.is_empty() {
+            self.idle_saved = Some(Instant::now());
+        }
+        self.save_and_go_on(saves, false, None, ctx);
+    }
+
+    /// Saves of no deliveries for the partitions whose saved position is behind their position
+    /// in memory.
+    fn behind(&self) -> Vec<(u16, LogPosition, LogPosition, Vec<PendingDelivery>)> {
+        self.parts
+            .iter()
+            .filter(|(_, part)| part.ready && !part.releasing && part.saved < part.cursor)
+            .map(|(p, part)| (*p, part.saved, part.cursor, Vec::new()))
+            .collect()
     }
 
     /// Queues one feed event of partition `p` for every subscription that may receive it; its
@@ -237,7 +273,7 @@ impl Dispatcher {
             }
             moved
                 .into_iter()
-                .map(|(p, epoch, _)| (p, epoch, failed.remove(&p)))
+                .map(|(p, epoch, position)| (p, epoch, position, failed.remove(&p)))
                 .collect::<Vec<_>>()
         };
         ctx.spawn(persist.into_actor(self).map(move |saved, act, ctx| {
@@ -248,7 +284,7 @@ impl Dispatcher {
             for (lane_partition, p, key) in waited {
                 act.forget_pending(lane_partition, p, key, ctx);
             }
-            for (p, epoch, failed) in saved {
+            for (p, epoch, position, failed) in saved {
                 if let Some(e) = &failed {
                     tracing::warn!(partition = p, error = %e, "saving the dispatcher's pending deliveries failed");
                 }
@@ -256,6 +292,9 @@ impl Dispatcher {
                     continue;
                 };
                 part.writes -= 1;
+                if failed.is_none() {
+                    part.saved = part.saved.max(position);
+                }
                 let restored = part.unstored && failed.is_none();
                 part.unstored = failed.is_some();
                 if restored && part.releasing {
@@ -324,6 +363,8 @@ const PARTITION_COUNT: &str = "webhook-partitions";
 /// What one poll of the store brought.
 #[derive(Default)]
 struct Polled {
+    /// No subscription could receive anything (`skipped` says how far the feeds reach).
+    idle: bool,
     pages: Vec<crate::store::FeedPage>,
     subs: Vec<Subscription>,
     policy: Option<Arc<crate::auth::Policy>>,

@@ -51,6 +51,9 @@ const LEASE_ROUNDS: u32 = 5;
 /// second a poll per commit cost more than the commit's own fan-out; spaced, one poll reads a few
 /// milliseconds of commits, and a webhook waits at most this much longer for its first attempt.
 const WAKE_SPACING: Duration = Duration::from_millis(5);
+/// While no subscription can receive anything, the positions the polls move are saved at most
+/// once per this long (one write of the store per commit otherwise, for nothing to deliver).
+const IDLE_SAVE: Duration = Duration::from_secs(1);
 
 /// An attempt that ended, for settling.
 struct Attempted {
@@ -100,6 +103,8 @@ pub struct Dispatcher {
     unsaved: HashMap<u64, Vec<(Option<u16>, u16, String)>>,
     /// A wake-up came while a poll was running: poll again when it ends.
     woken: bool,
+    /// When positions moved while no subscription could receive anything were last saved.
+    idle_saved: Option<Instant>,
     /// When the last poll started; a wake-up sooner than `WAKE_SPACING` after it waits.
     polled_at: Option<Instant>,
     /// Set by a `DispatchWaker` that sent a `Wake` not handled yet (see there).
@@ -146,6 +151,7 @@ impl Dispatcher {
             saves: 0,
             unsaved: HashMap::new(),
             woken: false,
+            idle_saved: None,
             polled_at: None,
             wake_pending: Arc::default(),
             subs: HashMap::new(),

@@ -19,6 +19,9 @@ pub(super) struct Part {
     pub(super) epoch: u64,
     /// The feed is read after this position.
     pub(super) cursor: LogPosition,
+    /// The position saved in the store: behind `cursor` while no subscription could receive
+    /// anything (`Dispatcher::skip_to_heads`).
+    pub(super) saved: LogPosition,
     /// Its saved position and pending deliveries are loaded: its feed may be read.
     pub(super) ready: bool,
     /// Being handed over: nothing of it starts; the lease goes once nothing of it is in flight.
@@ -63,7 +66,7 @@ impl Handler<Handover> for Dispatcher {
         self.drained.push(tx);
         let all: Vec<u16> = self.parts.keys().copied().collect();
         for p in all {
-            self.begin_release(p);
+            self.begin_release(p, ctx);
         }
         self.claim(ctx);
         MessageResult(rx)
@@ -180,7 +183,7 @@ impl Dispatcher {
                 .map(|(p, _)| *p)
                 .collect();
             for p in give {
-                self.begin_release(p);
+                self.begin_release(p, ctx);
             }
         }
         self.announce();
@@ -211,7 +214,7 @@ impl Dispatcher {
 
     /// Starts handing partition `p` over: its lanes that have nothing in flight stop now; the
     /// others stop when their attempt ends.
-    fn begin_release(&mut self, p: u16) {
+    fn begin_release(&mut self, p: u16, ctx: &mut Context<Self>) {
         let Some(part) = self.parts.get_mut(&p) else {
             return;
         };
@@ -220,7 +223,13 @@ impl Dispatcher {
         }
         part.releasing = true;
         tracing::info!(partition = p, "handing webhook partition over");
-        let unstored = part.unstored;
+        let (unstored, behind) = (part.unstored, part.saved < part.cursor);
+        if behind {
+            // The next owner reads on from where this node did, not from an older saved position.
+            let (store, name, position) = (self.store.clone(), cursor_name(p), part.cursor);
+            let save = async move { store.set_cursor(&name, position).await };
+            self.write_for(Some(p), "saving a partition's position", save, ctx);
+        }
         if !unstored {
             self.drop_waiting_lanes(p);
         }
@@ -265,6 +274,7 @@ impl Dispatcher {
                 return;
             };
             part.cursor = cursor;
+            part.saved = cursor;
             part.ready = true;
             part.inherited = pending
                 .iter()
