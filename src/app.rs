@@ -208,9 +208,22 @@ impl App {
                 node_id.clone(),
                 owned_partitions.clone(),
             );
+            // With Redis the polls that feed notices ask for are spaced wider.
+            let spacing = settings
+                .redis
+                .url
+                .is_some()
+                .then_some(crate::webhooks::dispatcher::SHARED_WAKE_SPACING);
             crate::webhooks::dispatcher::DispatchWaker::start(
                 &dispatcher_arbiter.handle(),
-                move || crate::webhooks::Dispatcher::new(store, hooks, base, m, node, owned),
+                move || {
+                    let dispatcher =
+                        crate::webhooks::Dispatcher::new(store, hooks, base, m, node, owned);
+                    match spacing {
+                        Some(spacing) => dispatcher.spaced(spacing),
+                        None => dispatcher,
+                    }
+                },
             )
         };
         let (dispatcher, wake) = dispatcher;

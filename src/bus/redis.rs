@@ -35,8 +35,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often an idle subscriber connection is checked with PING (a dead one is replaced).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// A node publishes at most one feed notice per this long; the partitions touched meanwhile go
-/// out together in the next.
-const NOTICE_SPACING: Duration = Duration::from_millis(5);
+/// out together in the next. (The dispatchers space the polls they ask for as much.)
+const NOTICE_SPACING: Duration = crate::webhooks::dispatcher::SHARED_WAKE_SPACING;
 
 enum Interest {
     Add(Uuid),

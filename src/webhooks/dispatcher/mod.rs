@@ -51,6 +51,10 @@ const LEASE_ROUNDS: u32 = 5;
 /// second a poll per commit cost more than the commit's own fan-out; spaced, one poll reads a few
 /// milliseconds of commits, and a webhook waits at most this much longer for its first attempt.
 const WAKE_SPACING: Duration = Duration::from_millis(5);
+/// The same with Redis, where a poll is several round trips and reads every held partition's
+/// feed: feed notices from every node ask for polls, and under load one poll per 20 ms reads
+/// them all (a poll per 5 ms cost about a tenth of a node's write throughput).
+pub const SHARED_WAKE_SPACING: Duration = Duration::from_millis(20);
 /// While no subscription can receive anything, the positions the polls move are saved at most
 /// once per this long (one write of the store per commit otherwise, for nothing to deliver).
 const IDLE_SAVE: Duration = Duration::from_secs(1);
@@ -105,7 +109,9 @@ pub struct Dispatcher {
     woken: bool,
     /// When positions moved while no subscription could receive anything were last saved.
     idle_saved: Option<Instant>,
-    /// When the last poll started; a wake-up sooner than `WAKE_SPACING` after it waits.
+    /// The least time between the starts of two polls that wake-ups ask for (`WAKE_SPACING`).
+    wake_spacing: Duration,
+    /// When the last poll started; a wake-up sooner than `wake_spacing` after it waits.
     polled_at: Option<Instant>,
     /// Set by a `DispatchWaker` that sent a `Wake` not handled yet (see there).
     wake_pending: Arc<AtomicBool>,
@@ -152,6 +158,7 @@ impl Dispatcher {
             unsaved: HashMap::new(),
             woken: false,
             idle_saved: None,
+            wake_spacing: WAKE_SPACING,
             polled_at: None,
             wake_pending: Arc::default(),
             subs: HashMap::new(),
@@ -159,6 +166,14 @@ impl Dispatcher {
             endpoints: HashMap::new(),
             in_flight: 0,
             node_waiting: Default::default(),
+        }
+    }
+
+    /// Polls that wake-ups ask for start at least `spacing` apart (`WAKE_SPACING` otherwise).
+    pub fn spaced(self, spacing: Duration) -> Self {
+        Dispatcher {
+            wake_spacing: spacing,
+            ..self
         }
     }
 
@@ -468,7 +483,7 @@ impl Handler<Wake> for Dispatcher {
 
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
         let since = self.polled_at.map(|at| at.elapsed());
-        if let Some(wait) = since.and_then(|since| WAKE_SPACING.checked_sub(since)) {
+        if let Some(wait) = since.and_then(|since| self.wake_spacing.checked_sub(since)) {
             // Too soon after the last poll: the pending flag stays set meanwhile, so the commits
             // of the wait send no `Wake` of their own, and one poll reads them all.
             ctx.run_later(wait, |act, ctx| act.woken_up(ctx));
