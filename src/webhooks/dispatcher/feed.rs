@@ -308,6 +308,7 @@ impl Dispatcher {
             }
         }));
     }
+
     /// The pending records of every delivery queued on partition `p`'s lanes (in flight or
     /// waiting), to be stored by save `batch`: their removals wait for it.
     fn queued_records(&mut self, p: u16, batch: u64) -> Vec<PendingDelivery> {
