@@ -64,9 +64,9 @@ pub trait Bus: Send + Sync + 'static {
         None
     }
 
-    /// `event` was appended to the store's global log (a commit's or a published event), so
-    /// webhooks may be due: the dispatcher that delivers its partition, on whichever node, is
-    /// told to read it now.
+    /// `event` was appended to the store's global log (a published event, or the first event of
+    /// a commit: a change's events share their dialog's partition), so webhooks may be due: the
+    /// dispatcher that delivers its partition, on whichever node, is told to read it now.
     fn feed_changed(&self, event: &CloudEvent);
 
     /// This node now has local interest in `dialog` (first local subscriber).

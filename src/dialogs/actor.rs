@@ -478,11 +478,10 @@ async fn execute(
                         .with_label_values(&[e.kind.as_str()])
                         .inc();
                 }
-                if !silent {
-                    // Webhooks may be due: their dispatcher reads the feed now.
-                    for e in &envelope.events {
-                        deps.bus.feed_changed(e);
-                    }
+                // Webhooks may be due: their dispatcher reads the feed now. A change's events
+                // are all of its dialog, so of one partition: the first speaks for them.
+                if !silent && let Some(first) = envelope.events.first() {
+                    deps.bus.feed_changed(first);
                 }
                 let change = Change::of(&envelope.events, next.as_ref().map(|d| d.revision), now)
                     .map(Arc::new);

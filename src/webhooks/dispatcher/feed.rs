@@ -226,8 +226,9 @@ impl Dispatcher {
                 self.saves
             });
             let queued = self.queued_records(p, batch);
+            // The queued deliveries include those this poll just queued.
             match saves.iter_mut().find(|save| save.0 == p) {
-                Some(save) => save.3.extend(queued),
+                Some(save) => save.3 = queued,
                 None => saves.push((p, cursor, cursor, queued)),
             }
         }
