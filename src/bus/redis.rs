@@ -55,8 +55,9 @@ pub struct RedisBus {
     /// The store's webhook partition count (`webhooks.partitions`).
     partitions: u16,
     /// To the feed notice task: partitions of appended events. Closed when the bus is dropped,
-    /// which ends the task.
-    touched: mpsc::UnboundedSender<u16>,
+    /// which ends the task. `None` on a Redis Cluster, where no notices are sent (see
+    /// `Channels::all`).
+    touched: Option<mpsc::UnboundedSender<u16>>,
 }
 
 impl RedisBus {
@@ -72,13 +73,15 @@ impl RedisBus {
         let connected = Arc::new(AtomicBool::new(false));
         let prefix = settings.prefix.clone();
         let cluster = settings.cluster.then_some(partitions);
-        let (touched, notices) = mpsc::unbounded_channel();
-        actix_web::rt::spawn(announce_feed(
-            conn.clone(),
-            feed_channel(&prefix, settings.cluster),
-            settings.cluster,
-            notices,
-        ));
+        let touched = (!settings.cluster).then(|| {
+            let (touched, notices) = mpsc::unbounded_channel();
+            actix_web::rt::spawn(announce_feed(
+                conn.clone(),
+                feed_channel(&prefix, false),
+                notices,
+            ));
+            touched
+        });
         if settings.cluster {
             actix_web::rt::spawn(cluster_subscriber(
                 settings.seeds(),
@@ -136,10 +139,15 @@ impl Channels {
         feed_channel(&self.prefix, self.cluster.is_some())
     }
 
-    /// Every channel to subscribe on a new connection: the feed's and the dialogs' of `interest`.
+    /// Every channel to subscribe on a new connection: the dialogs' of `interest`, and on one
+    /// Redis the feed's. On a Redis Cluster the feed channel's shard subscription interfered with
+    /// the repair after a master failover (a change went unrepaired), so there the dispatchers
+    /// find new events at their periodic polls.
     fn all(&self, interest: &HashSet<Uuid>) -> Vec<String> {
         let mut all: Vec<String> = interest.iter().map(|d| self.of(*d)).collect();
-        all.push(self.feed());
+        if self.cluster.is_none() {
+            all.push(self.feed());
+        }
         all
     }
 
@@ -206,9 +214,9 @@ impl Bus for RedisBus {
     }
 
     fn feed_changed(&self, event: &CloudEvent) {
-        let _ = self
-            .touched
-            .send(crate::domain::event_partition(event, self.partitions));
+        if let Some(touched) = &self.touched {
+            let _ = touched.send(crate::domain::event_partition(event, self.partitions));
+        }
     }
 
     fn subscribe(&self, dialog: Uuid) {
@@ -517,7 +525,6 @@ fn feed_channel(prefix: &str, cluster: bool) -> String {
 async fn announce_feed(
     conn: Arc<SharedConnection>,
     channel: String,
-    cluster: bool,
     mut touched: mpsc::UnboundedReceiver<u16>,
 ) {
     let mut parts = std::collections::BTreeSet::new();
@@ -534,7 +541,7 @@ async fn announce_feed(
         parts.clear();
         let send = async {
             let mut c = conn.get().await.map_err(|e| e.to_string())?;
-            let outcome = redis::cmd(if cluster { "SPUBLISH" } else { "PUBLISH" })
+            let outcome = redis::cmd("PUBLISH")
                 .arg(&channel)
                 .arg(notice)
                 .query_async::<i64>(&mut c)
