@@ -2,7 +2,8 @@
 //! node. It keeps everything the Redis store keeps. Reads run on the caller's thread (MVCC
 //! snapshots); every write goes to one writer thread, which applies whatever is waiting in one
 //! transaction and answers all of them after one commit (group commit), fsynced before the answer
-//! with `store.sync = "always"`.
+//! with `store.sync = "always"`. There, dialog commits are durable once logged (`wal`) and reach
+//! the database later, many in one transaction; a read waits for that (see `writer`).
 //!
 //! Tables (composite keys are big-endian bytes, strings length-prefixed, so keys sort as wanted):
 //! `dialogs` id → {sequence, child counts, state without children}; `children` (id, kind, n) →
@@ -291,7 +292,7 @@ pub struct EmbeddedStore {
     policy: Mutex<Arc<Policy>>,
     /// The single node of the embedded mode, with its heartbeat expiry.
     node: Mutex<Option<(NodeInfo, Instant)>>,
-    /// Holds reads back while writes answered during a checkpoint wait to be applied.
+    /// Holds reads back while answered writes wait to be applied to the database.
     gate: Arc<Gate>,
     timings: StoreTimings,
 }
@@ -345,10 +346,19 @@ impl EmbeddedStore {
         resources: &[ResourceEntry],
         delegations: &[DelegationEntry],
     ) -> anyhow::Result<Self> {
-        Self::open_with(data_dir, sync, sync_interval, resources, delegations, None)
+        Self::open_with(
+            data_dir,
+            sync,
+            sync_interval,
+            resources,
+            delegations,
+            None,
+            DEFER_FOR,
+        )
     }
 
-    /// `open`; while `hold` is true, checkpoints wait to start (tests).
+    /// `open`; while `hold` is true, checkpoints wait to start, and logged writes wait up to
+    /// `defer_for` to be applied to the database (tests).
     fn open_with(
         data_dir: &Path,
         sync: SyncMode,
@@ -356,6 +366,7 @@ impl EmbeddedStore {
         resources: &[ResourceEntry],
         delegations: &[DelegationEntry],
         hold: Option<Arc<std::sync::atomic::AtomicBool>>,
+        defer_for: Duration,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         std::fs::create_dir_all(data_dir)
@@ -481,9 +492,10 @@ impl EmbeddedStore {
                     sync_interval,
                     wal,
                     writer_gate,
-                    writer::Checkpoints {
+                    writer::Options {
                         took: checkpoint_time,
                         hold,
+                        defer_for,
                     },
                 )
             })
@@ -503,9 +515,14 @@ impl EmbeddedStore {
         &self.timings
     }
 
-    /// Returns once reads see every write acknowledged before the call.
+    /// Returns once reads see every write acknowledged before the call: asks the writer to
+    /// apply the writes it has deferred, if the database lacks any.
     pub async fn settled(&self) -> Result<(), StoreError> {
-        self.gate.current().await
+        let Some(batch) = self.gate.behind()? else {
+            return Ok(());
+        };
+        self.send(Job::Apply)?;
+        self.gate.reached(batch).await
     }
 
     /// Runs `f` on a snapshot that holds every write acknowledged before the call.
@@ -513,7 +530,7 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        self.gate.current().await?;
+        self.settled().await?;
         let txn = self.db.begin_read().map_err(unavailable)?;
         f(&txn)
     }
@@ -826,6 +843,7 @@ mod tests {
             &[],
             &[],
             Some(hold.clone()),
+            DEFER_FOR,
         )
         .expect("open the store");
         let d0 = dialog();
@@ -900,6 +918,109 @@ mod tests {
         drop(raw(dir.path()));
         let store = open(dir.path());
         assert_eq!(store.load_dialog(d0.id).await.expect("load"), Some(next));
+    }
+
+    /// Whether the database itself (not a read through the store, which waits for deferred
+    /// writes) holds dialog `id`.
+    fn in_database(store: &EmbeddedStore, id: Uuid) -> bool {
+        let txn = store.db.begin_read().expect("read");
+        let dialogs = txn.open_table(DIALOGS).expect("dialogs");
+        dialogs.get(id.as_u128()).expect("get").is_some()
+    }
+
+    /// Answered commits are durable in the commit log; the database gets them later, many in one
+    /// transaction: when a read asks for them (at once), or once they have waited `defer_for`.
+    #[tokio::test]
+    async fn answered_writes_reach_the_database_when_a_read_asks_or_after_a_while() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let long = Duration::from_secs(600);
+        let store =
+            EmbeddedStore::open_with(dir.path(), SyncMode::Always, long, &[], &[], None, long)
+                .expect("open the store");
+        let d0 = dialog();
+        let d1 = with_activity(&d0);
+        let other = dialog();
+        store
+            .commit(commit(Some(d0.clone()), None))
+            .await
+            .expect("create");
+        store
+            .commit(commit(Some(d1.clone()), Some(&d0)))
+            .await
+            .expect("add");
+        assert!(!in_database(&store, d0.id), "answered, not applied yet");
+        // Checked against the deferred writes before them.
+        assert!(matches!(
+            store
+                .commit(commit(Some(with_activity(&d0)), Some(&d0)))
+                .await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            store.commit(commit(Some(d0.clone()), None)).await,
+            Err(StoreError::AlreadyExists)
+        ));
+        let loaded = tokio::time::timeout(Duration::from_secs(10), store.load_dialog(d0.id))
+            .await
+            .expect("a read does not wait for the deferral to run out")
+            .expect("load");
+        assert_eq!(loaded, Some(d1.clone()));
+        assert!(in_database(&store, d0.id));
+
+        // Another write than a dialog commit applies them first, in order.
+        store
+            .commit(commit(Some(other.clone()), None))
+            .await
+            .expect("create");
+        assert!(!in_database(&store, other.id));
+        let record = crate::domain::DeliveryRecord {
+            event_id: "e1".into(),
+            attempt: 1,
+            status_code: Some(200),
+            error: None,
+            duration_ms: 1,
+            at: Utc::now(),
+            next_attempt: None,
+        };
+        crate::store::WebhookStore::record_delivery(&store, Uuid::now_v7(), record)
+            .await
+            .expect("stored");
+        assert!(in_database(&store, other.id));
+        drop(store);
+
+        // With a short deferral, they are applied without a read asking.
+        let short = Duration::from_millis(20);
+        drop(raw(dir.path()));
+        let store =
+            EmbeddedStore::open_with(dir.path(), SyncMode::Always, long, &[], &[], None, short)
+                .expect("open the store");
+        assert_eq!(
+            store.load_dialog(d0.id).await.expect("load"),
+            Some(d1.clone()),
+            "kept across a restart"
+        );
+        let d2 = with_activity(&d1);
+        store
+            .commit(commit(Some(d2.clone()), Some(&d1)))
+            .await
+            .expect("add");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let txn = store.db.begin_read().expect("read");
+            let dialogs = txn.open_table(DIALOGS).expect("dialogs");
+            let sequence = dialog_sequence(
+                dialogs
+                    .get(d0.id.as_u128())
+                    .expect("get")
+                    .expect("stored")
+                    .value(),
+            );
+            if sequence == d2.sequence {
+                break;
+            }
+            assert!(Instant::now() < deadline, "applied once they have waited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[tokio::test]

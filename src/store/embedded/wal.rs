@@ -2,8 +2,9 @@
 //! `store.sync = "always"` cheap.
 //!
 //! A durable redb commit rewrites and fsyncs every B-tree page the batch touched. Instead, a batch
-//! made only of dialog commits is applied in a non-durable redb transaction and its prepared
-//! commits are appended here as one record, fsynced before anyone is answered. At most
+//! made only of dialog commits has its prepared commits appended here as one record, fsynced
+//! before anyone is answered, and is applied to the database later in a non-durable redb
+//! transaction, together with the batches logged after it (see `writer`). At most
 //! `store.sync_interval` later (or when the log passes `CHECKPOINT_BYTES`) one durable redb commit
 //! (a checkpoint) makes all of it durable in the database itself.
 //!

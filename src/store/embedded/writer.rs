@@ -20,6 +20,9 @@ pub(super) enum Job {
     /// Any other write: applies itself to the batch's transaction and says how to answer once the
     /// batch is committed (or not).
     Other(Box<dyn FnOnce(&WriteTransaction) -> Applied + Send>),
+    /// A read waits for the deferred writes: apply them now (unless a checkpoint runs; they are
+    /// applied once it ends).
+    Apply,
 }
 
 /// Answers a job with the batch's outcome.
@@ -31,74 +34,84 @@ pub(super) struct Applied {
     pub(super) answer: Answer,
 }
 
-/// Whether reads see every acknowledged write: not while writes answered during a checkpoint
-/// wait to be applied to the database.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Reads {
-    Current,
-    Behind,
-    /// Acknowledged writes could not be applied: the store answers nothing until a restart
+/// How far the database is behind the commit log: the number of the last batch logged (and
+/// answered) and of the last one applied to the database. Batch numbers rise.
+#[derive(Clone, Copy, Default, Debug)]
+struct Progress {
+    logged: u64,
+    applied: u64,
+    /// Acknowledged writes could not be applied: the store answers no read until a restart
     /// applies them from the commit log.
-    Failed,
+    failed: bool,
 }
 
 /// Holds reads back while the database lacks acknowledged writes.
-pub(super) struct Gate(tokio::sync::watch::Sender<Reads>);
+pub(super) struct Gate(tokio::sync::watch::Sender<Progress>);
 
 impl Gate {
     pub(super) fn new() -> Gate {
-        Gate(tokio::sync::watch::Sender::new(Reads::Current))
+        Gate(tokio::sync::watch::Sender::new(Progress::default()))
     }
 
-    /// Returns once reads see every write acknowledged before the call.
-    pub(super) async fn current(&self) -> Result<(), StoreError> {
-        let reads = *self.0.borrow();
-        let reads = match reads {
-            Reads::Behind => {
-                let mut rx = self.0.subscribe();
-                *rx.wait_for(|r| *r != Reads::Behind)
-                    .await
-                    .map_err(|_| unavailable("the store's writer has stopped"))?
-            }
-            r => r,
-        };
-        match reads {
-            Reads::Failed => Err(unavailable(
-                "the store could not apply acknowledged writes; a restart applies them from its commit log",
-            )),
-            _ => Ok(()),
+    /// The batch a read must wait for (the last one answered) while the database lacks it.
+    pub(super) fn behind(&self) -> Result<Option<u64>, StoreError> {
+        let p = *self.0.borrow();
+        if p.failed {
+            return Err(failed());
         }
+        Ok((p.applied < p.logged).then_some(p.logged))
     }
 
-    fn set(&self, reads: Reads) {
-        self.0.send_if_modified(|r| {
-            let changed = *r != reads;
-            *r = reads;
-            changed
-        });
+    /// Returns once the database holds batch `batch` and every one before it.
+    pub(super) async fn reached(&self, batch: u64) -> Result<(), StoreError> {
+        let mut rx = self.0.subscribe();
+        let p = *rx
+            .wait_for(|p| p.failed || p.applied >= batch)
+            .await
+            .map_err(|_| unavailable("the store's writer has stopped"))?;
+        if p.failed { Err(failed()) } else { Ok(()) }
+    }
+
+    fn logged(&self, batch: u64) {
+        self.0.send_modify(|p| p.logged = batch);
+    }
+
+    fn applied(&self, batch: u64) {
+        self.0.send_modify(|p| p.applied = p.applied.max(batch));
+    }
+
+    fn fail(&self) {
+        self.0.send_modify(|p| p.failed = true);
     }
 }
 
-/// What the writer's checkpoints report to, and (tests only) what keeps them from starting.
-pub(super) struct Checkpoints {
+fn failed() -> StoreError {
+    unavailable(
+        "the store could not apply acknowledged writes; a restart applies them from its commit log",
+    )
+}
+
+/// What the writer's checkpoints report to, and how long answered writes may wait to be applied.
+pub(super) struct Options {
     /// Times each checkpoint.
     pub(super) took: prometheus::Histogram,
-    /// While true, a due checkpoint waits to start.
+    /// While true, a due checkpoint waits to start (tests only).
     pub(super) hold: Option<Arc<AtomicBool>>,
+    /// How long logged writes wait to be applied to the database while no read asks for them.
+    pub(super) defer_for: Duration,
 }
+
+/// How long logged writes wait to be applied to the database while no read asks for them: they
+/// are durable in the commit log once answered, and one transaction for many of them costs
+/// little more than one for each (most of a transaction's cost is its own, not its writes').
+pub(super) const DEFER_FOR: Duration = Duration::from_millis(50);
 
 /// How often the writer looks at a running checkpoint while no write arrives.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(1);
 
-/// A checkpoint running on a thread of its own, and the writes logged and answered meanwhile.
+/// A checkpoint running on a thread of its own.
 struct Checkpoint {
     done: mpsc::Receiver<bool>,
-    /// Answered, logged in the active segment, not applied to the database yet.
-    deferred: Vec<Logged>,
-    /// The batch number of the last deferred write.
-    upto: u64,
-    /// The dialogs' marks after the deferred writes, for the next ones' checks.
-    marks: HashMap<Uuid, DialogMark>,
 }
 
 impl Checkpoint {
@@ -123,12 +136,7 @@ impl Checkpoint {
         {
             tracing::error!(error = %e, "the store cannot start its checkpoint thread");
         }
-        Checkpoint {
-            done,
-            deferred: Vec::new(),
-            upto: 0,
-            marks: HashMap::new(),
-        }
+        Checkpoint { done }
     }
 
     /// The checkpoint's outcome once it has ended.
@@ -143,11 +151,53 @@ impl Checkpoint {
     fn wait(&self) -> bool {
         self.done.recv().unwrap_or(false)
     }
+}
+
+/// Logged writes answered and not applied to the database yet: they wait while a checkpoint
+/// runs (it holds the database's write transaction), and otherwise until a read or another
+/// write needs them, many of them fill a transaction, or `Options::defer_for` has passed.
+struct Deferred {
+    writes: Vec<Logged>,
+    /// The batch number of the last of them.
+    upto: u64,
+    /// The dialogs' marks after them, for the next ones' checks.
+    marks: HashMap<Uuid, DialogMark>,
+    /// When the first of them was answered.
+    since: Option<Instant>,
+}
+
+impl Deferred {
+    fn new() -> Deferred {
+        Deferred {
+            writes: Vec::new(),
+            upto: 0,
+            marks: HashMap::new(),
+            since: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Whether they are to be applied now (`poked`: a read waits for them).
+    fn due(&self, poked: bool, defer_for: Duration) -> bool {
+        !self.is_empty()
+            && (poked
+                || self.writes.len() >= MAX_BATCH
+                || self.since.is_some_and(|s| s.elapsed() >= defer_for))
+    }
+
+    /// How long until they are due by age.
+    fn wait(&self, defer_for: Duration) -> Option<Duration> {
+        self.since
+            .map(|s| (s + defer_for).saturating_duration_since(Instant::now()))
+    }
 
     /// Checks a batch of logged writes against the database and the writes deferred before them,
     /// logs those that apply (one fsynced record), answers every one, and keeps them to apply
-    /// once the checkpoint has ended.
-    fn defer(&mut self, db: &Database, wal: &mut Wal, gate: &Gate, batch: Vec<Job>) {
+    /// later. True when any was logged.
+    fn defer(&mut self, db: &Database, wal: &mut Wal, gate: &Gate, batch: Vec<Job>) -> bool {
         let mut answers = Vec::with_capacity(batch.len());
         let mut accepted: Vec<Logged> = Vec::new();
         let mut marks: HashMap<Uuid, DialogMark> = HashMap::new();
@@ -190,16 +240,19 @@ impl Checkpoint {
             }
             answers.push((answer, out));
         }
+        let mut logged = false;
         if !accepted.is_empty() {
             let batch = wal.batch + 1;
             let refs: Vec<&Logged> = accepted.iter().collect();
             match wal.append(batch, &refs) {
                 Ok(()) => {
                     // Before the answers: a read after one of them waits for it.
-                    gate.set(Reads::Behind);
+                    gate.logged(batch);
                     self.marks.extend(marks);
-                    self.deferred.extend(accepted);
+                    self.writes.extend(accepted);
                     self.upto = batch;
+                    self.since.get_or_insert_with(Instant::now);
+                    logged = true;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the store could not log a batch");
@@ -215,12 +268,14 @@ impl Checkpoint {
         for (answer, out) in answers {
             let _ = answer.send(out);
         }
+        logged
     }
 
-    /// Applies the deferred writes to the database (not durably: the log holds them); false if
-    /// that failed, and then the database lacks writes that were acknowledged.
-    fn apply_deferred(self, db: &Database) -> bool {
-        if self.deferred.is_empty() {
+    /// Applies the deferred writes to the database in one transaction (not durably: the log
+    /// holds them) and lets the reads waiting for them go on. False if that failed: the database
+    /// then lacks writes that were acknowledged, and reads are refused from then on.
+    fn apply(&mut self, db: &Database, gate: &Gate) -> bool {
+        if self.is_empty() {
             return true;
         }
         let applied = (|| -> Result<(), StoreError> {
@@ -228,7 +283,7 @@ impl Checkpoint {
             txn.set_durability(Durability::None).map_err(unavailable)?;
             {
                 let mut tables = LogTables::open(&txn)?;
-                for logged in &self.deferred {
+                for logged in &self.writes {
                     logged.apply(&mut tables)?;
                 }
                 tables.finish()?;
@@ -240,23 +295,30 @@ impl Checkpoint {
             txn.commit().map_err(unavailable)
         })();
         if let Err(e) = &applied {
-            tracing::error!(error = %e, "the store could not apply the writes logged during a checkpoint");
+            tracing::error!(error = %e, "the store could not apply logged writes to its database");
+            gate.fail();
+            return false;
         }
-        applied.is_ok()
+        self.writes.clear();
+        self.marks.clear();
+        self.since = None;
+        gate.applied(self.upto);
+        true
     }
 }
 
 /// The writer thread: takes every waiting job, applies them in one transaction, commits once and
 /// answers them all.
 ///
-/// With `always`, a batch of dialog commits only is committed without an fsync of the database
-/// and logged to `wal` (fsynced) before the answers; any other batch is a durable commit. A
-/// checkpoint (a durable commit that lets the log start over) follows at most `interval` (the
-/// `store.sync_interval`) after the first logged batch. It runs on a thread of its own while new
-/// records go to the log's other segment: batches of dialog commits arriving meanwhile are checked
-/// against the database and the ones before them, logged and answered at once, and applied once
-/// the checkpoint has ended; reads wait for that (`gate`), and any other write waits for the
-/// checkpoint. With `interval`, commits are not fsynced; an fsync follows at most `interval`
+/// With `always`, a batch of dialog commits and cursors only is checked against the database
+/// and the writes deferred before it, logged to `wal` (one fsynced record) and answered; its
+/// writes are applied to the database later, many in one non-durable transaction (`Deferred`),
+/// and reads wait for that (`gate`: a read asks for it with `Job::Apply`). Any other batch is a
+/// durable commit, after the deferred writes. A checkpoint (a durable commit that lets the log
+/// start over) follows at most `interval` (the `store.sync_interval`) after the first logged
+/// batch. It runs on a thread of its own while new records go to the log's other segment, so
+/// batches of dialog commits arriving meanwhile are logged and answered at once; any other write
+/// waits for it. With `interval`, commits are not fsynced; an fsync follows at most `interval`
 /// later, holding the writes back while it runs.
 pub(super) fn writer(
     db: Arc<Database>,
@@ -265,39 +327,33 @@ pub(super) fn writer(
     interval: Duration,
     mut wal: Wal,
     gate: Arc<Gate>,
-    checkpoints: Checkpoints,
+    options: Options,
 ) {
-    let Checkpoints {
+    let Options {
         took: checkpoint_time,
         hold,
-    } = checkpoints;
-    // Non-durable commits since the last fsync of the database.
+        defer_for,
+    } = options;
+    // Non-durable commits (or deferred writes) since the last fsync of the database.
     let mut dirty = false;
     let mut last_sync = Instant::now();
     let mut checkpoint: Option<Checkpoint> = None;
-    // Ends a checkpoint: the segment it covered is free once it is durable, and the writes
-    // deferred meanwhile are applied. False when acknowledged writes could not be applied.
-    let settle = |cp: Checkpoint, ok: bool, wal: &mut Wal, dirty: &mut bool| -> bool {
-        if ok {
-            wal.retire();
-        }
-        *dirty = !ok || !cp.deferred.is_empty();
-        if !cp.apply_deferred(&db) {
-            gate.set(Reads::Failed);
-            return false;
-        }
-        gate.set(Reads::Current);
-        true
-    };
+    let mut deferred = Deferred::new();
     loop {
-        // A running checkpoint is looked at often; a due one is started on time.
-        let wait = if checkpoint.is_some() {
+        // A running checkpoint is looked at often; a due checkpoint, and deferred writes once
+        // they are due, are seen to on time.
+        let mut wait = if checkpoint.is_some() {
             Some(CHECKPOINT_POLL)
         } else if dirty {
             Some(interval.saturating_sub(last_sync.elapsed()))
         } else {
             None
         };
+        if checkpoint.is_none()
+            && let Some(w) = deferred.wait(defer_for)
+        {
+            wait = Some(wait.map_or(w, |x| x.min(w)));
+        }
         let first = match wait {
             Some(wait) => match jobs.recv_timeout(wait) {
                 Ok(j) => Some(j),
@@ -310,15 +366,26 @@ pub(super) fn writer(
             },
         };
         if let Some(ok) = checkpoint.as_ref().and_then(Checkpoint::ended) {
-            let cp = checkpoint.take().expect("a running checkpoint");
-            if !settle(cp, ok, &mut wal, &mut dirty) {
+            // The segment it covered is free once it is durable; the writes deferred meanwhile
+            // go to the database now.
+            checkpoint = None;
+            if ok {
+                wal.retire();
+            }
+            dirty = !ok || !deferred.is_empty();
+            if !deferred.apply(&db, &gate) {
                 return;
             }
             last_sync = Instant::now();
         } else if checkpoint.is_none()
             && dirty
-            && (first.is_none() || last_sync.elapsed() >= interval || wal.len() > CHECKPOINT_BYTES)
+            && (last_sync.elapsed() >= interval || wal.len() > CHECKPOINT_BYTES)
         {
+            // The checkpoint makes the database durable as it is: it must hold every write of
+            // the segment it lets go.
+            if !deferred.apply(&db, &gate) {
+                return;
+            }
             if sync == SyncMode::Always && wal.switch() {
                 checkpoint = Some(Checkpoint::start(
                     &db,
@@ -331,46 +398,67 @@ pub(super) fn writer(
             }
             last_sync = Instant::now();
         }
-        let Some(first) = first else { continue };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut batch = Vec::new();
+        batch.extend(first);
+        while !batch.is_empty() && batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(j) => batch.push(j),
                 Err(_) => break,
             }
         }
-        let logged =
-            sync == SyncMode::Always && batch.iter().all(|j| matches!(j, Job::Logged { .. }));
-        if let Some(cp) = checkpoint.as_mut() {
+        let before = batch.len();
+        batch.retain(|j| !matches!(j, Job::Apply));
+        let poked = batch.len() < before;
+        if !batch.is_empty() {
+            if !dirty {
+                last_sync = Instant::now();
+            }
+            let logged =
+                sync == SyncMode::Always && batch.iter().all(|j| matches!(j, Job::Logged { .. }));
             if logged {
-                cp.defer(&db, &mut wal, &gate, batch);
-                continue;
+                dirty |= deferred.defer(&db, &mut wal, &gate, batch);
+            } else {
+                if let Some(cp) = checkpoint.take() {
+                    // Any other write needs the database's write transaction: it waits.
+                    let ok = cp.wait();
+                    if ok {
+                        wal.retire();
+                    }
+                    dirty = !ok;
+                    last_sync = Instant::now();
+                }
+                if !deferred.is_empty() {
+                    dirty = true;
+                    if !deferred.apply(&db, &gate) {
+                        return;
+                    }
+                }
+                let durable = sync == SyncMode::Always;
+                match apply_batch(&db, batch, durable) {
+                    // A durable commit holds everything the log held.
+                    true if durable => {
+                        wal.reset();
+                        dirty = false;
+                    }
+                    true => dirty = true,
+                    false => {}
+                }
             }
-            // Any other write needs the database's write transaction: it waits.
-            let ok = cp.wait();
-            let cp = checkpoint.take().expect("a running checkpoint");
-            if !settle(cp, ok, &mut wal, &mut dirty) {
-                return;
-            }
-            last_sync = Instant::now();
         }
-        if !dirty {
-            last_sync = Instant::now();
-        }
-        let durable = sync == SyncMode::Always && !logged;
-        match apply_batch(&db, batch, durable, logged.then_some(&mut wal)) {
-            // A durable commit holds everything the log held.
-            true if durable => {
-                wal.reset();
-                dirty = false;
-            }
-            true => dirty = true,
-            false => {}
+        if checkpoint.is_none() && deferred.due(poked, defer_for) && !deferred.apply(&db, &gate) {
+            return;
         }
     }
     if let Some(cp) = checkpoint.take() {
-        let ok = cp.wait();
-        if !settle(cp, ok, &mut wal, &mut dirty) {
+        if cp.wait() {
+            wal.retire();
+        } else {
+            dirty = true;
+        }
+    }
+    if !deferred.is_empty() {
+        dirty = true;
+        if !deferred.apply(&db, &gate) {
             return;
         }
     }
@@ -380,8 +468,7 @@ pub(super) fn writer(
 }
 
 /// Applies one batch in one transaction and answers every job; true when it was committed.
-/// With `wal`, the batch's commits are logged (fsynced) before the transaction commits.
-fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut Wal>) -> bool {
+fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool) -> bool {
     let mut txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => {
@@ -399,7 +486,6 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
     }
     let mut fatal = false;
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-    let mut commits = Vec::new();
     // Opened for a run of logged writes, closed before any other job opens tables itself.
     let mut tables: Option<LogTables<'_>> = None;
     for job in batch {
@@ -428,7 +514,6 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
                 answers.push(Box::new(move |committed: Result<(), StoreError>| {
                     let _ = answer.send(committed.and(out));
                 }));
-                commits.extend(logged);
             }
             Job::Other(job) => {
                 if let Some(t) = tables.take() {
@@ -438,6 +523,7 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
                 fatal |= applied.fatal;
                 answers.push(applied.answer);
             }
+            Job::Apply => {}
         }
     }
     if let Some(t) = tables.take() {
@@ -451,10 +537,7 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
             "a write of this batch failed; nothing of it was kept",
         ))
     } else {
-        match wal {
-            Some(wal) => log_and_commit(txn, wal, &commits),
-            None => txn.commit().map_err(unavailable),
-        }
+        txn.commit().map_err(unavailable)
     };
     if let Err(e) = &committed {
         tracing::error!(error = %e, "the store could not commit a batch");
@@ -464,24 +547,6 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
         answer(committed.clone());
     }
     ok
-}
-
-/// Notes the batch number in the transaction, logs the batch (fsynced), then commits.
-fn log_and_commit(
-    txn: WriteTransaction,
-    wal: &mut Wal,
-    commits: &[Logged],
-) -> Result<(), StoreError> {
-    let batch = wal.batch + 1;
-    {
-        let mut meta = txn.open_table(META).map_err(unavailable)?;
-        meta.insert("wal_batch", batch).map_err(unavailable)?;
-    }
-    let refs: Vec<&Logged> = commits.iter().collect();
-    wal.append(batch, &refs).map_err(unavailable)?;
-    // Should this fail after the append, a restart would apply the batch again: the database
-    // cannot take writes then anyway, and the log holds what was applied.
-    txn.commit().map_err(unavailable)
 }
 
 /// Applies the logged batches the database does not hold yet (those after its `wal_batch`), in
