@@ -106,6 +106,14 @@ pub(super) struct Options {
 /// little more than one for each (most of a transaction's cost is its own, not its writes').
 pub(super) const DEFER_FOR: Duration = Duration::from_millis(50);
 
+/// A batch of this many logged jobs (a write burst) fills a transaction of its own: it is
+/// applied at once, as its record is logged, instead of waiting with the others.
+const APPLY_AT_ONCE: usize = 4;
+
+/// Most logged writes waiting to be applied outside a checkpoint: applying them stalls the
+/// writer (about 25 µs each), so many more would hold up the commits arriving meanwhile.
+const DEFER_MAX: usize = 64;
+
 /// How often the writer looks at a running checkpoint while no write arrives.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(1);
 
@@ -184,7 +192,7 @@ impl Deferred {
     fn due(&self, poked: bool, defer_for: Duration) -> bool {
         !self.is_empty()
             && (poked
-                || self.writes.len() >= MAX_BATCH
+                || self.writes.len() >= DEFER_MAX
                 || self.since.is_some_and(|s| s.elapsed() >= defer_for))
     }
 
@@ -313,7 +321,8 @@ impl Deferred {
 /// With `always`, a batch of dialog commits and cursors only is checked against the database
 /// and the writes deferred before it, logged to `wal` (one fsynced record) and answered; its
 /// writes are applied to the database later, many in one non-durable transaction (`Deferred`),
-/// and reads wait for that (`gate`: a read asks for it with `Job::Apply`). Any other batch is a
+/// and reads wait for that (`gate`: a read asks for it with `Job::Apply`). A batch of
+/// `APPLY_AT_ONCE` or more is applied in a transaction of its own as its record is logged. Any other batch is a
 /// durable commit, after the deferred writes. A checkpoint (a durable commit that lets the log
 /// start over) follows at most `interval` (the `store.sync_interval`) after the first logged
 /// batch. It runs on a thread of its own while new records go to the log's other segment, so
@@ -415,7 +424,16 @@ pub(super) fn writer(
             }
             let logged =
                 sync == SyncMode::Always && batch.iter().all(|j| matches!(j, Job::Logged { .. }));
-            if logged {
+            if logged && checkpoint.is_none() && batch.len() >= APPLY_AT_ONCE {
+                // Enough for a transaction of their own: applied with their record, after the
+                // ones deferred before them.
+                if !deferred.is_empty() && !deferred.apply(&db, &gate) {
+                    return;
+                }
+                if apply_batch(&db, batch, false, Some(&mut wal)) {
+                    dirty = true;
+                }
+            } else if logged {
                 dirty |= deferred.defer(&db, &mut wal, &gate, batch);
             } else {
                 if let Some(cp) = checkpoint.take() {
@@ -434,7 +452,7 @@ pub(super) fn writer(
                     }
                 }
                 let durable = sync == SyncMode::Always;
-                match apply_batch(&db, batch, durable) {
+                match apply_batch(&db, batch, durable, None) {
                     // A durable commit holds everything the log held.
                     true if durable => {
                         wal.reset();
@@ -468,7 +486,8 @@ pub(super) fn writer(
 }
 
 /// Applies one batch in one transaction and answers every job; true when it was committed.
-fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool) -> bool {
+/// With `wal`, the batch's commits are logged (fsynced) before the transaction commits.
+fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut Wal>) -> bool {
     let mut txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => {
@@ -486,6 +505,7 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool) -> bool {
     }
     let mut fatal = false;
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+    let mut commits = Vec::new();
     // Opened for a run of logged writes, closed before any other job opens tables itself.
     let mut tables: Option<LogTables<'_>> = None;
     for job in batch {
@@ -514,6 +534,7 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool) -> bool {
                 answers.push(Box::new(move |committed: Result<(), StoreError>| {
                     let _ = answer.send(committed.and(out));
                 }));
+                commits.extend(logged);
             }
             Job::Other(job) => {
                 if let Some(t) = tables.take() {
@@ -537,7 +558,10 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool) -> bool {
             "a write of this batch failed; nothing of it was kept",
         ))
     } else {
-        txn.commit().map_err(unavailable)
+        match wal {
+            Some(wal) => log_and_commit(txn, wal, &commits),
+            None => txn.commit().map_err(unavailable),
+        }
     };
     if let Err(e) = &committed {
         tracing::error!(error = %e, "the store could not commit a batch");
@@ -547,6 +571,24 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool) -> bool {
         answer(committed.clone());
     }
     ok
+}
+
+/// Notes the batch number in the transaction, logs the batch (fsynced), then commits.
+fn log_and_commit(
+    txn: WriteTransaction,
+    wal: &mut Wal,
+    commits: &[Logged],
+) -> Result<(), StoreError> {
+    let batch = wal.batch + 1;
+    {
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        meta.insert("wal_batch", batch).map_err(unavailable)?;
+    }
+    let refs: Vec<&Logged> = commits.iter().collect();
+    wal.append(batch, &refs).map_err(unavailable)?;
+    // Should this fail after the append, a restart would apply the batch again: the database
+    // cannot take writes then anyway, and the log holds what was applied.
+    txn.commit().map_err(unavailable)
 }
 
 /// Applies the logged batches the database does not hold yet (those after its `wal_batch`), in
