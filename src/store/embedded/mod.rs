@@ -827,6 +827,21 @@ mod tests {
         assert_eq!(store.load_dialog(d0.id).await.expect("load"), Some(d2));
     }
 
+    /// `d0` was created and changed since: a commit based on it, and creating it again, are
+    /// refused.
+    async fn refuses_stale_commits_of(store: &EmbeddedStore, d0: &Dialog) {
+        assert!(matches!(
+            store
+                .commit(commit(Some(with_activity(d0)), Some(d0)))
+                .await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            store.commit(commit(Some(d0.clone()), None)).await,
+            Err(StoreError::AlreadyExists)
+        ));
+    }
+
     /// A checkpoint does not hold writes back: while one runs, dialog commits are checked against
     /// the ones before them, logged and answered; reads wait until they are applied; and a crash
     /// meanwhile loses none of them.
@@ -866,16 +881,7 @@ mod tests {
             d = next;
         }
         // Checked against the writes before them as ever.
-        assert!(matches!(
-            store
-                .commit(commit(Some(with_activity(&d0)), Some(&d0)))
-                .await,
-            Err(StoreError::Conflict)
-        ));
-        assert!(matches!(
-            store.commit(commit(Some(d0.clone()), None)).await,
-            Err(StoreError::AlreadyExists)
-        ));
+        refuses_stale_commits_of(&store, &d0).await;
 
         // A crash now: the files as they are, the checkpoint not durable.
         let copy = tempfile::tempdir().expect("temp dir");
@@ -920,12 +926,13 @@ mod tests {
         assert_eq!(store.load_dialog(d0.id).await.expect("load"), Some(next));
     }
 
-    /// Whether the database itself (not a read through the store, which waits for deferred
-    /// writes) holds dialog `id`.
-    fn in_database(store: &EmbeddedStore, id: Uuid) -> bool {
+    /// The sequence of dialog `id` in the database itself (not a read through the store, which
+    /// waits for deferred writes), if it holds the dialog.
+    fn in_database(store: &EmbeddedStore, id: Uuid) -> Option<u64> {
         let txn = store.db.begin_read().expect("read");
         let dialogs = txn.open_table(DIALOGS).expect("dialogs");
-        dialogs.get(id.as_u128()).expect("get").is_some()
+        let value = dialogs.get(id.as_u128()).expect("get");
+        value.map(|v| dialog_sequence(v.value()))
     }
 
     /// Answered commits are durable in the commit log; the database gets them later, many in one
@@ -948,31 +955,26 @@ mod tests {
             .commit(commit(Some(d1.clone()), Some(&d0)))
             .await
             .expect("add");
-        assert!(!in_database(&store, d0.id), "answered, not applied yet");
+        assert_eq!(
+            in_database(&store, d0.id),
+            None,
+            "answered, not applied yet"
+        );
         // Checked against the deferred writes before them.
-        assert!(matches!(
-            store
-                .commit(commit(Some(with_activity(&d0)), Some(&d0)))
-                .await,
-            Err(StoreError::Conflict)
-        ));
-        assert!(matches!(
-            store.commit(commit(Some(d0.clone()), None)).await,
-            Err(StoreError::AlreadyExists)
-        ));
+        refuses_stale_commits_of(&store, &d0).await;
         let loaded = tokio::time::timeout(Duration::from_secs(10), store.load_dialog(d0.id))
             .await
             .expect("a read does not wait for the deferral to run out")
             .expect("load");
         assert_eq!(loaded, Some(d1.clone()));
-        assert!(in_database(&store, d0.id));
+        assert_eq!(in_database(&store, d0.id), Some(d1.sequence));
 
         // Another write than a dialog commit applies them first, in order.
         store
             .commit(commit(Some(other.clone()), None))
             .await
             .expect("create");
-        assert!(!in_database(&store, other.id));
+        assert_eq!(in_database(&store, other.id), None);
         let record = crate::domain::DeliveryRecord {
             event_id: "e1".into(),
             attempt: 1,
@@ -985,7 +987,7 @@ mod tests {
         crate::store::WebhookStore::record_delivery(&store, Uuid::now_v7(), record)
             .await
             .expect("stored");
-        assert!(in_database(&store, other.id));
+        assert_eq!(in_database(&store, other.id), Some(other.sequence));
         drop(store);
 
         // With a short deferral, they are applied without a read asking.
@@ -1005,19 +1007,7 @@ mod tests {
             .await
             .expect("add");
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let txn = store.db.begin_read().expect("read");
-            let dialogs = txn.open_table(DIALOGS).expect("dialogs");
-            let sequence = dialog_sequence(
-                dialogs
-                    .get(d0.id.as_u128())
-                    .expect("get")
-                    .expect("stored")
-                    .value(),
-            );
-            if sequence == d2.sequence {
-                break;
-            }
+        while in_database(&store, d0.id) != Some(d2.sequence) {
             assert!(Instant::now() < deadline, "applied once they have waited");
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -159,6 +159,15 @@ impl Checkpoint {
     fn wait(&self) -> bool {
         self.done.recv().unwrap_or(false)
     }
+
+    /// After a checkpoint that was durable (`ok`), the log segment it covered is free; returns
+    /// whether the database still lacks a durable commit (it failed).
+    fn ended_with(ok: bool, wal: &mut Wal) -> bool {
+        if ok {
+            wal.retire();
+        }
+        !ok
+    }
 }
 
 /// Logged writes answered and not applied to the database yet: they wait while a checkpoint
@@ -378,10 +387,7 @@ pub(super) fn writer(
             // The segment it covered is free once it is durable; the writes deferred meanwhile
             // go to the database now.
             checkpoint = None;
-            if ok {
-                wal.retire();
-            }
-            dirty = !ok || !deferred.is_empty();
+            dirty = Checkpoint::ended_with(ok, &mut wal) || !deferred.is_empty();
             if !deferred.apply(&db, &gate) {
                 return;
             }
@@ -438,11 +444,7 @@ pub(super) fn writer(
             } else {
                 if let Some(cp) = checkpoint.take() {
                     // Any other write needs the database's write transaction: it waits.
-                    let ok = cp.wait();
-                    if ok {
-                        wal.retire();
-                    }
-                    dirty = !ok;
+                    dirty = Checkpoint::ended_with(cp.wait(), &mut wal);
                     last_sync = Instant::now();
                 }
                 if !deferred.is_empty() {
@@ -468,11 +470,7 @@ pub(super) fn writer(
         }
     }
     if let Some(cp) = checkpoint.take() {
-        if cp.wait() {
-            wal.retire();
-        } else {
-            dirty = true;
-        }
+        dirty |= Checkpoint::ended_with(cp.wait(), &mut wal);
     }
     if !deferred.is_empty() {
         dirty = true;
