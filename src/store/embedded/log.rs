@@ -220,8 +220,11 @@ impl EventLog for EmbeddedStore {
         _partitions: u16,
         which: &[u16],
     ) -> Result<Vec<LogPosition>, StoreError> {
+        // Asked for by a dispatcher no subscription can receive anything from, after each
+        // commit: it takes the head as it will be once the commits answered before are applied,
+        // without having them applied one by one.
         let head = self
-            .read(|txn| {
+            .read_unhurried(|txn| {
                 let t = txn.open_table(META).map_err(unavailable)?;
                 Ok(t.get("next_position")
                     .map_err(unavailable)?

@@ -535,6 +535,32 @@ impl EmbeddedStore {
         f(&txn)
     }
 
+    /// `read` for a caller that is in no hurry: it waits until the writes acknowledged before
+    /// the call are applied as they would be anyway (within `writer::DEFER_FOR`), instead of
+    /// asking for them, so the writes keep sharing transactions.
+    async fn read_unhurried<R>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        if let Some(batch) = self.gate.behind()? {
+            self.gate.reached(batch).await?;
+        }
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        f(&txn)
+    }
+
+    /// `read` of tables no logged write touches (subscriptions, deliveries, dead letters,
+    /// pending deliveries): the writes that change them are applied before they are answered,
+    /// so the snapshot holds every one acknowledged before the call without waiting.
+    async fn read_unlogged<R>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.gate.check()?;
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        f(&txn)
+    }
+
     /// Runs `f` in the writer thread's next transaction; answers after it is committed.
     async fn write<R: Send + 'static>(
         &self,
@@ -1011,6 +1037,57 @@ mod tests {
             assert!(Instant::now() < deadline, "applied once they have waited");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A webhook dispatcher no subscription can receive anything from reads the subscriptions
+    /// and the feed's heads after each commit. Neither read has the deferred commits applied
+    /// early: the subscriptions come at once, the heads once the commits are applied anyway, and
+    /// then they count them.
+    #[tokio::test]
+    async fn an_idle_dispatchers_reads_leave_answered_writes_deferred() {
+        use crate::store::{EventLog, WebhookStore};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let long = Duration::from_secs(600);
+        let store =
+            EmbeddedStore::open_with(dir.path(), SyncMode::Always, long, &[], &[], None, long)
+                .expect("open the store");
+        let head = store.feed_heads(1, &[0]).await.expect("heads");
+        let d0 = dialog();
+        let mut created = commit(Some(d0.clone()), None);
+        created.publish = true;
+        created.events = vec![
+            serde_json::from_value(serde_json::json!({
+                "specversion": "1.0", "id": "e1", "type": "dialogporten.dialog.created.v1",
+                "time": "2026-01-01T00:00:00Z", "source": "https://s/1",
+                "resource": "urn:altinn:resource:r", "dialogsequence": 1
+            }))
+            .expect("event"),
+        ];
+        store.commit(created).await.expect("create");
+
+        let quick = Duration::from_secs(10);
+        let subs = tokio::time::timeout(quick, store.subscriptions()).await;
+        assert!(subs.expect("at once").expect("read").is_empty());
+        let pending = tokio::time::timeout(quick, store.pending(0)).await;
+        assert!(pending.expect("at once").expect("read").is_empty());
+        assert_eq!(in_database(&store, d0.id), None, "still deferred");
+
+        let heads = store.feed_heads(1, &[0]);
+        tokio::pin!(heads);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut heads)
+                .await
+                .is_err(),
+            "the heads wait for the commit to be applied, without asking for it"
+        );
+        assert_eq!(in_database(&store, d0.id), None, "still deferred");
+        // A read that must see the commit has it applied; the heads then count it.
+        store.load_dialog(d0.id).await.expect("load");
+        let after = tokio::time::timeout(quick, heads)
+            .await
+            .expect("once applied")
+            .expect("heads");
+        assert_eq!(after, vec![head[0] + 1]);
     }
 
     #[tokio::test]

@@ -62,6 +62,14 @@ impl Gate {
         Ok((p.applied < p.logged).then_some(p.logged))
     }
 
+    /// Refused like every read once acknowledged writes could not be applied.
+    pub(super) fn check(&self) -> Result<(), StoreError> {
+        if self.0.borrow().failed {
+            return Err(failed());
+        }
+        Ok(())
+    }
+
     /// Returns once the database holds batch `batch` and every one before it.
     pub(super) async fn reached(&self, batch: u64) -> Result<(), StoreError> {
         let mut rx = self.0.subscribe();
