@@ -116,7 +116,7 @@ impl App {
                             let opened = Arc::new(EmbeddedStore::open(
                                 &settings.data_dir,
                                 settings.store.sync,
-                                settings.store.sync_interval,
+                                settings.store.interval(),
                                 &settings.resources,
                                 &settings.delegations,
                             )?);

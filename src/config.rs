@@ -117,7 +117,7 @@ pub enum StoreKind {
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// A write is answered after it is fsynced (many writes share one fsync), in the commit log;
-    /// the database file is checkpointed every `store.sync_interval`.
+    /// the database file is checkpointed every `store.checkpoint_interval`.
     Always,
     /// fsync at most every `store.sync_interval`; a crash loses at most that much.
     Interval,
@@ -130,6 +130,20 @@ pub struct StoreSettings {
     pub sync: SyncMode,
     #[serde(deserialize_with = "duration")]
     pub sync_interval: Duration,
+    /// With `sync = "always"`: the longest time between checkpoints of the database file.
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
+}
+
+impl StoreSettings {
+    /// The embedded store's interval: between checkpoints with `always`, between fsyncs with
+    /// `interval`.
+    pub fn interval(&self) -> Duration {
+        match self.sync {
+            SyncMode::Always => self.checkpoint_interval,
+            SyncMode::Interval => self.sync_interval,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -346,6 +360,9 @@ impl Settings {
         if self.store.sync_interval.is_zero() {
             bail!("invalid configuration: store.sync_interval must be greater than 0");
         }
+        if self.store.checkpoint_interval.is_zero() {
+            bail!("invalid configuration: store.checkpoint_interval must be greater than 0");
+        }
         if self.graphql.max_batch == 0 {
             bail!("invalid configuration: graphql.max_batch must be greater than 0");
         }
@@ -471,6 +488,27 @@ mod tests {
         assert!(s.redis.url.is_none());
         assert_eq!(s.redis.prefix, "de");
         assert_eq!(s.events.retention, Duration::from_secs(90 * 86_400));
+    }
+
+    /// `store.sync_interval` spaces the fsyncs of `sync = "interval"`; with `always`, the
+    /// checkpoints follow `store.checkpoint_interval` (10 s unless set).
+    #[test]
+    fn the_store_interval_follows_the_sync_mode() {
+        let s = Settings::from_toml("").expect("defaults");
+        assert_eq!(s.store.checkpoint_interval, Duration::from_secs(10));
+        assert_eq!(s.store.interval(), Duration::from_secs(10));
+        let s = Settings::from_toml("[store]\nsync = \"interval\"").expect("interval");
+        assert_eq!(s.store.interval(), Duration::from_secs(1));
+        let s = Settings::from_toml("[store]\ncheckpoint_interval = \"2s\"").expect("2s");
+        assert_eq!(s.store.interval(), Duration::from_secs(2));
+        for key in ["sync_interval", "checkpoint_interval"] {
+            let err = Settings::from_toml(&format!("[store]\n{key} = \"0s\""))
+                .expect_err("zero is refused");
+            assert_eq!(
+                err.to_string(),
+                format!("invalid configuration: store.{key} must be greater than 0")
+            );
+        }
     }
 
     #[test]

@@ -424,7 +424,7 @@ async fn after_a_power_loss_every_write_acknowledged_since_the_checkpoint_comes_
     // No checkpoint during the test but the ones it waits for.
     write_config_with(
         dir.path(),
-        "[store]\nsync = \"always\"\nsync_interval = \"3s\"",
+        "[store]\nsync = \"always\"\ncheckpoint_interval = \"3s\"",
     );
     let mut node = Node::start(dir.path());
     let data = dir.path().join("data");
@@ -454,7 +454,7 @@ async fn after_a_power_loss_every_write_acknowledged_since_the_checkpoint_comes_
         assert_eq!(status, 201, "{id}");
         dialogs.push(id.as_str().expect("id").to_owned());
     }
-    // The checkpoint follows within sync_interval; then the database file holds the dialogs and
+    // The checkpoint follows within checkpoint_interval; then the database file holds the dialogs and
     // stays as it is while nothing is written. Its fsyncs can take a while on a busy disk: the
     // copy is taken once the file has changed and then stayed the same for over a second.
     tokio::time::sleep(Duration::from_secs(3)).await;

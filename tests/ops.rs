@@ -350,7 +350,7 @@ async fn concurrent_writes_to_many_dialogs_leave_one_busy_dialog_gap_free_and_in
 #[actix_web::test]
 async fn the_embedded_store_reports_its_checkpoints_and_commit_log_syncs() {
     let node = start_on(
-        "[store]\nkind = \"embedded\"\nsync = \"always\"\nsync_interval = \"50ms\"",
+        "[store]\nkind = \"embedded\"\nsync = \"always\"\ncheckpoint_interval = \"50ms\"",
         None,
     )
     .await;

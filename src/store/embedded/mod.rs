@@ -338,18 +338,19 @@ impl StoreTimings {
 
 impl EmbeddedStore {
     /// Opens (or creates) the database in `data_dir`, checks its format version, and adds the
-    /// configured registry entries to the stored ones.
+    /// configured registry entries to the stored ones. `interval` is the longest time between
+    /// checkpoints with `SyncMode::Always`, between fsyncs with `SyncMode::Interval`.
     pub fn open(
         data_dir: &Path,
         sync: SyncMode,
-        sync_interval: Duration,
+        interval: Duration,
         resources: &[ResourceEntry],
         delegations: &[DelegationEntry],
     ) -> anyhow::Result<Self> {
         Self::open_with(
             data_dir,
             sync,
-            sync_interval,
+            interval,
             resources,
             delegations,
             None,
@@ -362,7 +363,7 @@ impl EmbeddedStore {
     fn open_with(
         data_dir: &Path,
         sync: SyncMode,
-        sync_interval: Duration,
+        interval: Duration,
         resources: &[ResourceEntry],
         delegations: &[DelegationEntry],
         hold: Option<Arc<std::sync::atomic::AtomicBool>>,
@@ -489,7 +490,7 @@ impl EmbeddedStore {
                     writer_db,
                     rx,
                     sync,
-                    sync_interval,
+                    interval,
                     wal,
                     writer_gate,
                     writer::Options {

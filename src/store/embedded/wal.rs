@@ -5,8 +5,8 @@
 //! made only of dialog commits has its prepared commits appended here as one record, fsynced
 //! before anyone is answered, and is applied to the database later in a non-durable redb
 //! transaction, together with the batches logged after it (see `writer`). At most
-//! `store.sync_interval` later (or when the log passes `CHECKPOINT_BYTES`) one durable redb commit
-//! (a checkpoint) makes all of it durable in the database itself.
+//! `store.checkpoint_interval` later (or when the log passes `CHECKPOINT_BYTES`) one durable redb
+//! commit (a checkpoint) makes all of it durable in the database itself.
 //!
 //! The log has two segments, used in turn: a checkpoint first switches new records to the other
 //! segment, so that writes arriving while it runs are logged and answered there (see `writer`);
