@@ -6,7 +6,7 @@ use crate::store::{Claim, ClusterStore};
 #[async_trait]
 impl ClusterStore for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read_unlogged(|_| Ok(())).await
+        self.read_settled(Settle::Unlogged, |_| Ok(())).await
     }
 
     async fn claim_partitions(

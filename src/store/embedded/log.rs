@@ -224,7 +224,7 @@ impl EventLog for EmbeddedStore {
         // commit: it takes the head as it will be once the commits answered before are applied,
         // without having them applied one by one.
         let head = self
-            .read_unhurried(|txn| {
+            .read_settled(Settle::Wait, |txn| {
                 let t = txn.open_table(META).map_err(unavailable)?;
                 Ok(t.get("next_position")
                     .map_err(unavailable)?

@@ -336,6 +336,21 @@ impl StoreTimings {
     }
 }
 
+/// How a read's snapshot comes to hold every write acknowledged before it, while logged writes
+/// wait to be applied (see `writer::Deferred`).
+#[derive(Clone, Copy)]
+enum Settle {
+    /// The read asks the writer to apply them now, and waits for that.
+    Ask,
+    /// The read waits for them to be applied as they would be anyway (within
+    /// `writer::DEFER_FOR`): for a caller in no hurry, so the writes keep sharing transactions.
+    Wait,
+    /// The read takes no wait: it reads only tables no logged write touches (subscriptions,
+    /// deliveries, dead letters, pending deliveries), whose writes are applied before they are
+    /// answered.
+    Unlogged,
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the database in `data_dir`, checks its format version, and adds the
     /// configured registry entries to the stored ones. `interval` is the longest time between
@@ -531,33 +546,25 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        self.settled().await?;
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        f(&txn)
+        self.read_settled(Settle::Ask, f).await
     }
 
-    /// `read` for a caller that is in no hurry: it waits until the writes acknowledged before
-    /// the call are applied as they would be anyway (within `writer::DEFER_FOR`), instead of
-    /// asking for them, so the writes keep sharing transactions.
-    async fn read_unhurried<R>(
+    /// `read`, with `settle` saying how the snapshot comes to hold every write acknowledged
+    /// before the call.
+    async fn read_settled<R>(
         &self,
+        settle: Settle,
         f: impl FnOnce(&ReadTransaction) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        if let Some(batch) = self.gate.behind()? {
-            self.gate.reached(batch).await?;
+        match settle {
+            Settle::Ask => self.settled().await?,
+            Settle::Wait => {
+                if let Some(batch) = self.gate.behind()? {
+                    self.gate.reached(batch).await?;
+                }
+            }
+            Settle::Unlogged => self.gate.check()?,
         }
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        f(&txn)
-    }
-
-    /// `read` of tables no logged write touches (subscriptions, deliveries, dead letters,
-    /// pending deliveries): the writes that change them are applied before they are answered,
-    /// so the snapshot holds every one acknowledged before the call without waiting.
-    async fn read_unlogged<R>(
-        &self,
-        f: impl FnOnce(&ReadTransaction) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        self.gate.check()?;
         let txn = self.db.begin_read().map_err(unavailable)?;
         f(&txn)
     }

@@ -18,7 +18,7 @@ impl WebhookStore for EmbeddedStore {
     }
 
     async fn get_subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError> {
-        self.read_unlogged(|txn| {
+        self.read_settled(Settle::Unlogged, |txn| {
             let t = txn.open_table(SUBS).map_err(unavailable)?;
             t.get(id.as_u128())
                 .map_err(unavailable)?
@@ -74,7 +74,7 @@ impl WebhookStore for EmbeddedStore {
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
-        self.read_unlogged(|txn| {
+        self.read_settled(Settle::Unlogged, |txn| {
             let t = txn.open_table(SUBS).map_err(unavailable)?;
             let mut out = Vec::new();
             for row in t.iter().map_err(unavailable)? {
@@ -137,7 +137,7 @@ impl WebhookStore for EmbeddedStore {
     }
 
     async fn deliveries(&self, subscription: Uuid) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.read_unlogged(|txn| {
+        self.read_settled(Settle::Unlogged, |txn| {
             let t = txn.open_table(DELIVERIES).map_err(unavailable)?;
             let (lo, hi) = (id_key(subscription, 0), id_key(subscription, u64::MAX));
             let mut out = Vec::new();
@@ -167,7 +167,7 @@ impl WebhookStore for EmbeddedStore {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.read_unlogged(|txn| {
+        self.read_settled(Settle::Unlogged, |txn| {
             let t = txn.open_table(DEAD).map_err(unavailable)?;
             let mut out: Vec<DeadLetter> = Vec::new();
             for row in t.iter().map_err(unavailable)? {
@@ -232,7 +232,7 @@ impl WebhookStore for EmbeddedStore {
 
     async fn pending(&self, partition: u16) -> Result<Vec<PendingDelivery>, StoreError> {
         let (from, to) = (format!("{partition:05}|"), format!("{partition:05}}}"));
-        self.read_unlogged(|txn| {
+        self.read_settled(Settle::Unlogged, |txn| {
             let t = txn.open_table(PENDING).map_err(unavailable)?;
             let mut out = Vec::new();
             for row in t.range(from.as_str()..to.as_str()).map_err(unavailable)? {

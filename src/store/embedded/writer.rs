@@ -339,8 +339,8 @@ impl Deferred {
 /// and the writes deferred before it, logged to `wal` (one fsynced record) and answered; its
 /// writes are applied to the database later, many in one non-durable transaction (`Deferred`),
 /// and reads wait for that (`gate`: a read asks for it with `Job::Apply`). A batch of
-/// `APPLY_AT_ONCE` or more is applied in a transaction of its own as its record is logged. Any other batch is a
-/// durable commit, after the deferred writes. A checkpoint (a durable commit that lets the log
+/// `APPLY_AT_ONCE` or more is applied in a transaction of its own as its record is logged. Any
+/// other batch is a durable commit, after the deferred writes. A checkpoint (a durable commit that lets the log
 /// start over) follows at most `interval` (`store.checkpoint_interval`) after the first logged
 /// batch. It runs on a thread of its own while new records go to the log's other segment, so
 /// batches of dialog commits arriving meanwhile are logged and answered at once; any other write
@@ -511,6 +511,7 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
     }
     let mut fatal = false;
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+    let logging = wal.is_some();
     let mut commits = Vec::new();
     // Opened for a run of logged writes, closed before any other job opens tables itself.
     let mut tables: Option<LogTables<'_>> = None;
@@ -537,10 +538,13 @@ fn apply_batch(db: &Database, batch: Vec<Job>, durable: bool, wal: Option<&mut W
                 // whole batch is dropped, its failure is one no write of it was made for.
                 fatal |= matches!(out, Err(StoreError::Unavailable(_)))
                     || (out.is_err() && logged.len() > 1);
+                // The log gets what was accepted, as `Deferred::defer` logs it.
+                if logging && out.is_ok() {
+                    commits.extend(logged);
+                }
                 answers.push(Box::new(move |committed: Result<(), StoreError>| {
                     let _ = answer.send(committed.and(out));
                 }));
-                commits.extend(logged);
             }
             Job::Other(job) => {
                 if let Some(t) = tables.take() {
