@@ -80,8 +80,13 @@ impl Gate {
         if p.failed { Err(failed()) } else { Ok(()) }
     }
 
+    /// Notes batch `batch` as logged without waking the reads waiting in `reached`: they wait for
+    /// `applied`, and a wake-up per commit (a thousand a second) would only put them back to sleep.
     fn logged(&self, batch: u64) {
-        self.0.send_modify(|p| p.logged = batch);
+        self.0.send_if_modified(|p| {
+            p.logged = batch;
+            false
+        });
     }
 
     fn applied(&self, batch: u64) {
@@ -657,4 +662,29 @@ pub(super) fn flush(db: &Database, took: &prometheus::Histogram) -> bool {
     }
     took.observe(started.elapsed().as_secs_f64());
     result.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_read_waiting_for_the_database_is_woken_by_applies_not_by_each_logged_batch() {
+        let gate = Gate::new();
+        gate.logged(1);
+        assert_eq!(gate.behind().expect("not failed"), Some(1));
+        let mut waiting = gate.0.subscribe();
+        waiting.borrow_and_update();
+        gate.logged(2);
+        gate.logged(3);
+        assert!(
+            !waiting.has_changed().expect("open"),
+            "a logged batch woke the reads waiting for the database"
+        );
+        assert_eq!(gate.behind().expect("not failed"), Some(3));
+        gate.applied(3);
+        assert!(waiting.has_changed().expect("open"));
+        assert_eq!(gate.behind().expect("not failed"), None);
+        gate.reached(3).await.expect("reached");
+    }
 }
