@@ -38,6 +38,7 @@ pub struct Metrics {
     pub webhook_retry_backlog: IntGauge,
     pub webhook_dead_letters: prometheus::IntCounter,
     pub webhook_polls: prometheus::IntCounter,
+    pub webhook_wakeups: prometheus::IntCounter,
     pub webhook_open_circuits: IntGauge,
 }
 
@@ -134,6 +135,11 @@ impl Metrics {
             "Reads of the event feed by the webhook dispatcher (commits ask for one, at most one per 5 ms, besides webhooks.poll_interval)",
         )
         .expect("static metric definition is valid");
+        let webhook_wakeups = prometheus::IntCounter::new(
+            "webhook_wakeups_total",
+            "Times commits woke the webhook dispatcher to poll: at most one per poll, however many commits there were",
+        )
+        .expect("static metric definition is valid");
         let webhook_open_circuits = IntGauge::new(
             "webhook_open_circuits",
             "Endpoints whose circuit breaker is open",
@@ -145,6 +151,7 @@ impl Metrics {
             Box::new(webhook_retry_backlog.clone()),
             Box::new(webhook_dead_letters.clone()),
             Box::new(webhook_polls.clone()),
+            Box::new(webhook_wakeups.clone()),
             Box::new(webhook_open_circuits.clone()),
             Box::new(http_requests.clone()),
             Box::new(events.clone()),
@@ -175,6 +182,7 @@ impl Metrics {
             webhook_retry_backlog,
             webhook_dead_letters,
             webhook_polls,
+            webhook_wakeups,
             webhook_open_circuits,
         }
     }

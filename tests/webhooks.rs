@@ -2033,6 +2033,35 @@ async fn events_committed_while_no_subscription_could_receive_them_never_reach_a
 }
 
 #[actix_web::test]
+async fn commits_while_a_poll_runs_wake_the_dispatcher_once_not_each() {
+    // The embedded store, whatever the suite's backend: a poll that finds no subscription waits
+    // there for the commit log to be applied, so commits keep arriving while it runs.
+    let node = start_on(
+        &format!("{}\n[store]\nkind = \"embedded\"", hooks("")),
+        None,
+    )
+    .await;
+    let wakeups = |text: &str| metric(text, "dialog_events_webhook_wakeups_total", "");
+    let polls = |text: &str| metric(text, "dialog_events_webhook_polls_total", "");
+    let dialog = node.create_dialog(&dialog_body()).await;
+    let before = node.metrics().await;
+    let commits = 60;
+    for _ in 0..commits {
+        add_activity(&node, &dialog, "Information").await;
+    }
+    tokio::time::sleep(POLL * 2).await;
+    let after = node.metrics().await;
+    let woke = wakeups(&after) - wakeups(&before);
+    let polled = polls(&after) - polls(&before);
+    assert!(woke >= 1.0, "the commits woke the dispatcher: {woke}");
+    // A wake-up needs a poll to have started since the one before it.
+    assert!(
+        woke <= polled + 1.0,
+        "{woke} wake-ups for {polled} polls and {commits} commits"
+    );
+}
+
+#[actix_web::test]
 async fn with_no_subscription_a_commit_is_one_record_of_the_commit_log_not_two() {
     // The embedded store, whatever the suite's backend: its commit log counts its records.
     let node = start_on(

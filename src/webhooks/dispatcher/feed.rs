@@ -30,6 +30,8 @@ impl Dispatcher {
         self.polling = true;
         self.polled_at = Some(Instant::now());
         self.metrics.webhook_polls.inc();
+        // Cleared before the poll reads: a commit that finds it still set is read by this poll.
+        self.wake_pending.store(false, Ordering::SeqCst);
         let store = self.store.clone();
         let count = self.settings.partitions;
         let fut = async move {

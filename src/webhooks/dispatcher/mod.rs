@@ -496,12 +496,16 @@ impl Handler<Wake> for Dispatcher {
 impl Dispatcher {
     /// Handles the `Wake` of a commit.
     fn woken_up(&mut self, ctx: &mut Context<Self>) {
-        // Cleared before the poll reads: a commit that finds it still set is read by that poll.
-        self.wake_pending.store(false, Ordering::SeqCst);
+        self.metrics.webhook_wakeups.inc();
         if self.parts.is_empty() {
+            self.wake_pending.store(false, Ordering::SeqCst);
             return;
         }
         if self.polling {
+            // The flag stays set until the next poll starts (`poll` clears it): the commits
+            // meanwhile are read by that poll and send no `Wake` of their own. A poll can take a
+            // while (an idle one waits for the embedded store to apply its log), and a wake-up
+            // per commit while it ran kept this thread busy for nothing.
             self.woken = true;
         } else {
             self.poll(ctx);
