@@ -2032,15 +2032,20 @@ async fn events_committed_while_no_subscription_could_receive_them_never_reach_a
     );
 }
 
-#[actix_web::test]
-async fn commits_while_a_poll_runs_wake_the_dispatcher_once_not_each() {
-    // The embedded store, whatever the suite's backend: a poll that finds no subscription waits
-    // there for the commit log to be applied, so commits keep arriving while it runs.
-    let node = start_on(
+/// A node on the embedded store, whatever the suite's backend.
+async fn start_embedded() -> TestNode {
+    start_on(
         &format!("{}\n[store]\nkind = \"embedded\"", hooks("")),
         None,
     )
-    .await;
+    .await
+}
+
+#[actix_web::test]
+async fn commits_while_a_poll_runs_wake_the_dispatcher_once_not_each() {
+    // On the embedded store a poll that finds no subscription waits for the commit log to be
+    // applied, so commits keep arriving while it runs.
+    let node = start_embedded().await;
     let wakeups = |text: &str| metric(text, "dialog_events_webhook_wakeups_total", "");
     let polls = |text: &str| metric(text, "dialog_events_webhook_polls_total", "");
     let dialog = node.create_dialog(&dialog_body()).await;
@@ -2063,12 +2068,8 @@ async fn commits_while_a_poll_runs_wake_the_dispatcher_once_not_each() {
 
 #[actix_web::test]
 async fn with_no_subscription_a_commit_is_one_record_of_the_commit_log_not_two() {
-    // The embedded store, whatever the suite's backend: its commit log counts its records.
-    let node = start_on(
-        &format!("{}\n[store]\nkind = \"embedded\"", hooks("")),
-        None,
-    )
-    .await;
+    // The embedded store's commit log counts its records.
+    let node = start_embedded().await;
     let synced = |text: &str| metric(text, "dialog_events_store_log_sync_seconds_count", "");
     let polls = |text: &str| metric(text, "dialog_events_webhook_polls_total", "");
     let dialog = node.create_dialog(&dialog_body()).await;

@@ -345,11 +345,11 @@ impl Deferred {
 /// writes are applied to the database later, many in one non-durable transaction (`Deferred`),
 /// and reads wait for that (`gate`: a read asks for it with `Job::Apply`). A batch of
 /// `APPLY_AT_ONCE` or more is applied in a transaction of its own as its record is logged. Any
-/// other batch is a durable commit, after the deferred writes. A checkpoint (a durable commit that lets the log
-/// start over) follows at most `interval` (`store.checkpoint_interval`) after the first logged
-/// batch. It runs on a thread of its own while new records go to the log's other segment, so
-/// batches of dialog commits arriving meanwhile are logged and answered at once; any other write
-/// waits for it. With `SyncMode::Interval`, commits are not fsynced; an fsync follows at most
+/// other batch is a durable commit, after the deferred writes. A checkpoint (a durable commit
+/// that lets the log start over) follows at most `interval` (`store.checkpoint_interval`) after
+/// the first logged batch. It runs on a thread of its own while new records go to the log's
+/// other segment, so batches of dialog commits arriving meanwhile are logged and answered at
+/// once; any other write waits for it. With `SyncMode::Interval`, commits are not fsynced; an fsync follows at most
 /// `interval` (`store.sync_interval`) later, holding the writes back while it runs.
 pub(super) fn writer(
     db: Arc<Database>,

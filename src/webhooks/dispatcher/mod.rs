@@ -113,7 +113,7 @@ pub struct Dispatcher {
     wake_spacing: Duration,
     /// When the last poll started; a wake-up sooner than `wake_spacing` after it waits.
     polled_at: Option<Instant>,
-    /// Set by a `DispatchWaker` that sent a `Wake` not handled yet (see there).
+    /// Set by a `DispatchWaker` that sent a `Wake` whose poll has not started yet (see there).
     wake_pending: Arc<AtomicBool>,
     /// Subscriptions as of the last poll (endpoint accounting); attempts re-read the store.
     subs: HashMap<Uuid, Subscription>,
@@ -444,13 +444,13 @@ impl Actor for Dispatcher {
 #[rtype(result = "()")]
 pub struct Wake;
 
-/// Wakes the dispatcher for new events with at most one `Wake` waiting, however many commits
+/// Wakes the dispatcher for new events with at most one `Wake` per poll, however many commits
 /// ask: each poll reads everything new, so one wake-up per poll is enough (at thousands of
 /// commits a second, a message per commit kept its thread busy handling them).
 #[derive(Clone)]
 pub struct DispatchWaker {
     to: Recipient<Wake>,
-    /// Cleared by the receiver when it handles the `Wake`, before it reads.
+    /// Cleared by the receiver when its next poll starts, before it reads.
     pending: Arc<AtomicBool>,
 }
 
